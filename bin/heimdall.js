@@ -1,0 +1,6 @@
+#!/usr/bin/env node
+// The sources are TypeScript run as they are (no build step to forget): tsx registers the loader.
+import { register } from 'tsx/esm/api';
+
+register();
+await import('../shared/cli/main.ts');

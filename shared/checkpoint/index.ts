@@ -1,0 +1,122 @@
+import { ErrorCodes, HeimdallError } from '../errors/index.ts';
+import { RandomAccessFile } from './random-access-file.ts';
+import { readSafetensors } from './safetensors.ts';
+import { readTorchArchive, TorchTensor } from './torch-zip.ts';
+import type { Checkpoint, CheckpointLayout, LazyTensor } from './types.ts';
+import { OpaqueObject, describe, type PickleValue } from './unpickler.ts';
+import { ZIP_MAGIC } from './zip-reader.ts';
+
+export type { Checkpoint, CheckpointFormat, CheckpointLayout, DType, LazyTensor } from './types.ts';
+
+/** Opens a checkpoint lazily: reads its index (zip directory and pickle, or safetensors header) and nothing else. */
+export async function openCheckpoint(path: string): Promise<Checkpoint> {
+  const file = await RandomAccessFile.open(path);
+  try {
+    const magic = await file.read(0, Math.min(8, file.size));
+    if (ZIP_MAGIC.every((b, i) => magic[i] === b)) return await fromTorchZip(file);
+    if (magic[0] === 0x80 && magic[1] !== undefined && magic[1] <= 5) {
+      throw new HeimdallError(
+        ErrorCodes.UNSUPPORTED_FORMAT,
+        'legacy (pre-1.6, non-zip) torch checkpoint; re-save it with a current torch.save',
+      );
+    }
+    if (file.size >= 9 && magic.length === 8) {
+      const headerLength = new DataView(magic.buffer).getBigUint64(0, true);
+      if (headerLength > 1n && headerLength < BigInt(file.size)) {
+        const first = await file.read(8, 1);
+        if (first[0] === 0x7b /* { */) return await fromSafetensors(file);
+      }
+    }
+    throw new HeimdallError(ErrorCodes.UNSUPPORTED_FORMAT, `${path} is neither a torch zip checkpoint nor safetensors`);
+  } catch (error) {
+    await file.close();
+    throw error;
+  }
+}
+
+async function fromSafetensors(file: RandomAccessFile): Promise<Checkpoint> {
+  const { tensors, metadata } = await readSafetensors(file);
+  return { format: 'safetensors', layout: 'safetensors', tensors, config: metadata, warnings: [], close: () => file.close() };
+}
+
+async function fromTorchZip(file: RandomAccessFile): Promise<Checkpoint> {
+  const { root, placeholders } = await readTorchArchive(file);
+  const warnings = placeholders.map((g) => `unknown pickle global ${g} kept as an inert placeholder`);
+  const { layout, stateDict, config } = locateStateDict(root);
+  const parity = root instanceof Map && root.get('parity') instanceof Map ? tensorMap(root.get('parity') as Map<PickleValue, PickleValue>, 'parity') : undefined;
+  return {
+    format: 'torch-zip',
+    layout,
+    tensors: stripWrapperPrefix(tensorMap(stateDict, 'state dict')),
+    config,
+    ...(parity ? { parity } : {}),
+    warnings,
+    close: () => file.close(),
+  };
+}
+
+/** Finds the model weights in the layouts trainers write (DESIGN §4). */
+function locateStateDict(root: PickleValue): {
+  layout: CheckpointLayout;
+  stateDict: Map<PickleValue, PickleValue>;
+  config: Record<string, unknown>;
+} {
+  if (!(root instanceof Map)) throw new HeimdallError(ErrorCodes.INVALID_STATE_DICT, `checkpoint holds a ${describe(root)}, not a dict`);
+  const nested = (key: string) => {
+    const value = root.get(key);
+    if (value === undefined) return undefined;
+    if (!(value instanceof Map)) throw new HeimdallError(ErrorCodes.INVALID_STATE_DICT, `${key} is a ${describe(value)}, not a dict of tensors`);
+    return value;
+  };
+  const lightning = nested('state_dict');
+  if (lightning) return { layout: 'lightning', stateDict: lightning, config: toPlain(root.get('hyper_parameters')) };
+  const wrapped = nested('model_state_dict');
+  if (wrapped) return { layout: 'model_state_dict', stateDict: wrapped, config: toPlain(root.get('config')) };
+  const tensorCount = [...root.values()].filter((v) => v instanceof TorchTensor).length;
+  if (tensorCount > 0) return { layout: 'bare', stateDict: root, config: {} };
+  const keys = [...root.keys()].map(String).slice(0, 12).join(', ');
+  throw new HeimdallError(ErrorCodes.INVALID_STATE_DICT, `no state dict found (top-level keys: ${keys || 'none'})`);
+}
+
+function tensorMap(map: Map<PickleValue, PickleValue>, where: string): Map<string, LazyTensor> {
+  const out = new Map<string, LazyTensor>();
+  for (const [key, value] of map) {
+    if (typeof key !== 'string') throw new HeimdallError(ErrorCodes.INVALID_STATE_DICT, `${where} has a non-string key ${describe(key)}`);
+    if (!(value instanceof TorchTensor)) {
+      throw new HeimdallError(ErrorCodes.INVALID_STATE_DICT, `${where} entry ${key} is a ${describe(value)} where a tensor belongs`);
+    }
+    out.set(key, value);
+  }
+  return out;
+}
+
+/** Lightning wraps the model as `self.model` (`model.` prefix); DataParallel adds `module.`. */
+function stripWrapperPrefix(tensors: Map<string, LazyTensor>): Map<string, LazyTensor> {
+  for (const prefix of ['model.', 'module.']) {
+    const names = [...tensors.keys()];
+    if (names.length > 0 && names.every((n) => n.startsWith(prefix))) {
+      return stripWrapperPrefix(new Map(names.map((n) => [n.slice(prefix.length), tensors.get(n)!])));
+    }
+  }
+  return tensors;
+}
+
+/** Pickled hyper-parameters (dicts, AttributeDict placeholders) as plain JSON-like data. */
+function toPlain(value: PickleValue | undefined): Record<string, unknown> {
+  const convert = (v: PickleValue | undefined, depth: number): unknown => {
+    if (depth > 16) return undefined;
+    if (v instanceof OpaqueObject) return v.items.size > 0 ? convert(v.items, depth + 1) : `<${v.global}>`;
+    if (v instanceof Map) {
+      const out: Record<string, unknown> = {};
+      for (const [k, item] of v) out[String(k)] = convert(item, depth + 1);
+      return out;
+    }
+    if (Array.isArray(v)) return v.map((item) => convert(item, depth + 1));
+    if (typeof v === 'bigint') return v.toString();
+    if (v instanceof Uint8Array || v instanceof Set || typeof v === 'function') return undefined;
+    if (v !== null && typeof v === 'object') return undefined;
+    return v;
+  };
+  const plain = convert(value, 0);
+  return plain && typeof plain === 'object' && !Array.isArray(plain) ? (plain as Record<string, unknown>) : {};
+}

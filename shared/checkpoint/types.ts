@@ -1,0 +1,43 @@
+/** What every checkpoint reader produces: a lazy state dict. Nothing is read until a tensor is asked for. */
+
+export type DType = 'float32' | 'float16' | 'bfloat16' | 'float64' | 'int64' | 'int32' | 'int16' | 'int8' | 'uint8' | 'bool';
+
+export const DTYPE_BYTES: Readonly<Record<DType, number>> = {
+  float32: 4,
+  float16: 2,
+  bfloat16: 2,
+  float64: 8,
+  int64: 8,
+  int32: 4,
+  int16: 2,
+  int8: 1,
+  uint8: 1,
+  bool: 1,
+};
+
+export interface LazyTensor {
+  readonly dtype: DType;
+  readonly shape: readonly number[];
+  readonly numel: number;
+  /** The values, converted to float32 (f16, bf16 and f64 widen or narrow), row-major and contiguous. */
+  readFloat32(): Promise<Float32Array>;
+}
+
+export type CheckpointFormat = 'torch-zip' | 'safetensors';
+
+/** Where the model weights sat inside the checkpoint. */
+export type CheckpointLayout = 'bare' | 'model_state_dict' | 'lightning' | 'safetensors';
+
+export interface Checkpoint {
+  readonly format: CheckpointFormat;
+  readonly layout: CheckpointLayout;
+  /** Model weights with any wrapper prefix (Lightning's `model.`) removed. */
+  readonly tensors: ReadonlyMap<string, LazyTensor>;
+  /** Hyper-parameters found beside the weights (`config`, `hyper_parameters`, safetensors metadata). */
+  readonly config: Readonly<Record<string, unknown>>;
+  /** Golden parity samples carried by the checkpoint itself (`parity` entry), when present. */
+  readonly parity?: ReadonlyMap<string, LazyTensor>;
+  /** Non-fatal findings: unknown pickle globals turned into placeholders, and the like. */
+  readonly warnings: readonly string[];
+  close(): Promise<void>;
+}

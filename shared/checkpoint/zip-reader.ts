@@ -1,0 +1,146 @@
+import { crc32 } from 'node:zlib';
+import { ErrorCodes, HeimdallError } from '../errors/index.ts';
+import type { RandomAccessFile } from './random-access-file.ts';
+
+/**
+ * The subset of ZIP that torch.save writes: stored (uncompressed) entries, optional ZIP64 records.
+ * Written here rather than taken from a zip library because we need positional, lazy access to
+ * multi-GB archives with per-record CRC checks, and nothing from the archive may be extracted to disk.
+ * Format reference: PKWARE APPNOTE.TXT §4.3 (records) and §4.5.3 (ZIP64 extra field).
+ */
+
+export interface ZipEntry {
+  readonly name: string;
+  readonly size: number;
+  readonly crc32: number;
+  /** Offset of the first data byte (after the local header). */
+  readonly dataOffset: number;
+}
+
+const EOCD_SIGNATURE = 0x06054b50;
+const ZIP64_LOCATOR_SIGNATURE = 0x07064b50;
+const ZIP64_EOCD_SIGNATURE = 0x06064b50;
+const CENTRAL_SIGNATURE = 0x02014b50;
+const LOCAL_SIGNATURE = 0x04034b50;
+const ZIP64_EXTRA_ID = 0x0001;
+const EOCD_SIZE = 22;
+const MAX_COMMENT = 0xffff;
+const STORED = 0;
+
+export const ZIP_MAGIC = [0x50, 0x4b, 0x03, 0x04] as const;
+
+const corrupt = (message: string) => new HeimdallError(ErrorCodes.CHECKPOINT_CORRUPT, message);
+
+export class ZipReader {
+  private constructor(
+    private readonly file: RandomAccessFile,
+    readonly entries: ReadonlyMap<string, ZipEntry>,
+  ) {}
+
+  static async open(file: RandomAccessFile): Promise<ZipReader> {
+    const { count, directoryOffset, directorySize } = await readEndOfCentralDirectory(file);
+    if (directoryOffset + directorySize > file.size) throw corrupt('central directory runs past the end of the file (truncated?)');
+    const directory = view(await file.read(directoryOffset, directorySize));
+    const entries = new Map<string, ZipEntry>();
+    let at = 0;
+    for (let i = 0; i < count; i++) {
+      if (at + 46 > directory.byteLength || directory.getUint32(at, true) !== CENTRAL_SIGNATURE) {
+        throw corrupt(`central directory entry ${i} is malformed`);
+      }
+      const method = directory.getUint16(at + 10, true);
+      const crc = directory.getUint32(at + 16, true);
+      let compressedSize = directory.getUint32(at + 20, true);
+      let size = directory.getUint32(at + 24, true);
+      const nameLength = directory.getUint16(at + 28, true);
+      const extraLength = directory.getUint16(at + 30, true);
+      const commentLength = directory.getUint16(at + 32, true);
+      let localOffset = directory.getUint32(at + 42, true);
+      const nameStart = at + 46;
+      if (nameStart + nameLength + extraLength > directory.byteLength) throw corrupt(`central directory entry ${i} is truncated`);
+      const name = new TextDecoder().decode(new Uint8Array(directory.buffer, directory.byteOffset + nameStart, nameLength));
+      // ZIP64: fields saturated at 0xFFFFFFFF are given, in this order, in the 0x0001 extra block.
+      const zip64 = findExtra(directory, nameStart + nameLength, extraLength, ZIP64_EXTRA_ID);
+      if (zip64) {
+        let z = zip64.offset;
+        const take = () => {
+          if (z + 8 > zip64.offset + zip64.length) throw corrupt(`ZIP64 extra field of ${name} is too short`);
+          const value = Number(directory.getBigUint64(z, true));
+          z += 8;
+          return value;
+        };
+        if (size === 0xffffffff) size = take();
+        if (compressedSize === 0xffffffff) compressedSize = take();
+        if (localOffset === 0xffffffff) localOffset = take();
+      }
+      if (method !== STORED || compressedSize !== size) {
+        throw new HeimdallError(ErrorCodes.UNSUPPORTED_FORMAT, `entry ${name} is compressed (method ${method}); torch checkpoints store entries uncompressed`);
+      }
+      entries.set(name, { name, size, crc32: crc, dataOffset: await dataOffsetOf(file, localOffset, name, size) });
+      at = nameStart + nameLength + extraLength + commentLength;
+    }
+    return new ZipReader(file, entries);
+  }
+
+  /** The whole entry, CRC-checked. */
+  async read(name: string): Promise<Uint8Array> {
+    const entry = this.entries.get(name);
+    if (!entry) throw corrupt(`archive has no entry ${name}`);
+    const data = await this.file.read(entry.dataOffset, entry.size);
+    const actual = crc32(data) >>> 0;
+    if (actual !== entry.crc32) {
+      throw corrupt(`CRC mismatch in ${name}: stored ${hex(entry.crc32)}, computed ${hex(actual)}`);
+    }
+    return data;
+  }
+}
+
+async function readEndOfCentralDirectory(file: RandomAccessFile) {
+  const tailLength = Math.min(file.size, EOCD_SIZE + MAX_COMMENT);
+  const tailStart = file.size - tailLength;
+  const tail = view(await file.read(tailStart, tailLength));
+  let eocd = -1;
+  for (let i = tailLength - EOCD_SIZE; i >= 0; i--) {
+    if (tail.getUint32(i, true) === EOCD_SIGNATURE) {
+      eocd = i;
+      break;
+    }
+  }
+  if (eocd < 0) throw corrupt('no end-of-central-directory record: the archive is truncated or not a zip file');
+  let count = tail.getUint16(eocd + 10, true);
+  let directorySize = tail.getUint32(eocd + 12, true);
+  let directoryOffset = tail.getUint32(eocd + 16, true);
+  const saturated = count === 0xffff || directorySize === 0xffffffff || directoryOffset === 0xffffffff;
+  const locatorAt = eocd - 20;
+  if (locatorAt >= 0 && tail.getUint32(locatorAt, true) === ZIP64_LOCATOR_SIGNATURE) {
+    const recordOffset = Number(tail.getBigUint64(locatorAt + 8, true));
+    const record = view(await file.read(recordOffset, 56));
+    if (record.getUint32(0, true) !== ZIP64_EOCD_SIGNATURE) throw corrupt('ZIP64 end-of-central-directory record is missing');
+    count = Number(record.getBigUint64(32, true));
+    directorySize = Number(record.getBigUint64(40, true));
+    directoryOffset = Number(record.getBigUint64(48, true));
+  } else if (saturated) {
+    throw corrupt('archive needs ZIP64 records but has none');
+  }
+  return { count, directoryOffset, directorySize };
+}
+
+async function dataOffsetOf(file: RandomAccessFile, localOffset: number, name: string, size: number): Promise<number> {
+  const header = view(await file.read(localOffset, 30));
+  if (header.getUint32(0, true) !== LOCAL_SIGNATURE) throw corrupt(`local header of ${name} is missing`);
+  const dataOffset = localOffset + 30 + header.getUint16(26, true) + header.getUint16(28, true);
+  if (dataOffset + size > file.size) throw corrupt(`entry ${name} runs past the end of the file (truncated?)`);
+  return dataOffset;
+}
+
+function findExtra(data: DataView, start: number, length: number, id: number) {
+  for (let at = start; at + 4 <= start + length; ) {
+    const blockId = data.getUint16(at, true);
+    const blockLength = data.getUint16(at + 2, true);
+    if (blockId === id) return { offset: at + 4, length: blockLength };
+    at += 4 + blockLength;
+  }
+  return undefined;
+}
+
+const view = (bytes: Uint8Array) => new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+const hex = (n: number) => `0x${n.toString(16).padStart(8, '0')}`;

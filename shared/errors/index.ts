@@ -1,0 +1,53 @@
+/**
+ * Errors as typed values with stable codes (the nats.js way): every failure a user can meet carries
+ * one of these codes, in CLI messages, in `heimdall.pipeline.failed` events and in logs alike.
+ */
+export const ErrorCodes = {
+  /** The checkpoint path or object does not exist. */
+  CHECKPOINT_NOT_FOUND: 'CHECKPOINT_NOT_FOUND',
+  /** Truncated archive, bad zip structure or CRC mismatch. */
+  CHECKPOINT_CORRUPT: 'CHECKPOINT_CORRUPT',
+  /** Not a torch zip checkpoint nor safetensors (e.g. a legacy pre-zip torch file). */
+  UNSUPPORTED_FORMAT: 'UNSUPPORTED_FORMAT',
+  /** The pickle names a global from a dangerous module or uses a forbidden opcode. */
+  UNSAFE_PICKLE: 'UNSAFE_PICKLE',
+  /** The pickle exceeds a size cap (memo, stack, nesting, string) or is malformed. */
+  PICKLE_INVALID: 'PICKLE_INVALID',
+  /** A tensor's size, offset or strides reach outside its storage. */
+  TENSOR_OUT_OF_BOUNDS: 'TENSOR_OUT_OF_BOUNDS',
+  /** Malformed safetensors: header too large, bad JSON, overlapping offsets, trailing bytes. */
+  SAFETENSORS_INVALID: 'SAFETENSORS_INVALID',
+  /** No state dict found, a non-tensor where a weight belongs, or required weights missing. */
+  INVALID_STATE_DICT: 'INVALID_STATE_DICT',
+  /** The weights do not describe a LocalizationNet (ConvNeXt backbone + two heads). */
+  UNSUPPORTED_ARCHITECTURE: 'UNSUPPORTED_ARCHITECTURE',
+  /** Wrong command-line usage or configuration. */
+  USAGE: 'USAGE',
+  /** An I/O failure outside the checkpoint's content (disk full, permission denied). */
+  IO_ERROR: 'IO_ERROR',
+} as const;
+
+export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
+
+export class HeimdallError extends Error {
+  override readonly name = 'HeimdallError';
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+
+  /** One line, code first: what the CLI prints and what events carry. */
+  toLine(): string {
+    return `${this.code}: ${this.message}`;
+  }
+}
+
+/** Any thrown value as a HeimdallError; unknown failures keep their message under IO_ERROR only when they are system errors. */
+export function asHeimdallError(error: unknown, fallback: ErrorCode = ErrorCodes.IO_ERROR): HeimdallError {
+  if (error instanceof HeimdallError) return error;
+  const message = error instanceof Error ? error.message : String(error);
+  return new HeimdallError(fallback, message, { cause: error });
+}

@@ -1,0 +1,113 @@
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import { openCheckpoint, type CheckpointFormat, type CheckpointLayout } from '../../checkpoint/index.ts';
+import { writeModel, type WriteProgress, type WrittenModel } from '../../onnx/writer.ts';
+import type { LocalizationNetSpec } from './architecture.ts';
+import { buildLocalizationGraph, DEFAULT_OPSET, IR_VERSION, type Opset } from './graph.ts';
+import { inferArchitecture, parameterCount } from './infer.ts';
+
+export const PRODUCER_NAME = 'heimdall-exporter';
+export const PRODUCER_VERSION = '0.1.0';
+
+export interface ExportOptions {
+  opset?: Opset;
+  /** Per-phase progress: hashing the checkpoint, then writing the weights. */
+  onProgress?: (event: { phase: 'hash' | 'write'; doneBytes: number; totalBytes: number }) => void;
+  externalData?: boolean;
+}
+
+export interface ExportResult {
+  readonly spec: LocalizationNetSpec;
+  readonly parameters: number;
+  readonly opset: Opset;
+  readonly irVersion: number;
+  readonly checkpoint: { readonly path: string; readonly sha256: string; readonly bytes: number; readonly format: CheckpointFormat; readonly layout: CheckpointLayout };
+  readonly onnx: WrittenModel;
+  readonly warnings: readonly string[];
+  readonly durationMs: number;
+}
+
+/** Checkpoint in, ONNX out: reads the weights lazily and streams them into the model file. */
+export async function exportCheckpoint(checkpointPath: string, outPath: string, options: ExportOptions = {}): Promise<ExportResult> {
+  const started = performance.now();
+  const opset = options.opset ?? DEFAULT_OPSET;
+  const checkpoint = await openCheckpoint(checkpointPath);
+  try {
+    const spec = inferArchitecture(checkpoint.tensors, checkpoint.config);
+    const parameters = parameterCount(spec);
+    const sha256 = await sha256File(checkpointPath, (doneBytes, totalBytes) => options.onProgress?.({ phase: 'hash', doneBytes, totalBytes }));
+    const nonFinite = new Map<string, number>();
+    const graph = buildLocalizationGraph(spec, checkpoint.tensors, opset);
+    const onnx = await writeModel(
+      {
+        irVersion: IR_VERSION[opset],
+        opsetVersion: opset,
+        producerName: PRODUCER_NAME,
+        producerVersion: PRODUCER_VERSION,
+        docString: `LocalizationNet (ConvNeXt-${spec.variant}) exported by Heimdall from a ${checkpoint.format} checkpoint`,
+        metadata: {
+          model_type: 'LocalizationNet',
+          architecture: `convnext-${spec.variant}`,
+          variant: spec.variant,
+          source_sha256: sha256,
+          parameters: String(parameters),
+          opset: String(opset),
+          dims: spec.dims.join(','),
+          depths: spec.depths.join(','),
+          position_head: spec.positionHidden.join(','),
+          uncertainty_head: spec.uncertaintyHidden.join(','),
+          uncertainty_min: String(spec.uncertaintyMin),
+          uncertainty_max: String(spec.uncertaintyMax),
+          checkpoint_layout: checkpoint.layout,
+        },
+        graph,
+      },
+      outPath,
+      {
+        ...(options.externalData !== undefined ? { externalData: options.externalData } : {}),
+        inspect: (name, data) => {
+          const count = countNonFinite(data);
+          if (count > 0) nonFinite.set(name, count);
+        },
+        onProgress: (p: WriteProgress) => options.onProgress?.({ phase: 'write', doneBytes: p.writtenBytes, totalBytes: p.totalBytes }),
+      },
+    );
+    const warnings = [
+      ...checkpoint.warnings,
+      ...[...nonFinite].map(([name, count]) => `${count} NaN/Inf values in ${name}`),
+    ];
+    const { size } = await stat(checkpointPath);
+    return {
+      spec,
+      parameters,
+      opset,
+      irVersion: IR_VERSION[opset],
+      checkpoint: { path: checkpointPath, sha256, bytes: size, format: checkpoint.format, layout: checkpoint.layout },
+      onnx,
+      warnings,
+      durationMs: performance.now() - started,
+    };
+  } finally {
+    await checkpoint.close();
+  }
+}
+
+export async function sha256File(path: string, onProgress?: (doneBytes: number, totalBytes: number) => void): Promise<string> {
+  const { size } = await stat(path);
+  const hash = createHash('sha256');
+  let done = 0;
+  for await (const chunk of createReadStream(path, { highWaterMark: 4 * 1024 * 1024 })) {
+    hash.update(chunk as Buffer);
+    done += (chunk as Buffer).byteLength;
+    onProgress?.(done, size);
+  }
+  return hash.digest('hex');
+}
+
+function countNonFinite(data: Uint8Array): number {
+  const values = new Float32Array(data.buffer, data.byteOffset, data.byteLength / 4);
+  let count = 0;
+  for (let i = 0; i < values.length; i++) if (!Number.isFinite(values[i]!)) count++;
+  return count;
+}

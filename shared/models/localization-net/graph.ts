@@ -1,0 +1,170 @@
+import type { LazyTensor } from '../../checkpoint/index.ts';
+import { GraphBuilder } from '../../onnx/graph-builder.ts';
+import { attr, TensorDataType, type AttributeValue, type GraphDef, type InitializerDef } from '../../onnx/model.ts';
+import {
+  BATCH_NORM_EPS,
+  HEAD_NAMES,
+  INPUT_NAME,
+  INPUT_SHAPE,
+  keys,
+  LAYER_NORM_EPS,
+  OUTPUT_NAMES,
+  OUTPUT_WIDTH,
+  type LocalizationNetSpec,
+} from './architecture.ts';
+
+export const SUPPORTED_OPSETS = [14, 17, 20] as const;
+export type Opset = (typeof SUPPORTED_OPSETS)[number];
+export const DEFAULT_OPSET: Opset = 14;
+/** The IR version released with each opset (onnx/helper.py VERSION_TABLE: 1.9 -> 7/14, 1.12 -> 8/17, 1.15 -> 9/20). */
+export const IR_VERSION: Readonly<Record<Opset, number>> = { 14: 7, 17: 8, 20: 9 };
+export const BATCH_DIM = 'batch_size';
+
+/**
+ * LocalizationNet as an ONNX graph (DESIGN §4), node for node what torch.onnx.export emits for the
+ * eval-mode module, so onnxruntime applies the same fusions (LayerNorm, Gelu) and latency matches;
+ * BatchNorm1d is folded into the preceding Linear. Weights are read from the checkpoint only when
+ * the writer reaches them.
+ */
+export function buildLocalizationGraph(spec: LocalizationNetSpec, tensors: ReadonlyMap<string, LazyTensor>, opset: Opset): GraphDef {
+  const g = new GraphBuilder('localization_net');
+  /** A checkpoint tensor as an initializer; `transposed` for Linear weights feeding MatMul. */
+  const weight = (name: string, transposed = false) => {
+    const tensor = tensors.get(name)!;
+    const dims = transposed ? [tensor.shape[1]!, tensor.shape[0]!] : [...tensor.shape];
+    return g.initializer(floatInitializer(transposed ? `${name}.transposed` : name, dims, async () => {
+      const values = await tensor.readFloat32();
+      return transposed ? transpose2d(values, tensor.shape) : values;
+    }));
+  };
+  const eps = opset < 17 ? g.constant('layer_norm.epsilon', [LAYER_NORM_EPS]) : '';
+  const two = opset < 17 ? g.constant('layer_norm.two', [2]) : '';
+  const sqrt2 = opset < 20 ? g.constant('gelu.sqrt2', [Math.SQRT2]) : '';
+  const one = opset < 20 ? g.constant('gelu.one', [1]) : '';
+  const half = opset < 20 ? g.constant('gelu.half', [0.5]) : '';
+
+  /** LayerNorm over the last axis; decomposed below opset 17 exactly as torch's symbolic_opset9.native_layer_norm. */
+  const layerNorm = (x: string, prefix: string) => {
+    const scale = weight(`${prefix}.weight`);
+    const bias = weight(`${prefix}.bias`);
+    if (opset >= 17) {
+      return g.node('LayerNormalization', [x, scale, bias], { scope: prefix, attributes: { axis: attr.int(-1), epsilon: attr.float(LAYER_NORM_EPS) } });
+    }
+    const axes = { axes: attr.ints([-1]) };
+    const mean = g.node('ReduceMean', [x], { scope: prefix, attributes: axes });
+    const centered = g.node('Sub', [x, mean], { scope: prefix });
+    const variance = g.node('ReduceMean', [g.node('Pow', [centered, two], { scope: prefix })], { scope: prefix, attributes: axes });
+    const std = g.node('Sqrt', [g.node('Add', [variance, eps], { scope: prefix })], { scope: prefix });
+    const normalized = g.node('Div', [centered, std], { scope: prefix });
+    return g.node('Add', [g.node('Mul', [normalized, scale], { scope: prefix }), bias], { scope: prefix });
+  };
+  /** ConvNeXt's LayerNorm2d: channels-last LayerNorm between two permutes. */
+  const layerNorm2d = (x: string, prefix: string) => {
+    const nhwc = g.node('Transpose', [x], { scope: prefix, attributes: { perm: attr.ints([0, 2, 3, 1]) } });
+    return g.node('Transpose', [layerNorm(nhwc, prefix)], { scope: prefix, attributes: { perm: attr.ints([0, 3, 1, 2]) } });
+  };
+  /** Exact (erf) GELU; decomposed below opset 20 as torch's symbolic_opset9.gelu. */
+  const gelu = (x: string, scope: string) => {
+    if (opset >= 20) return g.node('Gelu', [x], { scope, attributes: { approximate: attr.string('none') } });
+    const erf = g.node('Erf', [g.node('Div', [x, sqrt2], { scope })], { scope });
+    return g.node('Mul', [g.node('Mul', [x, g.node('Add', [erf, one], { scope })], { scope }), half], { scope });
+  };
+  /** nn.Linear on a channels-last tensor: MatMul by the transposed weight, then Add. */
+  const linear = (x: string, prefix: string) => {
+    const w = weight(`${prefix}.weight`, true);
+    return g.node('Add', [g.node('MatMul', [x, w], { scope: prefix }), weight(`${prefix}.bias`)], { scope: prefix });
+  };
+  const conv = (x: string, prefix: string, attributes: Record<string, AttributeValue>) =>
+    g.node('Conv', [x, weight(`${prefix}.weight`), weight(`${prefix}.bias`)], { scope: prefix, attributes });
+
+  const input = g.input(INPUT_NAME, TensorDataType.FLOAT, [BATCH_DIM, ...INPUT_SHAPE]);
+  let x = conv(input, keys.stemConv, { kernel_shape: attr.ints([4, 4]), strides: attr.ints([4, 4]) });
+  x = layerNorm2d(x, keys.stemNorm);
+  spec.dims.forEach((dim, s) => {
+    if (s > 0) {
+      x = layerNorm2d(x, keys.downsampleNorm(s));
+      x = conv(x, keys.downsampleConv(s), { kernel_shape: attr.ints([2, 2]), strides: attr.ints([2, 2]) });
+    }
+    for (let b = 0; b < spec.depths[s]!; b++) {
+      const block = keys.block(s, b);
+      const residual = x;
+      let y = conv(x, `${block}.block.0`, {
+        group: attr.int(dim),
+        kernel_shape: attr.ints([7, 7]),
+        pads: attr.ints([3, 3, 3, 3]),
+      });
+      y = g.node('Transpose', [y], { scope: block, attributes: { perm: attr.ints([0, 2, 3, 1]) } });
+      y = layerNorm(y, `${block}.block.2`);
+      y = gelu(linear(y, `${block}.block.3`), `${block}.block.4`);
+      y = linear(y, `${block}.block.5`);
+      y = g.node('Transpose', [y], { scope: block, attributes: { perm: attr.ints([0, 3, 1, 2]) } });
+      y = g.node('Mul', [weight(`${block}.layer_scale`), y], { scope: block });
+      x = g.node('Add', [y, residual], { scope: block });
+    }
+  });
+  const pooled = g.node('GlobalAveragePool', [x], { scope: 'backbone.1' });
+  const features = g.node('Flatten', [pooled], { scope: 'flatten', attributes: { axis: attr.int(1) } });
+
+  HEAD_NAMES.forEach((head, h) => {
+    const hidden = head === 'position_head' ? spec.positionHidden : spec.uncertaintyHidden;
+    let y = features;
+    hidden.forEach((_, layer) => {
+      const folded = foldBatchNorm(tensors, keys.headLinear(head, layer), keys.headNorm(head, layer));
+      y = g.node('Gemm', [y, g.initializer(folded.weight), g.initializer(folded.bias)], { scope: keys.headLinear(head, layer), attributes: { transB: attr.int(1) } });
+      y = g.node('Relu', [y], { scope: `${head}.${layer * 4 + 2}` });
+    });
+    const last = keys.headLinear(head, hidden.length);
+    y = g.node('Gemm', [y, weight(`${last}.weight`), weight(`${last}.bias`)], { scope: last, attributes: { transB: attr.int(1) } });
+    if (head === 'uncertainty_head') {
+      const low = g.constant('uncertainty.min', [spec.uncertaintyMin]);
+      const high = g.constant('uncertainty.max', [spec.uncertaintyMax]);
+      y = g.node('Clip', [g.node('Softplus', [y], { scope: 'uncertainty' }), low, high], { scope: 'uncertainty' });
+    }
+    g.output(y, OUTPUT_NAMES[h]!, TensorDataType.FLOAT, [BATCH_DIM, OUTPUT_WIDTH]);
+  });
+  return g.build();
+}
+
+/**
+ * Eval-mode BatchNorm1d after a Linear is an affine map, so it folds into the Linear (in float64):
+ * W' = W * s, b' = (b - mean) * s + beta, with s = gamma / sqrt(var + eps).
+ */
+function foldBatchNorm(tensors: ReadonlyMap<string, LazyTensor>, linear: string, norm: string): { weight: InitializerDef; bias: InitializerDef } {
+  const get = (name: string) => tensors.get(name)!.readFloat32();
+  const [out, inFeatures] = tensors.get(`${linear}.weight`)!.shape as [number, number];
+  const scale = async () => {
+    const [gamma, variance] = await Promise.all([get(`${norm}.weight`), get(`${norm}.running_var`)]);
+    return Float64Array.from(gamma, (g, i) => g / Math.sqrt(variance[i]! + BATCH_NORM_EPS));
+  };
+  return {
+    weight: floatInitializer(`${linear}.weight.folded`, [out, inFeatures], async () => {
+      const [w, s] = await Promise.all([get(`${linear}.weight`), scale()]);
+      return Float32Array.from(w, (v, i) => v * s[Math.floor(i / inFeatures)]!);
+    }),
+    bias: floatInitializer(`${linear}.bias.folded`, [out], async () => {
+      const [b, mean, beta, s] = await Promise.all([get(`${linear}.bias`), get(`${norm}.running_mean`), get(`${norm}.bias`), scale()]);
+      return Float32Array.from(b, (v, i) => (v - mean[i]!) * s[i]! + beta[i]!);
+    }),
+  };
+}
+
+function transpose2d(values: Float32Array, shape: readonly number[]): Float32Array {
+  const [rows, cols] = shape as [number, number];
+  const out = new Float32Array(values.length);
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = values[r * cols + c]!;
+  return out;
+}
+
+function floatInitializer(name: string, dims: readonly number[], values: () => Promise<Float32Array>): InitializerDef {
+  const numel = dims.reduce((a, b) => a * b, 1);
+  return {
+    name,
+    dataType: TensorDataType.FLOAT,
+    dims,
+    byteLength: numel * 4,
+    data: async () => {
+      const v = await values();
+      return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+    },
+  };
+}

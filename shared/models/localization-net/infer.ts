@@ -1,0 +1,110 @@
+import type { LazyTensor } from '../../checkpoint/index.ts';
+import { ErrorCodes, HeimdallError } from '../../errors/index.ts';
+import {
+  DEFAULT_UNCERTAINTY_RANGE,
+  HEAD_NAMES,
+  OUTPUT_WIDTH,
+  keys,
+  presetName,
+  stateDictEntries,
+  type LocalizationNetSpec,
+} from './architecture.ts';
+
+/**
+ * Reads the architecture off the weights themselves: stage dims from the depthwise convolutions,
+ * depths by counting blocks, head widths from the Linear shapes. No variant table is consulted, so
+ * any ConvNeXt width/depth works; the preset name is only a label.
+ */
+export function inferArchitecture(
+  tensors: ReadonlyMap<string, LazyTensor>,
+  config: Readonly<Record<string, unknown>> = {},
+): LocalizationNetSpec {
+  const stem = tensors.get(`${keys.stemConv}.weight`);
+  if (!stem || stem.shape.length !== 4 || stem.shape[1] !== 3) throw unsupported(tensors, `no ConvNeXt stem (${keys.stemConv}.weight [C, 3, 4, 4])`);
+
+  const dims: number[] = [];
+  const depths: number[] = [];
+  for (let s = 0; tensors.has(`${keys.block(s, 0)}.block.0.weight`); s++) {
+    let depth = 0;
+    while (tensors.has(`${keys.block(s, depth)}.block.0.weight`)) depth++;
+    dims.push(tensors.get(`${keys.block(s, 0)}.block.0.weight`)!.shape[0]!);
+    depths.push(depth);
+  }
+  if (dims.length !== 4) throw unsupported(tensors, `found ${dims.length} ConvNeXt stages, expected 4`);
+
+  const heads = HEAD_NAMES.map((head) => {
+    const hidden: number[] = [];
+    for (let layer = 0; tensors.has(`${keys.headLinear(head, layer)}.weight`); layer++) {
+      const shape = tensors.get(`${keys.headLinear(head, layer)}.weight`)!.shape;
+      if (shape.length !== 2) throw unsupported(tensors, `${keys.headLinear(head, layer)}.weight is not a Linear weight`);
+      hidden.push(shape[0]!);
+    }
+    const out = hidden.pop();
+    if (out === undefined) throw new HeimdallError(ErrorCodes.INVALID_STATE_DICT, `missing ${head} weights (${keys.headLinear(head, 0)}.weight)`);
+    if (out !== OUTPUT_WIDTH) throw unsupported(tensors, `${head} ends in ${out} outputs, expected ${OUTPUT_WIDTH}`);
+    return hidden;
+  });
+
+  const spec: LocalizationNetSpec = {
+    variant: presetName(dims, depths),
+    dims,
+    depths,
+    positionHidden: heads[0]!,
+    uncertaintyHidden: heads[1]!,
+    uncertaintyMin: numberFrom(config, 'uncertainty_min') ?? DEFAULT_UNCERTAINTY_RANGE.min,
+    uncertaintyMax: numberFrom(config, 'uncertainty_max') ?? DEFAULT_UNCERTAINTY_RANGE.max,
+  };
+  if (!(spec.uncertaintyMin < spec.uncertaintyMax)) {
+    throw new HeimdallError(ErrorCodes.INVALID_STATE_DICT, `config uncertainty range [${spec.uncertaintyMin}, ${spec.uncertaintyMax}] is empty`);
+  }
+  checkEveryEntry(tensors, spec);
+  return spec;
+}
+
+/** Every weight the graph needs must be there with the shape the inferred spec implies. */
+function checkEveryEntry(tensors: ReadonlyMap<string, LazyTensor>, spec: LocalizationNetSpec): void {
+  const missing: string[] = [];
+  const mismatched: string[] = [];
+  for (const entry of stateDictEntries(spec)) {
+    if (entry.kind === 'num_batches_tracked') continue;
+    const tensor = tensors.get(entry.name);
+    if (!tensor) missing.push(entry.name);
+    else if (!sameShape(tensor.shape, entry.shape)) mismatched.push(`${entry.name} [${tensor.shape.join(', ')}] (expected [${entry.shape.join(', ')}])`);
+  }
+  if (missing.length > 0) {
+    throw new HeimdallError(ErrorCodes.INVALID_STATE_DICT, `missing ${missing.length} weights: ${list(missing)}`);
+  }
+  if (mismatched.length > 0) {
+    throw new HeimdallError(ErrorCodes.UNSUPPORTED_ARCHITECTURE, `weights with unexpected shapes: ${list(mismatched)}`);
+  }
+}
+
+function unsupported(tensors: ReadonlyMap<string, LazyTensor>, reason: string): HeimdallError {
+  // Summarise what was found by module prefix, so the user sees what the checkpoint actually is.
+  const prefixes = new Map<string, number>();
+  for (const name of tensors.keys()) {
+    const prefix = name.split('.').slice(0, 2).join('.');
+    prefixes.set(prefix, (prefixes.get(prefix) ?? 0) + 1);
+  }
+  const found = [...prefixes].slice(0, 10).map(([p, n]) => `${p} (${n})`).join(', ');
+  return new HeimdallError(
+    ErrorCodes.UNSUPPORTED_ARCHITECTURE,
+    `not a LocalizationNet: ${reason}; found ${tensors.size} tensors: ${found || 'none'}${prefixes.size > 10 ? ', ...' : ''}`,
+  );
+}
+
+function numberFrom(config: Readonly<Record<string, unknown>>, key: string): number | undefined {
+  const value = config[key];
+  const n = typeof value === 'number' ? value : typeof value === 'string' && value.trim() !== '' ? Number(value) : Number.NaN;
+  return Number.isFinite(n) ? n : undefined;
+}
+
+const sameShape = (a: readonly number[], b: readonly number[]) => a.length === b.length && a.every((v, i) => v === b[i]);
+const list = (items: string[]) => items.slice(0, 8).join(', ') + (items.length > 8 ? `, ... (${items.length - 8} more)` : '');
+
+/** Learnable parameters, counted as `sum(p.numel() for p in model.parameters())` would. */
+export function parameterCount(spec: LocalizationNetSpec): number {
+  return stateDictEntries(spec)
+    .filter((e) => e.kind === 'weight' || e.kind === 'bias' || e.kind === 'layer_scale')
+    .reduce((sum, e) => sum + e.shape.reduce((a, b) => a * b, 1), 0);
+}

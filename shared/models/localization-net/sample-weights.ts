@@ -1,0 +1,226 @@
+import { pyDict, pyFloat, pyOrderedDict, type PickleDict, type PickleValue, type TensorValue } from '../../checkpoint/pickle-writer.ts';
+import { writeTorchCheckpoint, type TorchCheckpointOptions } from '../../checkpoint/torch-writer.ts';
+import { specForVariant, stateDictEntries, type LocalizationNetSpec, type ParameterEntry } from './architecture.ts';
+
+/**
+ * Deterministic stand-in weights for LocalizationNet, so the demo and the tests can make real
+ * checkpoints of any variant without Python or a trained model. Values are seeded per tensor (seed
+ * + tensor name), so each tensor can be generated on its own, when its bytes are written, and is
+ * the same every time:
+ *
+ *   Conv / Linear weight       N(0, variance 1/fan_in)      fan_in = product of shape[1:]
+ *   Conv / Linear bias         N(0, std 0.02)
+ *   LayerNorm weight / bias    1 + U(-0.1, 0.1) / U(-0.05, 0.05)
+ *   layer_scale                U(0.1, 0.3)                  (torchvision initialises 1e-6; larger
+ *                                                            so the blocks matter to the output)
+ *   BatchNorm weight / bias    1 + U(-0.1, 0.1) / U(-0.05, 0.05)
+ *   running_mean / running_var N(0, std 0.2) / U(0.5, 1.5)
+ *   num_batches_tracked        int64 scalar in 1000..9999
+ */
+
+export interface SampleTensor {
+  readonly name: string;
+  readonly entry: ParameterEntry;
+  /** Lazy: `tensor.data()` generates the values (a new array on each call, same values). */
+  readonly tensor: TensorValue & { readonly data: () => Float32Array | BigInt64Array };
+}
+
+/** Every state_dict entry of `spec`, in PyTorch's order, with deterministic pseudo-random values. */
+export function sampleStateDict(spec: LocalizationNetSpec, seed: number): SampleTensor[] {
+  const entries = stateDictEntries(spec);
+  const byName = new Map(entries.map((e) => [e.name, e]));
+  return entries.map((entry) => {
+    const generate = (): Float32Array | BigInt64Array => sampleValues(entry, byName, seed);
+    return { name: entry.name, entry, tensor: { kind: 'tensor', dtype: entry.dtype, shape: entry.shape, data: generate } };
+  });
+}
+
+export type SampleLayout = 'bare' | 'model_state_dict' | 'lightning';
+
+export interface SampleCheckpointOptions {
+  /** A torchvision ConvNeXt preset: tiny, small, base, large. Ignored when `spec` is given. */
+  readonly variant: string;
+  readonly seed: number;
+  /**
+   * bare: the state_dict itself (an OrderedDict of tensors);
+   * model_state_dict: `{'model_state_dict': sd, 'config': {...}, 'epoch': 0}`;
+   * lightning: `{'epoch': 0, 'global_step': 0, 'pytorch-lightning_version': …, 'state_dict': {'model.' + k: …}, 'hyper_parameters': {...}}`.
+   */
+  readonly layout: SampleLayout;
+  /** A custom architecture (e.g. other head widths); defaults to `specForVariant(variant)`. */
+  readonly spec?: LocalizationNetSpec;
+  /**
+   * Attach `_metadata` (per-module `{'version': n}`) to the state_dict OrderedDict, as
+   * `Module.state_dict()` does (pickled as OrderedDict state + BUILD). Default true.
+   */
+  readonly metadata?: boolean;
+  readonly archiveName?: string;
+  readonly zip?: TorchCheckpointOptions['zip'];
+}
+
+export interface SampleCheckpointResult {
+  readonly bytes: number;
+  readonly spec: LocalizationNetSpec;
+  readonly tensors: number;
+  readonly parameters: number;
+}
+
+/**
+ * Writes a sample checkpoint of LocalizationNet. Holds one tensor's values in memory at a time
+ * (each is generated while its record is written).
+ */
+export async function writeSampleCheckpoint(path: string, options: SampleCheckpointOptions): Promise<SampleCheckpointResult> {
+  const spec = options.spec ?? specForVariant(options.variant);
+  const sample = sampleStateDict(spec, options.seed);
+  const withMetadata = options.metadata ?? true;
+  const stateDict = (prefix: string) =>
+    pyOrderedDict(
+      sample.map((s) => [prefix + s.name, s.tensor] as const),
+      withMetadata ? moduleMetadata(sample.map((s) => s.entry), prefix) : undefined,
+    );
+  const config = pyDict({
+    backbone_size: spec.variant,
+    uncertainty_min: pyFloat(spec.uncertaintyMin),
+    uncertainty_max: pyFloat(spec.uncertaintyMax),
+  });
+  let root: PickleValue;
+  switch (options.layout) {
+    case 'bare':
+      root = stateDict('');
+      break;
+    case 'model_state_dict':
+      root = pyDict({ model_state_dict: stateDict(''), config, epoch: 0 });
+      break;
+    case 'lightning':
+      root = pyDict({
+        epoch: 0,
+        global_step: 0,
+        'pytorch-lightning_version': '2.4.0',
+        state_dict: stateDict('model.'),
+        hyper_parameters: config,
+      });
+      break;
+    default:
+      throw new RangeError(`unknown layout ${String(options.layout)}`);
+  }
+  const writeOptions: TorchCheckpointOptions = {
+    ...(options.archiveName !== undefined ? { archiveName: options.archiveName } : {}),
+    ...(options.zip !== undefined ? { zip: options.zip } : {}),
+  };
+  const bytes = await writeTorchCheckpoint(path, root, writeOptions);
+  const parameters = sample.reduce((n, s) => n + (s.entry.dtype === 'float32' ? s.entry.shape.reduce((a, b) => a * b, 1) : 0), 0);
+  return { bytes, spec, tensors: sample.length, parameters };
+}
+
+/**
+ * `state_dict()._metadata`: `{module_path: {'version': n}}` for the root and every module holding a
+ * parameter or buffer, in pre-order. BatchNorm's `_version` is 2, every other module here has 1.
+ * Modules without parameters (GELU, Permute, Dropout, …) also appear in torch's; they carry nothing
+ * a reader needs and are left out.
+ */
+function moduleMetadata(entries: readonly ParameterEntry[], prefix: string): PickleDict {
+  const batchNorms = new Set(entries.filter((e) => e.kind === 'running_mean').map((e) => modulePath(e.name)));
+  const seen = new Set<string>();
+  const out: Array<readonly [string, PickleValue]> = [];
+  const visit = (path: string, version: number) => {
+    if (seen.has(path)) return;
+    seen.add(path);
+    out.push([path, pyDict({ version })]);
+  };
+  visit('', 1);
+  const base = prefix.replace(/\.$/, '');
+  if (base) base.split('.').forEach((_, i, parts) => visit(parts.slice(0, i + 1).join('.'), 1));
+  for (const entry of entries) {
+    const parts = modulePath(entry.name).split('.');
+    parts.forEach((_, i) => {
+      const path = parts.slice(0, i + 1).join('.');
+      visit(prefix + path, batchNorms.has(path) ? 2 : 1);
+    });
+  }
+  return pyDict(out);
+}
+
+const modulePath = (name: string) => name.slice(0, name.lastIndexOf('.'));
+
+// ---------------------------------------------------------------------------------------------
+// Values
+
+type Rng = () => number;
+
+/** mulberry32: a small, fast 32-bit PRNG; uniform in [0, 1). */
+export function mulberry32(seed: number): Rng {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = Math.imul(a ^ (a >>> 15), 1 | a);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** FNV-1a (32-bit) of the name, mixed with the seed: each tensor gets its own stream. */
+function tensorSeed(seed: number, name: string): number {
+  let h = 0x811c9dc5 ^ Math.imul(seed | 0, 0x9e3779b1);
+  for (let i = 0; i < name.length; i++) {
+    h ^= name.charCodeAt(i);
+    h = Math.imul(h, 0x01000193);
+  }
+  // A final avalanche (murmur3 fmix32) so near-identical names give unrelated streams.
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  h ^= h >>> 16;
+  return h >>> 0;
+}
+
+function fillNormal(out: Float32Array, mean: number, std: number, rng: Rng): void {
+  const n = out.length;
+  let i = 0;
+  while (i < n) {
+    // Box-Muller: two independent normals per pair of uniforms; 1 - u keeps log's argument in (0, 1].
+    const r = Math.sqrt(-2 * Math.log(1 - rng())) * std;
+    const theta = 2 * Math.PI * rng();
+    out[i++] = mean + r * Math.cos(theta);
+    if (i < n) out[i++] = mean + r * Math.sin(theta);
+  }
+}
+
+function fillUniform(out: Float32Array, low: number, high: number, rng: Rng): void {
+  const span = high - low;
+  for (let i = 0; i < out.length; i++) out[i] = low + span * rng();
+}
+
+function sampleValues(entry: ParameterEntry, byName: ReadonlyMap<string, ParameterEntry>, seed: number): Float32Array | BigInt64Array {
+  const rng = mulberry32(tensorSeed(seed, entry.name));
+  if (entry.kind === 'num_batches_tracked') return BigInt64Array.of(BigInt(1000 + Math.floor(rng() * 9000)));
+  const numel = entry.shape.reduce((a, b) => a * b, 1);
+  const out = new Float32Array(numel);
+  switch (entry.kind) {
+    case 'layer_scale':
+      fillUniform(out, 0.1, 0.3, rng);
+      break;
+    case 'running_mean':
+      fillNormal(out, 0, 0.2, rng);
+      break;
+    case 'running_var':
+      fillUniform(out, 0.5, 1.5, rng);
+      break;
+    case 'weight':
+      if (entry.shape.length >= 2) {
+        const fanIn = entry.shape.slice(1).reduce((a, b) => a * b, 1);
+        fillNormal(out, 0, 1 / Math.sqrt(fanIn), rng);
+      } else {
+        fillUniform(out, 0.9, 1.1, rng); // LayerNorm / BatchNorm scale
+      }
+      break;
+    case 'bias': {
+      const weight = byName.get(entry.name.replace(/bias$/, 'weight'));
+      if (weight && weight.shape.length >= 2) fillNormal(out, 0, 0.02, rng);
+      else fillUniform(out, -0.05, 0.05, rng); // LayerNorm / BatchNorm shift
+      break;
+    }
+  }
+  return out;
+}
+

@@ -1,0 +1,190 @@
+import { createHash } from 'node:crypto';
+import { open, rename, rm, type FileHandle } from 'node:fs/promises';
+import { basename } from 'node:path';
+import {
+  encodeNode,
+  encodeOpset,
+  encodeStringEntry,
+  encodeTensorHeader,
+  encodeValueInfo,
+  fieldSize,
+  GraphField,
+  ModelField,
+  type ModelDef,
+  type Placement,
+} from './model.ts';
+import { ProtoMessage } from './protobuf.ts';
+
+/**
+ * Streams a ModelProto to disk: everything but the initializers is encoded in memory (kilobytes),
+ * sizes are summed ahead so every length prefix is known, then each initializer's bytes are fetched
+ * and written one at a time. Peak memory is one tensor, not the model.
+ *
+ * Protobuf caps a message at 2 GiB, so bigger models keep their weights in a side file
+ * (https://onnx.ai/onnx/repo-docs/ExternalData.html): `<model>.data`, referenced by location/offset/length.
+ */
+
+/** Above this much initializer data the weights go to the external data file. */
+export const EXTERNAL_DATA_THRESHOLD = 2 * 1024 ** 3 - 64 * 1024 ** 2;
+/** External tensors start on this boundary so runtimes can mmap them. */
+const EXTERNAL_ALIGNMENT = 4096;
+const WRITE_BUFFER = 4 * 1024 * 1024;
+
+export interface WriteProgress {
+  readonly writtenBytes: number;
+  readonly totalBytes: number;
+  readonly tensor: string;
+}
+
+export interface WriteOptions {
+  onProgress?: (progress: WriteProgress) => void;
+  /** Force external data regardless of size (tests). */
+  externalData?: boolean;
+  /** Called with each initializer's bytes as they pass (e.g. to scan for NaN). */
+  inspect?: (name: string, data: Uint8Array) => void;
+}
+
+export interface WrittenModel {
+  readonly path: string;
+  readonly bytes: number;
+  readonly sha256: string;
+  /** The external data file, when the weights live beside the model. */
+  readonly externalData?: { readonly path: string; readonly bytes: number; readonly sha256: string };
+}
+
+export async function writeModel(model: ModelDef, path: string, options: WriteOptions = {}): Promise<WrittenModel> {
+  const { graph } = model;
+  const weightBytes = graph.initializers.reduce((sum, i) => sum + i.byteLength, 0);
+  const external = options.externalData ?? weightBytes > EXTERNAL_DATA_THRESHOLD;
+  const dataName = `${basename(path)}.data`;
+
+  let externalOffset = 0;
+  const placements: Placement[] = graph.initializers.map((init) => {
+    if (!external) return { kind: 'inline' };
+    externalOffset = align(externalOffset);
+    const placement: Placement = { kind: 'external', location: dataName, offset: externalOffset };
+    externalOffset += init.byteLength;
+    return placement;
+  });
+  const tensorHeaders = graph.initializers.map((init, i) => encodeTensorHeader(init, placements[i]!));
+
+  const head = new ProtoMessage()
+    .varint(ModelField.irVersion, model.irVersion)
+    .string(ModelField.producerName, model.producerName)
+    .string(ModelField.producerVersion, model.producerVersion)
+    .string(ModelField.docString, model.docString)
+    .message(ModelField.opsetImport, encodeOpset(model.opsetVersion));
+  for (const [key, value] of Object.entries(model.metadata)) head.message(ModelField.metadataProps, encodeStringEntry(key, value));
+
+  const graphHead = new ProtoMessage();
+  for (const node of graph.nodes) graphHead.message(GraphField.node, encodeNode(node));
+  graphHead.string(GraphField.name, graph.name);
+  for (const input of graph.inputs) graphHead.message(GraphField.input, encodeValueInfo(input));
+  for (const output of graph.outputs) graphHead.message(GraphField.output, encodeValueInfo(output));
+  const graphLength =
+    graphHead.byteLength +
+    tensorHeaders.reduce((sum, t) => sum + fieldSize(GraphField.initializer, t.header.byteLength + t.payloadLength), 0);
+  head.lengthPrefix(ModelField.graph, graphLength);
+
+  const temporary = `${path}.partial`;
+  const modelFile = await HashingFile.create(temporary);
+  const dataFile = external ? await HashingFile.create(`${temporary}.data`) : undefined;
+  try {
+    await modelFile.write(head.finish());
+    await modelFile.write(graphHead.finish());
+    let written = 0;
+    for (const [i, init] of graph.initializers.entries()) {
+      const { header, payloadLength } = tensorHeaders[i]!;
+      await modelFile.write(new ProtoMessage().lengthPrefix(GraphField.initializer, header.byteLength + payloadLength).finish());
+      await modelFile.write(header);
+      const data = await init.data();
+      if (data.byteLength !== init.byteLength) throw new Error(`initializer ${init.name} produced ${data.byteLength} bytes, declared ${init.byteLength}`);
+      options.inspect?.(init.name, data);
+      const placement = placements[i]!;
+      if (placement.kind === 'external') {
+        await dataFile!.padTo(placement.offset);
+        await dataFile!.write(data);
+      } else {
+        await modelFile.write(data);
+      }
+      written += init.byteLength;
+      options.onProgress?.({ writtenBytes: written, totalBytes: weightBytes, tensor: init.name });
+    }
+    const modelResult = await modelFile.close();
+    const dataResult = await dataFile?.close();
+    // Publish the data file first: a model file never points at weights that are not there yet.
+    if (dataResult) await rename(`${temporary}.data`, `${path}.data`);
+    else await rm(`${path}.data`, { force: true });
+    await rename(temporary, path);
+    return {
+      path,
+      ...modelResult,
+      ...(dataResult ? { externalData: { path: `${path}.data`, ...dataResult } } : {}),
+    };
+  } catch (error) {
+    await modelFile.abandon();
+    await dataFile?.abandon();
+    throw error;
+  }
+}
+
+const align = (offset: number) => Math.ceil(offset / EXTERNAL_ALIGNMENT) * EXTERNAL_ALIGNMENT;
+
+/** Buffered sequential writes with a running sha256 and byte count. */
+class HashingFile {
+  private readonly hash = createHash('sha256');
+  private buffer = new Uint8Array(WRITE_BUFFER);
+  private buffered = 0;
+  private position = 0;
+
+  private constructor(
+    private readonly handle: FileHandle,
+    private readonly path: string,
+  ) {}
+
+  static async create(path: string): Promise<HashingFile> {
+    return new HashingFile(await open(path, 'w'), path);
+  }
+
+  async write(bytes: Uint8Array): Promise<void> {
+    this.hash.update(bytes);
+    this.position += bytes.byteLength;
+    if (bytes.byteLength >= WRITE_BUFFER) {
+      await this.flush();
+      await this.writeAll(bytes);
+      return;
+    }
+    if (this.buffered + bytes.byteLength > WRITE_BUFFER) await this.flush();
+    this.buffer.set(bytes, this.buffered);
+    this.buffered += bytes.byteLength;
+  }
+
+  async padTo(offset: number): Promise<void> {
+    if (offset > this.position) await this.write(new Uint8Array(offset - this.position));
+  }
+
+  async close(): Promise<{ bytes: number; sha256: string }> {
+    await this.flush();
+    await this.handle.close();
+    return { bytes: this.position, sha256: this.hash.digest('hex') };
+  }
+
+  async abandon(): Promise<void> {
+    await this.handle.close().catch(() => undefined);
+    await rm(this.path, { force: true });
+  }
+
+  private async flush(): Promise<void> {
+    if (this.buffered === 0) return;
+    await this.writeAll(this.buffer.subarray(0, this.buffered));
+    this.buffered = 0;
+  }
+
+  private async writeAll(bytes: Uint8Array): Promise<void> {
+    let done = 0;
+    while (done < bytes.byteLength) {
+      const { bytesWritten } = await this.handle.write(bytes, done, bytes.byteLength - done);
+      done += bytesWritten;
+    }
+  }
+}
