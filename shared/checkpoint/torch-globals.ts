@@ -51,10 +51,13 @@ const TORCH_DTYPES: Record<string, DType> = {
   bool: 'bool',
 };
 
+/** Protocol-2 pickles name some modules by their Python 2 names (pickle's fix_imports). */
+const PYTHON2_MODULES: Record<string, string> = { __builtin__: 'builtins', copy_reg: 'copyreg', commands: 'subprocess' };
+
 /** Module prefixes whose globals can run code or reach the system: always refused. */
 const DANGEROUS_MODULES = [
   'os', 'posix', 'nt', 'subprocess', 'sys', 'socket', 'shutil', 'importlib', 'runpy', 'pickle', '_pickle',
-  'code', 'codeop', 'builtins', '__builtin__', 'io', '_io', 'ctypes', 'multiprocessing', 'pty', 'commands',
+  'code', 'codeop', 'builtins', 'io', '_io', 'ctypes', 'multiprocessing', 'pty', 'commands',
   'webbrowser', 'signal', 'marshal', 'types', 'operator', 'functools', 'pathlib', 'tempfile', 'asyncio',
   'threading', '_thread', 'inspect', 'pdb', 'bdb', 'timeit', 'platform', 'pkgutil', 'zipimport', 'ssl',
   'http', 'urllib', 'requests', 'ftplib', 'smtplib', 'telnetlib', 'glob', 'fileinput', 'sqlite3', 'dill',
@@ -101,7 +104,8 @@ export function torchGlobalPolicy(rebuildTensor: (args: readonly PickleValue[], 
 
   return {
     placeholders,
-    resolve(module, name) {
+    resolve(pickledModule, name) {
+      const module = PYTHON2_MODULES[pickledModule] ?? pickledModule;
       const global = `${module}.${name}`;
       const make = allowed[global];
       if (make) return make();
