@@ -20,13 +20,8 @@ export async function openCheckpoint(path: string): Promise<Checkpoint> {
         'legacy (pre-1.6, non-zip) torch checkpoint; re-save it with a current torch.save',
       );
     }
-    if (file.size >= 9 && magic.length === 8) {
-      const headerLength = new DataView(magic.buffer).getBigUint64(0, true);
-      if (headerLength > 1n && headerLength < BigInt(file.size)) {
-        const first = await file.read(8, 1);
-        if (first[0] === 0x7b /* { */) return await fromSafetensors(file);
-      }
-    }
+    // safetensors: an 8-byte header length, then the JSON header.
+    if (file.size >= 9 && (await file.read(8, 1))[0] === 0x7b /* { */) return await fromSafetensors(file);
     throw new HeimdallError(ErrorCodes.UNSUPPORTED_FORMAT, `${path} is neither a torch zip checkpoint nor safetensors`);
   } catch (error) {
     await file.close();

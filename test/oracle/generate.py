@@ -114,10 +114,9 @@ def adam_step(model: LocalizationNet, gen: torch.Generator, lr: float):
     model.eval()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     x = torch.randn(2, *INPUT_SHAPE, generator=gen)
-    positions, uncertainties = model(x)
-    # Pre-clamp softplus so that the uncertainty head gets a gradient even where the clamp binds.
-    pre = F.softplus(model.uncertainty_head(model.features(x)))
-    loss = positions.pow(2).mean() + pre.mean() + uncertainties.mean()
+    f = model.features(x)
+    # Pre-clamp softplus so that the uncertainty head gets a gradient even where a clamp would bind.
+    loss = model.position_head(f).pow(2).mean() + F.softplus(model.uncertainty_head(f)).mean()
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -294,6 +293,7 @@ def generate(variant: str, out: Path, seed: int) -> None:
         position_hidden=POSITION_HIDDEN,
         uncertainty_hidden=UNCERTAINTY_HIDDEN,
     )
+    log("built; randomizing")
     randomize(model, gen)
     inputs = torch.randn(NUM_GOLDEN, *INPUT_SHAPE, generator=gen, dtype=torch.float32)
     log("randomized; taking one Adam step")

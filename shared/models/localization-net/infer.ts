@@ -32,16 +32,21 @@ export function inferArchitecture(
   }
   if (dims.length !== 4) throw unsupported(tensors, `found ${dims.length} ConvNeXt stages, expected 4`);
 
+  // A head is Linear+BatchNorm pairs (BN at 4i+1) then the output Linear at 4n.
   const heads = HEAD_NAMES.map((head) => {
     const hidden: number[] = [];
-    for (let layer = 0; tensors.has(`${keys.headLinear(head, layer)}.weight`); layer++) {
-      const shape = tensors.get(`${keys.headLinear(head, layer)}.weight`)!.shape;
-      if (shape.length !== 2) throw unsupported(tensors, `${keys.headLinear(head, layer)}.weight is not a Linear weight`);
-      hidden.push(shape[0]!);
+    for (let layer = 0; tensors.has(`${keys.headNorm(head, layer)}.weight`); layer++) {
+      const linear = tensors.get(`${keys.headLinear(head, layer)}.weight`);
+      if (!linear) throw new HeimdallError(ErrorCodes.INVALID_STATE_DICT, `missing ${keys.headLinear(head, layer)}.weight`);
+      if (linear.shape.length !== 2) throw unsupported(tensors, `${keys.headLinear(head, layer)}.weight is not a Linear weight`);
+      hidden.push(linear.shape[0]!);
     }
-    const out = hidden.pop();
-    if (out === undefined) throw new HeimdallError(ErrorCodes.INVALID_STATE_DICT, `missing ${head} weights (${keys.headLinear(head, 0)}.weight)`);
-    if (out !== OUTPUT_WIDTH) throw unsupported(tensors, `${head} ends in ${out} outputs, expected ${OUTPUT_WIDTH}`);
+    const outputName = `${keys.headLinear(head, hidden.length)}.weight`;
+    const output = tensors.get(outputName);
+    if (!output) throw new HeimdallError(ErrorCodes.INVALID_STATE_DICT, `missing ${head} weights (${outputName})`);
+    if (output.shape.length !== 2 || output.shape[0] !== OUTPUT_WIDTH) {
+      throw unsupported(tensors, `${outputName} has shape [${output.shape.join(', ')}], expected [${OUTPUT_WIDTH}, ${hidden.at(-1) ?? '?'}]`);
+    }
     return hidden;
   });
 

@@ -9,7 +9,7 @@ import { specForVariant, stateDictEntries, type LocalizationNetSpec, type Parame
  * the same every time:
  *
  *   Conv / Linear weight       N(0, variance 1/fan_in)      fan_in = product of shape[1:]
- * (normals by the polar method, uniforms and normals both from mulberry32)
+ * (normals by the ziggurat method; uniforms and normals both from mulberry32)
  *   Conv / Linear bias         N(0, std 0.02)
  *   LayerNorm weight / bias    1 + U(-0.1, 0.1) / U(-0.05, 0.05)
  *   layer_scale                U(0.1, 0.3)                  (torchvision initialises 1e-6; larger
@@ -156,7 +156,6 @@ interface Rng {
 
 const MULBERRY_INCREMENT = 0x6d2b79f5;
 const TWO_POW_MINUS_32 = 2.3283064365386963e-10;
-const TWO_POW_MINUS_31 = 4.656612873077393e-10;
 
 /** mulberry32 uniform in [0, 1), for the odd scalar. */
 export function mulberry32(seed: number): () => number {
@@ -187,32 +186,90 @@ function tensorSeed(seed: number, name: string): number {
   return h | 0;
 }
 
-/** Normal values by Marsaglia's polar method (exact, and ~2x faster than Box-Muller's cos/sin). */
+/**
+ * Marsaglia & Tsang's ziggurat (J. Stat. Softw. 5(8), 2000), 128 layers, fed by mulberry32: exact
+ * normals at ~5 ns each (the polar method's log per pair costs ~5x that, which matters at 197M values).
+ */
+const ZIG_R = 3.442619855899;
+const ZIG_K = new Uint32Array(128);
+const ZIG_W = new Float64Array(128);
+const ZIG_F = new Float64Array(128);
+{
+  const m1 = 2147483648;
+  const vn = 9.91256303526217e-3;
+  let dn = ZIG_R;
+  let tn = dn;
+  const q = vn / Math.exp(-0.5 * dn * dn);
+  ZIG_K[0] = Math.floor((dn / q) * m1);
+  ZIG_K[1] = 0;
+  ZIG_W[0] = q / m1;
+  ZIG_W[127] = dn / m1;
+  ZIG_F[0] = 1;
+  ZIG_F[127] = Math.exp(-0.5 * dn * dn);
+  for (let i = 126; i >= 1; i--) {
+    dn = Math.sqrt(-2 * Math.log(vn / dn + Math.exp(-0.5 * dn * dn)));
+    ZIG_K[i + 1] = Math.floor((dn / tn) * m1);
+    tn = dn;
+    ZIG_F[i] = Math.exp(-0.5 * dn * dn);
+    ZIG_W[i] = dn / m1;
+  }
+}
+
+/** One mulberry32 step as a signed 32-bit integer. */
+function nextInt(rng: Rng): number {
+  const a = (rng.state = (rng.state + MULBERRY_INCREMENT) | 0);
+  let t = Math.imul(a ^ (a >>> 15), 1 | a);
+  t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+  return t ^ (t >>> 14);
+}
+
+/** The ziggurat's slow path: the wedges and the tail beyond ZIG_R (about 1.2% of draws). */
+function normalSlow(rng: Rng, hz: number, iz: number): number {
+  for (;;) {
+    const x = hz * ZIG_W[iz]!;
+    if (iz === 0) {
+      let tx: number;
+      let ty: number;
+      do {
+        tx = -Math.log(1 - nextUniform(rng)) / ZIG_R;
+        ty = -Math.log(1 - nextUniform(rng));
+      } while (ty + ty < tx * tx);
+      return hz > 0 ? ZIG_R + tx : -ZIG_R - tx;
+    }
+    if (ZIG_F[iz]! + nextUniform(rng) * (ZIG_F[iz - 1]! - ZIG_F[iz]!) < Math.exp(-0.5 * x * x)) return x;
+    hz = nextInt(rng);
+    iz = hz & 127;
+    if (Math.abs(hz) < ZIG_K[iz]!) return hz * ZIG_W[iz]!;
+  }
+}
+
 function fillNormal(out: Float32Array, mean: number, std: number, rng: Rng): void {
-  let a = rng.state;
   const n = out.length;
-  let i = 0;
-  while (i < n) {
-    let x: number;
-    let y: number;
-    let s: number;
-    do {
-      // Two mulberry32 outputs read as signed 32-bit, i.e. uniform in [-1, 1).
-      a = (a + MULBERRY_INCREMENT) | 0;
-      let t = Math.imul(a ^ (a >>> 15), 1 | a);
-      t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-      x = (t ^ (t >>> 14)) * TWO_POW_MINUS_31;
-      a = (a + MULBERRY_INCREMENT) | 0;
-      t = Math.imul(a ^ (a >>> 15), 1 | a);
-      t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-      y = (t ^ (t >>> 14)) * TWO_POW_MINUS_31;
-      s = x * x + y * y;
-    } while (s >= 1 || s === 0);
-    const f = Math.sqrt((-2 * Math.log(s)) / s) * std;
-    out[i++] = mean + x * f;
-    if (i < n) out[i++] = mean + y * f;
+  let a = rng.state;
+  for (let i = 0; i < n; i++) {
+    a = (a + MULBERRY_INCREMENT) | 0;
+    let t = Math.imul(a ^ (a >>> 15), 1 | a);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    const hz = t ^ (t >>> 14);
+    const iz = hz & 127;
+    let z: number;
+    if (Math.abs(hz) < ZIG_K[iz]!) {
+      z = hz * ZIG_W[iz]!;
+    } else {
+      rng.state = a;
+      z = normalSlow(rng, hz, iz);
+      a = rng.state;
+    }
+    out[i] = mean + std * z;
   }
   rng.state = a;
+}
+
+/** Standard normal values (for tests of the generator). */
+export function sampleNormals(count: number, seed: number): Float32Array {
+  const out = new Float32Array(count);
+  fillNormal(out, 0, 1, { state: seed | 0 });
+  return out;
 }
 
 function fillUniform(out: Float32Array, low: number, high: number, rng: Rng): void {

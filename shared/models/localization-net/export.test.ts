@@ -1,0 +1,93 @@
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import * as ort from 'onnxruntime-node';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { tempDir } from '../../../test/support/temp.ts';
+import { SMALL_SPEC } from '../../../test/support/small-model.ts';
+import { pyOrderedDict } from '../../checkpoint/pickle-writer.ts';
+import { writeTorchCheckpoint } from '../../checkpoint/torch-writer.ts';
+import { readModelSummary } from '../../onnx/reader.ts';
+import { structuralProblems } from '../../onnx/structure.ts';
+import { exportCheckpoint } from './export.ts';
+import { SUPPORTED_OPSETS } from './graph.ts';
+import { sampleStateDict, writeSampleCheckpoint } from './sample-weights.ts';
+
+let dir: string;
+let checkpoint: string;
+beforeAll(async () => {
+  dir = await tempDir();
+  checkpoint = join(dir, 'small.pth');
+  await writeSampleCheckpoint(checkpoint, { variant: 'custom', spec: { ...SMALL_SPEC, uncertaintyMin: 0.02, uncertaintyMax: 0.7 }, seed: 7, layout: 'model_state_dict' });
+});
+
+async function run(model: string, batch: number) {
+  const session = await ort.InferenceSession.create(model);
+  const input = new Float32Array(batch * 3 * 128 * 32).map((_, i) => Math.sin(i * 0.37));
+  const out = await session.run({ mel_spectrogram: new ort.Tensor('float32', input, [batch, 3, 128, 32]) });
+  await session.release();
+  return { positions: out.positions!, uncertainties: out.uncertainties! };
+}
+
+describe('exportCheckpoint', () => {
+  for (const opset of SUPPORTED_OPSETS) {
+    it(`writes a sound opset-${opset} model with a dynamic batch`, async () => {
+      const out = join(dir, `small-${opset}.onnx`);
+      const result = await exportCheckpoint(checkpoint, out, { opset });
+      expect(result).toMatchObject({ opset, irVersion: { 14: 7, 17: 8, 20: 9 }[opset], spec: { variant: 'custom', dims: SMALL_SPEC.dims } });
+
+      const model = readModelSummary(await readFile(out));
+      expect(structuralProblems(model)).toEqual([]);
+      expect(model.graph.inputs).toEqual([{ name: 'mel_spectrogram', elemType: 1, shape: ['batch_size', 3, 128, 32] }]);
+      expect(model.graph.outputs.map((o) => [o.name, o.shape])).toEqual([['positions', ['batch_size', 2]], ['uncertainties', ['batch_size', 2]]]);
+      expect(model.metadata).toMatchObject({ source_sha256: result.checkpoint.sha256, variant: 'custom', parameters: String(result.parameters) });
+      const ops = new Set(model.graph.nodes.map((n) => n.opType));
+      expect(ops.has('LayerNormalization')).toBe(opset >= 17);
+      expect(ops.has('Gelu')).toBe(opset >= 20);
+      expect(ops.has('BatchNormalization')).toBe(false);
+
+      for (const batch of [1, 7, 32]) {
+        const { positions, uncertainties } = await run(out, batch);
+        expect(positions.dims).toEqual([batch, 2]);
+        const u = Array.from(uncertainties.data as Float32Array);
+        expect(u.every((v) => v >= 0.02 - 1e-7 && v <= 0.7 + 1e-7)).toBe(true);
+      }
+    });
+  }
+
+  it('gives the same outputs at every opset', async () => {
+    const [a, b, c] = await Promise.all(SUPPORTED_OPSETS.map((o) => run(join(dir, `small-${o}.onnx`), 4)));
+    const maxDiff = (x: ort.Tensor, y: ort.Tensor) => Math.max(...Array.from(x.data as Float32Array, (v, i) => Math.abs(v - (y.data as Float32Array)[i]!)));
+    expect(maxDiff(a!.positions, b!.positions)).toBeLessThan(1e-5);
+    expect(maxDiff(a!.positions, c!.positions)).toBeLessThan(1e-5);
+  });
+
+  it('is deterministic: the same checkpoint gives byte-identical ONNX', async () => {
+    const first = await exportCheckpoint(checkpoint, join(dir, 'first.onnx'));
+    const second = await exportCheckpoint(checkpoint, join(dir, 'second.onnx'));
+    expect(second.onnx.sha256).toBe(first.onnx.sha256);
+  });
+
+  it('can keep the weights in an external data file that onnxruntime loads', async () => {
+    const out = join(dir, 'external.onnx');
+    const result = await exportCheckpoint(checkpoint, out, { externalData: true });
+    expect(result.onnx.externalData?.path).toBe(`${out}.data`);
+    expect(result.onnx.bytes).toBeLessThan(200_000);
+    const inline = await run(join(dir, 'small-14.onnx'), 2);
+    const external = await run(out, 2);
+    expect(Array.from(external.positions.data as Float32Array)).toEqual(Array.from(inline.positions.data as Float32Array));
+  });
+
+  it('warns about NaN/Inf weights but still exports (validation fails them later)', async () => {
+    const path = join(dir, 'nan.pth');
+    const entries = sampleStateDict(SMALL_SPEC, 3).map(({ name, tensor }) => {
+      if (name !== 'backbone.0.1.0.block.3.bias') return [name, tensor] as const;
+      const values = tensor.data() as Float32Array;
+      values[0] = Number.NaN;
+      values[1] = Number.POSITIVE_INFINITY;
+      return [name, { ...tensor, data: values }] as const;
+    });
+    await writeTorchCheckpoint(path, pyOrderedDict(entries));
+    const result = await exportCheckpoint(path, join(dir, 'nan.onnx'));
+    expect(result.warnings).toEqual(['2 NaN/Inf values in backbone.0.1.0.block.3.bias']);
+  });
+});
