@@ -50,6 +50,22 @@ describe('openCheckpoint on the layouts trainers write', () => {
     });
   }
 
+  it('reads ZIP64 archives (per-entry ZIP64 fields and the ZIP64 end record)', async () => {
+    const path = join(dir, 'zip64.pth');
+    await writeSampleCheckpoint(path, {
+      variant: 'custom',
+      spec: SMALL_SPEC,
+      seed: 1,
+      layout: 'bare',
+      zip: { zip64SizeThreshold: 1, zip64OffsetThreshold: 1, zip64CountThreshold: 1 },
+    });
+    const [zip64, plain] = await Promise.all([openCheckpoint(path), openCheckpoint(join(dir, 'bare.pth'))]);
+    for (const name of ['backbone.0.0.0.weight', 'uncertainty_head.8.bias']) {
+      expect(Array.from(await zip64.tensors.get(name)!.readFloat32())).toEqual(Array.from(await plain.tensors.get(name)!.readFloat32()));
+    }
+    await Promise.all([zip64.close(), plain.close()]);
+  });
+
   it('reads the same values whatever the layout', async () => {
     const read = async (layout: string) => {
       const c = await openCheckpoint(join(dir, `${layout}.pth`));

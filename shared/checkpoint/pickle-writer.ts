@@ -4,7 +4,8 @@ import { DTYPE_BYTES, type DType } from './types.ts';
  * A pickle protocol-2 emitter for the values a PyTorch checkpoint holds, writing what CPython's
  * `pickle.Pickler(protocol=2)` inside `torch.save` writes: the same opcodes, batching (APPENDS /
  * SETITEMS per 1000 items) and memo use (BINPUT after each string, container, tuple, global and
- * reduced object; BINGET when the same one comes again). Two deliberate differences, both valid
+ * reduced object; BINGET when the same one comes again), matching the C `_pickle` module byte
+ * for byte (checked by the tests). Two deliberate differences, both valid
  * pickle: equal strings share one memo slot (CPython memoizes by object identity), and a tensor's
  * storage is keyed by the TensorValue object (torch keys by the storage it shares).
  *
@@ -324,7 +325,7 @@ class PickleEmitter {
       case 'dict':
         this.out.u8(OP.EMPTY_DICT);
         this.put(tagged);
-        return this.saveItems(tagged.entries);
+        return this.saveDictItems(tagged.entries);
       case 'ordered_dict':
         return this.saveOrderedDict(tagged);
       case 'tensor':
@@ -373,23 +374,51 @@ class PickleEmitter {
     this.stringMemo.set(s, this.putSlot());
   }
 
+  /** C pickle's `batch_list_exact`: one APPEND for a single item, else MARK … APPENDS per 1000. */
   private saveList(list: readonly PickleValue[]): void {
     this.out.u8(OP.EMPTY_LIST);
     this.put(list);
+    if (list.length === 1) {
+      this.save(list[0]!);
+      this.out.u8(OP.APPEND);
+      return;
+    }
     for (let start = 0; start < list.length; start += BATCH) {
-      const end = Math.min(list.length, start + BATCH);
-      if (end - start === 1) {
-        this.save(list[start]!);
-        this.out.u8(OP.APPEND);
-      } else {
-        this.out.u8(OP.MARK);
-        for (let i = start; i < end; i++) this.save(list[i]!);
-        this.out.u8(OP.APPENDS);
-      }
+      this.out.u8(OP.MARK);
+      for (let i = start; i < Math.min(list.length, start + BATCH); i++) this.save(list[i]!);
+      this.out.u8(OP.APPENDS);
     }
   }
 
-  private saveItems(entries: ReadonlyArray<readonly [PickleKey, PickleValue]>): void {
+  /**
+   * C pickle's `batch_dict_exact` (a plain dict): one SETITEM for a single item, else MARK …
+   * SETITEMS per 1000, and, like CPython, one empty MARK SETITEMS after a full last batch.
+   */
+  private saveDictItems(entries: ReadonlyArray<readonly [PickleKey, PickleValue]>): void {
+    if (entries.length === 0) return;
+    if (entries.length === 1) {
+      const [k, v] = entries[0]!;
+      this.save(k);
+      this.save(v);
+      this.out.u8(OP.SETITEM);
+      return;
+    }
+    let start = 0;
+    let n: number;
+    do {
+      this.out.u8(OP.MARK);
+      n = 0;
+      for (; n < BATCH && start < entries.length; n++, start++) {
+        const [k, v] = entries[start]!;
+        this.save(k);
+        this.save(v);
+      }
+      this.out.u8(OP.SETITEMS);
+    } while (n === BATCH);
+  }
+
+  /** C pickle's `batch_dict` (items of a reduced object, e.g. OrderedDict): a lone last item gets SETITEM. */
+  private saveIteratorItems(entries: ReadonlyArray<readonly [PickleKey, PickleValue]>): void {
     for (let start = 0; start < entries.length; start += BATCH) {
       const end = Math.min(entries.length, start + BATCH);
       if (end - start === 1) {
@@ -433,7 +462,7 @@ class PickleEmitter {
     this.out.u8(OP.EMPTY_TUPLE);
     this.out.u8(OP.REDUCE);
     this.put(od);
-    this.saveItems(od.entries);
+    this.saveIteratorItems(od.entries);
     if (od.state && od.state.entries.length > 0) {
       this.save(od.state);
       this.out.u8(OP.BUILD);

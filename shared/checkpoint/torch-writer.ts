@@ -18,7 +18,8 @@ export type { PickleValue, TensorValue, TensorData } from './pickle-writer.ts';
  *                             written by TorchScript, for versions >= 6)
  *   .data/serialization_id    40 digits, as PyTorchStreamWriter appends at the end
  *
- * Tensors whose `data` is a function are materialised one at a time while their record is written.
+ * Tensors whose `data` is a function are materialised one at a time, the next while the previous
+ * one's record is being written.
  */
 
 export interface TorchCheckpointOptions {
@@ -35,7 +36,6 @@ export interface TorchCheckpointOptions {
 const FILE_FORMAT_VERSION = 3;
 
 export function defaultArchiveName(path: string): string {
-  // eslint-disable-next-line no-control-regex
   if (!/^[\x00-\x7f]*$/.test(path)) return 'archive';
   const base = basename(path);
   const dot = base.lastIndexOf('.');
@@ -61,10 +61,20 @@ export async function writeTorchCheckpoint(path: string, root: PickleValue, opti
     await add('.format_version', ascii('1'));
     await add('.storage_alignment', ascii('64'));
     await add('byteorder', ascii('little'));
-    for (const storage of storages) {
-      const data = await tensorData(storage.tensor);
-      await add(`data/${storage.key}`, tensorBytes(data));
+    // Each record's write is in flight while the next tensor is produced: at most two tensors'
+    // values are held at once, and generating them overlaps the disk.
+    let pending: Promise<void> | undefined;
+    try {
+      for (const storage of storages) {
+        const data = await tensorData(storage.tensor);
+        await pending;
+        pending = add(`data/${storage.key}`, tensorBytes(data));
+      }
+    } finally {
+      // Never leave a write running past this point, even when producing a tensor failed.
+      await pending?.catch(() => undefined);
     }
+    await pending;
     await add('version', ascii(`${FILE_FORMAT_VERSION}\n`));
     await add('.data/serialization_id', ascii(id.value()));
     return await writer.finish();

@@ -21,10 +21,17 @@ export interface ZipWriterOptions {
   /** Data alignment in bytes (torch: 64). 1 turns padding off (no 'FB' extra field is written then). */
   readonly alignment?: number;
   /**
-   * Sizes and offsets at or above this go through ZIP64 fields. The format needs 0xFFFFFFFF (the
-   * default); lower it only to exercise the ZIP64 path on small archives in tests.
+   * Entry sizes (and the central directory's) at or above this go through ZIP64 fields. The format
+   * needs 0xFFFFFFFF (the default); lower it only to exercise the ZIP64 path on small archives.
    */
-  readonly zip64Threshold?: number;
+  readonly zip64SizeThreshold?: number;
+  /**
+   * Offsets (of local headers and of the central directory) at or above this go through ZIP64
+   * fields. Default 0xFFFFFFFF; lower it only in tests. Note: torch 1.13's miniz rejects an archive
+   * whose saturated offset (0xFFFFFFFF) plus the entry's size lies past the end of the file, which
+   * only a lowered offset threshold can produce.
+   */
+  readonly zip64OffsetThreshold?: number;
   /** Entry counts at or above this need the ZIP64 end records. Default 0xFFFF; lower it only in tests. */
   readonly zip64CountThreshold?: number;
 }
@@ -76,8 +83,10 @@ export class ZipWriter {
   private readonly records: CentralRecord[] = [];
   private readonly names = new Set<string>();
   private finished = false;
+  private busy = false;
   private readonly alignment: number;
-  private readonly threshold: number;
+  private readonly sizeThreshold: number;
+  private readonly offsetThreshold: number;
   private readonly countThreshold: number;
 
   constructor(
@@ -87,12 +96,15 @@ export class ZipWriter {
     private readonly ownsHandle = false,
   ) {
     this.alignment = options.alignment ?? 64;
-    this.threshold = options.zip64Threshold ?? U32_MAX;
+    this.sizeThreshold = options.zip64SizeThreshold ?? U32_MAX;
+    this.offsetThreshold = options.zip64OffsetThreshold ?? U32_MAX;
     this.countThreshold = options.zip64CountThreshold ?? U16_MAX;
     if (!Number.isInteger(this.alignment) || this.alignment < 1 || this.alignment > 0x8000) {
       throw new RangeError(`alignment must be an integer in 1..32768, got ${this.alignment}`);
     }
-    if (!(this.threshold > 0 && this.threshold <= U32_MAX)) throw new RangeError(`zip64Threshold must be in 1..0xFFFFFFFF`);
+    for (const [name, value] of [['zip64SizeThreshold', this.sizeThreshold], ['zip64OffsetThreshold', this.offsetThreshold]] as const) {
+      if (!(value > 0 && value <= U32_MAX)) throw new RangeError(`${name} must be in 1..0xFFFFFFFF`);
+    }
     if (!(this.countThreshold > 0 && this.countThreshold <= U16_MAX)) throw new RangeError(`zip64CountThreshold must be in 1..0xFFFF`);
   }
 
@@ -111,16 +123,27 @@ export class ZipWriter {
     return this.records;
   }
 
-  /** One entry from bytes already in memory (one buffer or several chunks). */
+  /**
+   * One entry from bytes already in memory (one buffer or several chunks). The header and data go
+   * to the file in one positional writev, issued before this method first yields: a caller may
+   * prepare its next entry while this one is being written, awaiting it before the next add.
+   */
   async addEntry(name: string, data: Uint8Array | readonly Uint8Array[]): Promise<ZipEntryInfo> {
-    const chunks = data instanceof Uint8Array ? [data] : data;
+    const chunks = data instanceof Uint8Array ? [data] : [...data];
     let crc = 0;
     let size = 0;
     for (const chunk of chunks) {
       crc = crc32(chunk, crc);
       size += chunk.byteLength;
     }
-    return this.writeEntry(name, size, crc >>> 0, chunks);
+    const { header, record } = this.prepareEntry(name, size, crc >>> 0);
+    this.busy = true;
+    try {
+      await this.writeParts([header, ...chunks]);
+    } finally {
+      this.busy = false;
+    }
+    return this.commit(record);
   }
 
   /**
@@ -129,29 +152,49 @@ export class ZipWriter {
    * pass that differs from the first is detected and fails the write.
    */
   async addStreamingEntry(name: string, source: ChunkSource): Promise<ZipEntryInfo> {
-    let crc = 0;
-    let size = 0;
-    for await (const chunk of source()) {
-      crc = crc32(chunk, crc);
-      size += chunk.byteLength;
+    this.assertIdle();
+    this.busy = true;
+    try {
+      let crc = 0;
+      let size = 0;
+      for await (const chunk of source()) {
+        crc = crc32(chunk, crc);
+        size += chunk.byteLength;
+      }
+      crc >>>= 0;
+      const { header, record } = this.prepareEntry(name, size, crc, true);
+      await this.writeParts([header]);
+      let written = 0;
+      let check = 0;
+      for await (const chunk of source()) {
+        written += chunk.byteLength;
+        if (written > size) break;
+        check = crc32(chunk, check);
+        await this.writeParts([chunk]);
+      }
+      if (written !== size || check >>> 0 !== crc) {
+        throw new Error(`zip entry ${name}: the second pass over the data differs from the first (size ${size} -> ${written})`);
+      }
+      return this.commit(record);
+    } finally {
+      this.busy = false;
     }
-    return this.writeEntry(name, size, crc >>> 0, source());
   }
 
   /** Writes the central directory and end records; returns the archive's size in bytes. */
   async finish(): Promise<number> {
-    this.assertOpen();
+    this.assertIdle();
     this.finished = true;
     try {
       const directoryOffset = this.offset;
       const parts: Buffer[] = [];
       for (const record of this.records) parts.push(this.centralHeader(record));
       const directory = Buffer.concat(parts);
-      await this.write(directory);
+      await this.writeParts([directory]);
       const directorySize = directory.byteLength;
       const count = this.records.length;
       const needsZip64 =
-        count >= this.countThreshold || directorySize >= this.threshold || directoryOffset >= this.threshold;
+        count >= this.countThreshold || directorySize >= this.sizeThreshold || directoryOffset >= this.offsetThreshold;
       const tail: Buffer[] = [];
       if (needsZip64) {
         const zip64EndOffset = this.offset;
@@ -179,11 +222,11 @@ export class ZipWriter {
       end.writeUInt16LE(0, 6); // disk with the central directory
       end.writeUInt16LE(count >= this.countThreshold ? U16_MAX : count, 8);
       end.writeUInt16LE(count >= this.countThreshold ? U16_MAX : count, 10);
-      end.writeUInt32LE(directorySize >= this.threshold ? U32_MAX : directorySize, 12);
-      end.writeUInt32LE(directoryOffset >= this.threshold ? U32_MAX : directoryOffset, 16);
+      end.writeUInt32LE(directorySize >= this.sizeThreshold ? U32_MAX : directorySize, 12);
+      end.writeUInt32LE(directoryOffset >= this.offsetThreshold ? U32_MAX : directoryOffset, 16);
       end.writeUInt16LE(0, 20); // comment length
       tail.push(end);
-      await this.write(Buffer.concat(tail));
+      await this.writeParts([Buffer.concat(tail)]);
       if (this.ownsHandle) await this.handle.close();
       return this.offset;
     } catch (error) {
@@ -199,25 +242,22 @@ export class ZipWriter {
     if (this.ownsHandle) await this.handle.close();
   }
 
-  private async writeEntry(
-    name: string,
-    size: number,
-    crc: number,
-    chunks: Iterable<Uint8Array> | AsyncIterable<Uint8Array>,
-  ): Promise<ZipEntryInfo> {
-    this.assertOpen();
+  /** The local header for an entry starting at the current position (nothing is written yet). */
+  private prepareEntry(name: string, size: number, crc: number, busyOk = false): { header: Buffer; record: CentralRecord } {
+    if (!busyOk) this.assertIdle();
     if (this.names.has(name)) throw new Error(`zip entry ${name} written twice`);
     const nameBytes = Buffer.from(name, 'utf8');
     if (nameBytes.byteLength === 0 || nameBytes.byteLength > U16_MAX) throw new RangeError(`zip entry name length ${nameBytes.byteLength} out of range`);
-    if (!Number.isSafeInteger(this.offset + size)) throw new RangeError('archive exceeds 2^53 bytes');
     const headerOffset = this.offset;
-    const zip64Size = size >= this.threshold;
+    const zip64Size = size >= this.sizeThreshold;
     // The local header's ZIP64 block carries both sizes, and only them (APPNOTE §4.5.3).
     const zip64ExtraLength = zip64Size ? 4 + 16 : 0;
     const paddingExtra = this.alignment > 1;
     const unpadded = headerOffset + LOCAL_HEADER_SIZE + nameBytes.byteLength + zip64ExtraLength + (paddingExtra ? 4 : 0);
     const padding = paddingExtra ? (this.alignment - (unpadded % this.alignment)) % this.alignment : 0;
     const extraLength = zip64ExtraLength + (paddingExtra ? 4 + padding : 0);
+    const dataOffset = unpadded + padding;
+    if (!Number.isSafeInteger(dataOffset + size)) throw new RangeError('archive exceeds 2^53 bytes');
     const flags = /^[\x20-\x7e]*$/.test(name) ? 0 : FLAG_UTF8;
 
     const header = Buffer.alloc(LOCAL_HEADER_SIZE + nameBytes.byteLength + extraLength);
@@ -246,30 +286,20 @@ export class ZipWriter {
       header.writeUInt16LE(padding, at + 2);
       header.fill(0x5a /* 'Z' */, at + 4, at + 4 + padding);
     }
-    await this.write(header);
-    const dataOffset = this.offset;
+    return { header, record: { name, headerOffset, dataOffset, size, crc32: crc, nameBytes, flags } };
+  }
 
-    let written = 0;
-    let check = 0;
-    for await (const chunk of chunks) {
-      written += chunk.byteLength;
-      if (written > size) break;
-      check = crc32(chunk, check);
-      await this.write(chunk);
-    }
-    if (written !== size || check >>> 0 !== crc) {
-      throw new Error(`zip entry ${name}: the data changed between passes (size ${size} -> ${written})`);
-    }
-
-    const record: CentralRecord = { name, headerOffset, dataOffset, size, crc32: crc, nameBytes, flags };
+  private commit(record: CentralRecord): ZipEntryInfo {
+    if (this.offset !== record.dataOffset + record.size) throw new Error(`zip entry ${record.name}: wrote to ${this.offset}, expected ${record.dataOffset + record.size}`);
     this.records.push(record);
-    this.names.add(name);
+    this.names.add(record.name);
+    const { name, headerOffset, dataOffset, size, crc32: crc } = record;
     return { name, headerOffset, dataOffset, size, crc32: crc };
   }
 
   private centralHeader(record: CentralRecord): Buffer {
-    const bigSize = record.size >= this.threshold;
-    const bigOffset = record.headerOffset >= this.threshold;
+    const bigSize = record.size >= this.sizeThreshold;
+    const bigOffset = record.headerOffset >= this.offsetThreshold;
     const zip64Fields = (bigSize ? 2 : 0) + (bigOffset ? 1 : 0);
     const extraLength = zip64Fields > 0 ? 4 + 8 * zip64Fields : 0;
     const version = zip64Fields > 0 ? VERSION_ZIP64 : VERSION_DEFAULT;
@@ -308,6 +338,27 @@ export class ZipWriter {
     return out;
   }
 
+  /** Writes the parts in order at the current position; one writev when they fit one call. */
+  private async writeParts(parts: readonly Uint8Array[]): Promise<void> {
+    let total = 0;
+    for (const part of parts) total += part.byteLength;
+    let skip = 0;
+    if (parts.length > 1 && total <= MAX_WRITE) {
+      const { bytesWritten } = await this.handle.writev(parts as Uint8Array[], this.offset);
+      this.offset += bytesWritten;
+      if (bytesWritten === total) return;
+      skip = bytesWritten; // a short write: finish part by part
+    }
+    for (const part of parts) {
+      if (skip >= part.byteLength) {
+        skip -= part.byteLength;
+        continue;
+      }
+      await this.write(skip > 0 ? part.subarray(skip) : part);
+      skip = 0;
+    }
+  }
+
   private async write(data: Uint8Array): Promise<void> {
     let done = 0;
     while (done < data.byteLength) {
@@ -317,6 +368,11 @@ export class ZipWriter {
       done += bytesWritten;
       this.offset += bytesWritten;
     }
+  }
+
+  private assertIdle(): void {
+    this.assertOpen();
+    if (this.busy) throw new Error('zip writer is busy: await the previous entry before adding the next');
   }
 
   private assertOpen(): void {

@@ -1,6 +1,6 @@
 import { pyDict, pyFloat, pyOrderedDict, type PickleOrderedDict, type PickleValue, type TensorValue } from '../../checkpoint/pickle-writer.ts';
 import { writeTorchCheckpoint, type TorchCheckpointOptions } from '../../checkpoint/torch-writer.ts';
-import { specForVariant, stateDictEntries, type LocalizationNetSpec, type ParameterEntry } from './architecture.ts';
+import { OUTPUT_WIDTH, specForVariant, stateDictEntries, type LocalizationNetSpec, type ParameterEntry } from './architecture.ts';
 
 /**
  * Deterministic stand-in weights for LocalizationNet, so the demo and the tests can make real
@@ -10,7 +10,7 @@ import { specForVariant, stateDictEntries, type LocalizationNetSpec, type Parame
  *
  *   Conv / Linear weight       N(0, variance 1/fan_in)      fan_in = product of shape[1:]
  * (normals by the ziggurat method; uniforms and normals both from mulberry32)
- *   Conv / Linear bias         N(0, std 0.02)
+ *   Conv / Linear bias         N(0, std 0.02); the uncertainty head's output bias N(-1, 0.02)
  *   LayerNorm weight / bias    1 + U(-0.1, 0.1) / U(-0.05, 0.05)
  *   layer_scale                U(0.1, 0.3)                  (torchvision initialises 1e-6; larger
  *                                                            so the blocks matter to the output)
@@ -23,7 +23,7 @@ export interface SampleTensor {
   readonly name: string;
   readonly entry: ParameterEntry;
   /** Lazy: `tensor.data()` generates the values (a new array on each call, same values). */
-  readonly tensor: TensorValue & { readonly data: () => Float32Array | BigInt64Array };
+  readonly tensor: Omit<TensorValue, 'data'> & { readonly data: () => Float32Array | BigInt64Array };
 }
 
 /** Every state_dict entry of `spec`, in PyTorch's order, with deterministic pseudo-random values. */
@@ -62,15 +62,14 @@ export interface SampleCheckpointOptions {
 export interface SampleCheckpointResult {
   readonly bytes: number;
   readonly spec: LocalizationNetSpec;
+  /** state_dict entries written. */
   readonly tensors: number;
+  /** float32 values written (weights, biases and BatchNorm running statistics). */
   readonly parameters: number;
 }
 
-/**
- * Writes a sample checkpoint of LocalizationNet. Holds one tensor's values in memory at a time
- * (each is generated while its record is written).
- */
-export async function writeSampleCheckpoint(path: string, options: SampleCheckpointOptions): Promise<SampleCheckpointResult> {
+/** The object a sample checkpoint pickles (tensors lazy), for callers that write or inspect it themselves. */
+export function sampleCheckpointRoot(options: SampleCheckpointOptions): { root: PickleValue; spec: LocalizationNetSpec; sample: SampleTensor[] } {
   const spec = options.spec ?? specForVariant(options.variant);
   const sample = sampleStateDict(spec, options.seed);
   const withMetadata = options.metadata ?? true;
@@ -104,6 +103,15 @@ export async function writeSampleCheckpoint(path: string, options: SampleCheckpo
     default:
       throw new RangeError(`unknown layout ${String(options.layout)}`);
   }
+  return { root, spec, sample };
+}
+
+/**
+ * Writes a sample checkpoint of LocalizationNet. Each tensor is generated while the previous one's
+ * record is written, so at most two tensors' values are in memory at once.
+ */
+export async function writeSampleCheckpoint(path: string, options: SampleCheckpointOptions): Promise<SampleCheckpointResult> {
+  const { root, spec, sample } = sampleCheckpointRoot(options);
   const writeOptions: TorchCheckpointOptions = {
     ...(options.archiveName !== undefined ? { archiveName: options.archiveName } : {}),
     ...(options.zip !== undefined ? { zip: options.zip } : {}),
@@ -309,7 +317,13 @@ function sampleValues(entry: ParameterEntry, byName: ReadonlyMap<string, Paramet
       break;
     case 'bias': {
       const weight = byName.get(entry.name.replace(/bias$/, 'weight'));
-      if (weight && weight.shape.length >= 2) fillNormal(out, 0, 0.02, rng);
+      if (weight && weight.shape.length >= 2) {
+        // The uncertainty head's output bias sits at -1, so softplus lands near 0.3, well inside
+        // the default clamp range [0.01, 1], instead of near softplus(0) = 0.69 where many
+        // outputs would be clamped to 1 and parity checks would see constants.
+        const uncertaintyOutput = entry.name.startsWith('uncertainty_head.') && weight.shape[0] === OUTPUT_WIDTH;
+        fillNormal(out, uncertaintyOutput ? -1 : 0, 0.02, rng);
+      }
       else fillUniform(out, -0.05, 0.05, rng); // LayerNorm / BatchNorm shift
       break;
     }
