@@ -1,6 +1,21 @@
 import { crc32 } from 'node:zlib';
 import { ErrorCodes, HeimdallError } from '../errors/index.ts';
 import type { RandomAccessFile } from './random-access-file.ts';
+import {
+  CENTRAL_HEADER_SIZE,
+  CENTRAL_SIGNATURE,
+  EOCD_SIGNATURE,
+  EOCD_SIZE,
+  LOCAL_HEADER_SIZE,
+  LOCAL_SIGNATURE,
+  U16_MAX,
+  U32_MAX,
+  ZIP64_EOCD_SIGNATURE,
+  ZIP64_EOCD_SIZE,
+  ZIP64_EXTRA_ID,
+  ZIP64_LOCATOR_SIGNATURE,
+  ZIP64_LOCATOR_SIZE,
+} from './zip-format.ts';
 
 /**
  * The subset of ZIP that torch.save writes: stored (uncompressed) entries, optional ZIP64 records.
@@ -17,14 +32,7 @@ export interface ZipEntry {
   readonly dataOffset: number;
 }
 
-const EOCD_SIGNATURE = 0x06054b50;
-const ZIP64_LOCATOR_SIGNATURE = 0x07064b50;
-const ZIP64_EOCD_SIGNATURE = 0x06064b50;
-const CENTRAL_SIGNATURE = 0x02014b50;
-const LOCAL_SIGNATURE = 0x04034b50;
-const ZIP64_EXTRA_ID = 0x0001;
-const EOCD_SIZE = 22;
-const MAX_COMMENT = 0xffff;
+const MAX_COMMENT = U16_MAX;
 const STORED = 0;
 
 export const ZIP_MAGIC = [0x50, 0x4b, 0x03, 0x04] as const;
@@ -44,7 +52,7 @@ export class ZipReader {
     const entries = new Map<string, ZipEntry>();
     let at = 0;
     for (let i = 0; i < count; i++) {
-      if (at + 46 > directory.byteLength || directory.getUint32(at, true) !== CENTRAL_SIGNATURE) {
+      if (at + CENTRAL_HEADER_SIZE > directory.byteLength || directory.getUint32(at, true) !== CENTRAL_SIGNATURE) {
         throw corrupt(`central directory entry ${i} is malformed`);
       }
       const method = directory.getUint16(at + 10, true);
@@ -55,7 +63,7 @@ export class ZipReader {
       const extraLength = directory.getUint16(at + 30, true);
       const commentLength = directory.getUint16(at + 32, true);
       let localOffset = directory.getUint32(at + 42, true);
-      const nameStart = at + 46;
+      const nameStart = at + CENTRAL_HEADER_SIZE;
       if (nameStart + nameLength + extraLength > directory.byteLength) throw corrupt(`central directory entry ${i} is truncated`);
       const name = new TextDecoder().decode(new Uint8Array(directory.buffer, directory.byteOffset + nameStart, nameLength));
       // ZIP64: fields saturated at 0xFFFFFFFF are given, in this order, in the 0x0001 extra block.
@@ -68,9 +76,9 @@ export class ZipReader {
           z += 8;
           return value;
         };
-        if (size === 0xffffffff) size = take();
-        if (compressedSize === 0xffffffff) compressedSize = take();
-        if (localOffset === 0xffffffff) localOffset = take();
+        if (size === U32_MAX) size = take();
+        if (compressedSize === U32_MAX) compressedSize = take();
+        if (localOffset === U32_MAX) localOffset = take();
       }
       if (method !== STORED || compressedSize !== size) {
         throw new HeimdallError(ErrorCodes.UNSUPPORTED_FORMAT, `entry ${name} is compressed (method ${method}); torch checkpoints store entries uncompressed`);
@@ -109,11 +117,11 @@ async function readEndOfCentralDirectory(file: RandomAccessFile) {
   let count = tail.getUint16(eocd + 10, true);
   let directorySize = tail.getUint32(eocd + 12, true);
   let directoryOffset = tail.getUint32(eocd + 16, true);
-  const saturated = count === 0xffff || directorySize === 0xffffffff || directoryOffset === 0xffffffff;
-  const locatorAt = eocd - 20;
+  const saturated = count === U16_MAX || directorySize === U32_MAX || directoryOffset === U32_MAX;
+  const locatorAt = eocd - ZIP64_LOCATOR_SIZE;
   if (locatorAt >= 0 && tail.getUint32(locatorAt, true) === ZIP64_LOCATOR_SIGNATURE) {
     const recordOffset = Number(tail.getBigUint64(locatorAt + 8, true));
-    const record = view(await file.read(recordOffset, 56));
+    const record = view(await file.read(recordOffset, ZIP64_EOCD_SIZE));
     if (record.getUint32(0, true) !== ZIP64_EOCD_SIGNATURE) throw corrupt('ZIP64 end-of-central-directory record is missing');
     count = Number(record.getBigUint64(32, true));
     directorySize = Number(record.getBigUint64(40, true));
@@ -125,9 +133,9 @@ async function readEndOfCentralDirectory(file: RandomAccessFile) {
 }
 
 async function dataOffsetOf(file: RandomAccessFile, localOffset: number, name: string, size: number): Promise<number> {
-  const header = view(await file.read(localOffset, 30));
+  const header = view(await file.read(localOffset, LOCAL_HEADER_SIZE));
   if (header.getUint32(0, true) !== LOCAL_SIGNATURE) throw corrupt(`local header of ${name} is missing`);
-  const dataOffset = localOffset + 30 + header.getUint16(26, true) + header.getUint16(28, true);
+  const dataOffset = localOffset + LOCAL_HEADER_SIZE + header.getUint16(26, true) + header.getUint16(28, true);
   if (dataOffset + size > file.size) throw corrupt(`entry ${name} runs past the end of the file (truncated?)`);
   return dataOffset;
 }

@@ -1,5 +1,20 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { crc32 } from 'node:zlib';
+import {
+  CENTRAL_HEADER_SIZE,
+  CENTRAL_SIGNATURE,
+  EOCD_SIGNATURE,
+  EOCD_SIZE,
+  LOCAL_HEADER_SIZE,
+  LOCAL_SIGNATURE,
+  U16_MAX,
+  U32_MAX,
+  ZIP64_EOCD_SIGNATURE,
+  ZIP64_EOCD_SIZE,
+  ZIP64_EXTRA_ID,
+  ZIP64_LOCATOR_SIGNATURE,
+  ZIP64_LOCATOR_SIZE,
+} from './zip-format.ts';
 
 /**
  * A streaming writer of uncompressed ("stored") ZIP archives, laid out the way PyTorch's
@@ -50,20 +65,7 @@ export interface ZipEntryInfo {
 /** Chunks of one entry; for `addStreamingEntry` the function is called twice and must yield the same bytes. */
 export type ChunkSource = () => Iterable<Uint8Array> | AsyncIterable<Uint8Array>;
 
-const LOCAL_SIGNATURE = 0x04034b50;
-const CENTRAL_SIGNATURE = 0x02014b50;
-const EOCD_SIGNATURE = 0x06054b50;
-const ZIP64_EOCD_SIGNATURE = 0x06064b50;
-const ZIP64_LOCATOR_SIGNATURE = 0x07064b50;
-const ZIP64_EXTRA_ID = 0x0001;
 const PADDING_EXTRA_ID = 0x4246; // "FB" little-endian, as torch writes it
-const LOCAL_HEADER_SIZE = 30;
-const CENTRAL_HEADER_SIZE = 46;
-const EOCD_SIZE = 22;
-const ZIP64_EOCD_SIZE = 56;
-const ZIP64_LOCATOR_SIZE = 20;
-const U32_MAX = 0xffffffff;
-const U16_MAX = 0xffff;
 /** 1980-01-01 00:00:00, the earliest DOS date: fixed so archives are byte-for-byte reproducible. */
 const DOS_TIME = 0;
 const DOS_DATE = (0 << 9) | (1 << 5) | 1;

@@ -11,7 +11,7 @@ const heimdall = join(import.meta.dirname, '../../bin/heimdall.js');
 async function cli(...argv: string[]) {
   const stdout: string[] = [];
   const stderr: string[] = [];
-  const code = await runCli(argv, { stdout: (l) => stdout.push(l), stderr: (l) => stderr.push(l) });
+  const code = await runCli(argv, { io: { stdout: (l) => stdout.push(l), stderr: (l) => stderr.push(l) } });
   return { code, stdout, stderr };
 }
 

@@ -2,14 +2,23 @@ import { asHeimdallError, ErrorCodes } from '../errors/index.ts';
 import { demoCommand, demoUsage } from './commands/demo.ts';
 import { exportCommand, exportUsage } from './commands/export.ts';
 import { sampleCommand, sampleUsage } from './commands/sample.ts';
+import { runCommand, runUsage } from './commands/run.ts';
 import { processIO, type CommandIO } from './io.ts';
+import type { AnyStage } from '../pipeline/stage.ts';
 
-type Command = (argv: string[], io: CommandIO) => Promise<number>;
+/** What the entry point provides: where output goes, and the stage functions (functions/ is wired in by bin/). */
+export interface CliEnvironment {
+  readonly io: CommandIO;
+  readonly stages: readonly AnyStage[];
+}
+
+type Command = (argv: string[], env: CliEnvironment) => Promise<number>;
 
 const commands: Record<string, { run: Command; usage: string; summary: string }> = {
-  export: { run: exportCommand, usage: exportUsage, summary: 'convert a checkpoint to ONNX' },
-  sample: { run: sampleCommand, usage: sampleUsage, summary: 'write a LocalizationNet checkpoint with random weights' },
-  demo: { run: demoCommand, usage: demoUsage, summary: 'make a sample checkpoint and take it through the exporter' },
+  run: { run: (argv, env) => runCommand(argv, env.io, env.stages), usage: runUsage, summary: 'take a checkpoint through export, validate, parity, benchmark and register' },
+  export: { run: (argv, env) => exportCommand(argv, env.io), usage: exportUsage, summary: 'convert a checkpoint to ONNX' },
+  sample: { run: (argv, env) => sampleCommand(argv, env.io), usage: sampleUsage, summary: 'write a LocalizationNet checkpoint with random weights' },
+  demo: { run: (argv, env) => demoCommand(argv, env), usage: demoUsage, summary: 'make a sample checkpoint and run the pipeline on it' },
 };
 
 export function helpText(): string {
@@ -22,7 +31,8 @@ export function helpText(): string {
 }
 
 /** Runs one CLI invocation; returns the exit code (0 ok, 1 failed, 2 usage). */
-export async function runCli(argv: string[], io: CommandIO = processIO): Promise<number> {
+export async function runCli(argv: string[], env: Partial<CliEnvironment> = {}): Promise<number> {
+  const io = env.io ?? processIO;
   const [name, ...rest] = argv;
   if (!name || name === '--help' || name === '-h' || name === 'help') {
     io.stdout(helpText());
@@ -34,7 +44,7 @@ export async function runCli(argv: string[], io: CommandIO = processIO): Promise
     return 2;
   }
   try {
-    return await command.run(rest, io);
+    return await command.run(rest, { io, stages: env.stages ?? [] });
   } catch (error) {
     const failure = asHeimdallError(error);
     io.stderr(`error: ${failure.toLine()}`);

@@ -21,6 +21,18 @@ export const ErrorCodes = {
   INVALID_STATE_DICT: 'INVALID_STATE_DICT',
   /** The weights do not describe a LocalizationNet (ConvNeXt backbone + two heads). */
   UNSUPPORTED_ARCHITECTURE: 'UNSUPPORTED_ARCHITECTURE',
+  /** An event that does not match its CloudEvents envelope or data schema. */
+  INVALID_EVENT: 'INVALID_EVENT',
+  /** The exported model fails validation (structure, I/O contract, non-finite or out-of-range outputs). */
+  INVALID_MODEL: 'INVALID_MODEL',
+  /** ONNX outputs differ from the reference beyond the tolerance. */
+  PARITY_EXCEEDED: 'PARITY_EXCEEDED',
+  /** The benchmark could not run (session creation, allocation). */
+  BENCHMARK_FAILED: 'BENCHMARK_FAILED',
+  /** The model registry refused or failed an operation. */
+  REGISTRY_ERROR: 'REGISTRY_ERROR',
+  /** An object or bucket is missing in the object store. */
+  OBJECT_NOT_FOUND: 'OBJECT_NOT_FOUND',
   /** Wrong command-line usage or configuration. */
   USAGE: 'USAGE',
   /** An I/O failure outside the checkpoint's content (disk full, permission denied). */
@@ -43,6 +55,13 @@ export class HeimdallError extends Error {
   toLine(): string {
     return `${this.code}: ${this.message}`;
   }
+}
+
+/** Failures that may succeed when tried again (infrastructure), as opposed to bad input that never will. */
+const RETRIABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>([ErrorCodes.IO_ERROR, ErrorCodes.BENCHMARK_FAILED, ErrorCodes.REGISTRY_ERROR]);
+
+export function isRetriable(code: ErrorCode): boolean {
+  return RETRIABLE.has(code);
 }
 
 /** Any thrown value as a HeimdallError; unknown failures keep their message under IO_ERROR only when they are system errors. */

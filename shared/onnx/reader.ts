@@ -1,9 +1,10 @@
+import { open, type FileHandle } from 'node:fs/promises';
 import { ModelField, GraphField, TensorField, type Dim } from './model.ts';
 
 /**
  * Reads an ONNX model's structure (not its weights) for our own checks: onnxruntime accepts models
  * that break the spec (unsorted nodes, reassigned names), so validation needs to see the graph.
- * Decodes the protobuf wire format directly; initializer payloads are skipped, never copied.
+ * Decodes the protobuf wire format directly; initializer payloads are skipped, never read.
  */
 
 export interface ModelSummary {
@@ -81,48 +82,150 @@ class Fields {
 const text = (value: number | Uint8Array) => (typeof value === 'number' ? String(value) : new TextDecoder().decode(value));
 const bytesOf = (value: number | Uint8Array) => (typeof value === 'number' ? new Uint8Array() : value);
 
-export function readModelSummary(bytes: Uint8Array): ModelSummary {
-  let irVersion = 0;
-  let producerName = '';
-  let producerVersion = '';
-  const opsets = new Map<string, number>();
-  const metadata: Record<string, string> = {};
-  let graph: GraphSummary | undefined;
-  for (const [field, value] of new Fields(bytes)) {
-    if (field === ModelField.irVersion) irVersion = value as number;
-    else if (field === ModelField.producerName) producerName = text(value);
-    else if (field === ModelField.producerVersion) producerVersion = text(value);
-    else if (field === ModelField.opsetImport) {
-      let domain = '';
-      let version = 0;
-      for (const [f, v] of new Fields(bytesOf(value))) {
-        if (f === 1) domain = text(v);
-        else if (f === 2) version = v as number;
+/**
+ * Reads the model's structure from a file without loading its weights: top-level fields and graph
+ * fields are walked with positional reads, and initializer payloads (raw_data) are skipped by length.
+ */
+export async function readModelSummary(path: string): Promise<ModelSummary> {
+  const file = await open(path, 'r');
+  try {
+    const scanner = new FileScanner(file, (await file.stat()).size);
+    let irVersion = 0;
+    let producerName = '';
+    let producerVersion = '';
+    const opsets = new Map<string, number>();
+    const metadata: Record<string, string> = {};
+    let graph: GraphSummary | undefined;
+    for await (const f of scanner.fields(0, scanner.size)) {
+      if (f.field === ModelField.graph && f.length !== undefined) {
+        graph = await readGraph(scanner, f.offset, f.offset + f.length);
+        continue;
       }
-      opsets.set(domain, version);
-    } else if (field === ModelField.metadataProps) {
-      const [key, val] = stringEntry(bytesOf(value));
-      metadata[key] = val;
-    } else if (field === ModelField.graph) graph = readGraph(bytesOf(value));
+      const value = f.length === undefined ? f.value! : await scanner.bytes(f.offset, f.length);
+      if (f.field === ModelField.irVersion) irVersion = value as number;
+      else if (f.field === ModelField.producerName) producerName = text(value);
+      else if (f.field === ModelField.producerVersion) producerVersion = text(value);
+      else if (f.field === ModelField.opsetImport) {
+        let domain = '';
+        let version = 0;
+        for (const [field, v] of new Fields(bytesOf(value))) {
+          if (field === 1) domain = text(v);
+          else if (field === 2) version = v as number;
+        }
+        opsets.set(domain, version);
+      } else if (f.field === ModelField.metadataProps) {
+        const [key, val] = stringEntry(bytesOf(value));
+        metadata[key] = val;
+      }
+    }
+    if (!graph) throw new Error('model has no graph');
+    return { irVersion, opsets, producerName, producerVersion, metadata, graph };
+  } finally {
+    await file.close();
   }
-  if (!graph) throw new Error('model has no graph');
-  return { irVersion, opsets, producerName, producerVersion, metadata, graph };
 }
 
-function readGraph(bytes: Uint8Array): GraphSummary {
+async function readGraph(scanner: FileScanner, start: number, end: number): Promise<GraphSummary> {
   const nodes: GraphSummary['nodes'][number][] = [];
   const inputs: ValueSummary[] = [];
   const outputs: ValueSummary[] = [];
   const initializers: GraphSummary['initializers'][number][] = [];
   let name = '';
-  for (const [field, value] of new Fields(bytes)) {
-    if (field === GraphField.node) nodes.push(readNode(bytesOf(value)));
-    else if (field === GraphField.name) name = text(value);
-    else if (field === GraphField.input) inputs.push(readValueInfo(bytesOf(value)));
-    else if (field === GraphField.output) outputs.push(readValueInfo(bytesOf(value)));
-    else if (field === GraphField.initializer) initializers.push(readTensor(bytesOf(value)));
+  for await (const f of scanner.fields(start, end)) {
+    if (f.length === undefined) continue;
+    if (f.field === GraphField.initializer) {
+      initializers.push(await readTensor(scanner, f.offset, f.offset + f.length));
+      continue;
+    }
+    const value = await scanner.bytes(f.offset, f.length);
+    if (f.field === GraphField.node) nodes.push(readNode(value));
+    else if (f.field === GraphField.name) name = text(value);
+    else if (f.field === GraphField.input) inputs.push(readValueInfo(value));
+    else if (f.field === GraphField.output) outputs.push(readValueInfo(value));
   }
   return { name, nodes, inputs, outputs, initializers };
+}
+
+async function readTensor(scanner: FileScanner, start: number, end: number) {
+  const tensor = { name: '', dataType: 0, dims: [] as number[], byteLength: 0, external: false };
+  for await (const f of scanner.fields(start, end)) {
+    if (f.field === TensorField.rawData) {
+      tensor.byteLength = f.length ?? 0;
+      continue;
+    }
+    const value = f.length === undefined ? f.value! : await scanner.bytes(f.offset, f.length);
+    if (f.field === TensorField.dims) tensor.dims.push(value as number);
+    else if (f.field === TensorField.dataType) tensor.dataType = value as number;
+    else if (f.field === TensorField.name) tensor.name = text(value);
+    else if (f.field === TensorField.dataLocation) tensor.external = value === 1;
+    else if (f.field === TensorField.externalData) {
+      const [key, val] = stringEntry(bytesOf(value));
+      if (key === 'length') tensor.byteLength = Number(val);
+    }
+  }
+  return tensor;
+}
+
+/** Walks protobuf fields of a file region with positional reads through a 64 KiB window. */
+class FileScanner {
+  private window: Uint8Array = new Uint8Array(0);
+  private windowStart = 0;
+
+  constructor(
+    private readonly file: FileHandle,
+    readonly size: number,
+  ) {}
+
+  async *fields(start: number, end: number): AsyncGenerator<{ field: number; value?: number; offset: number; length?: number }> {
+    let pos = start;
+    while (pos < end) {
+      const key = await this.varint(pos);
+      pos = key.next;
+      const field = Math.floor(key.value / 8);
+      const wire = key.value & 7;
+      if (wire === 0) {
+        const v = await this.varint(pos);
+        pos = v.next;
+        yield { field, value: v.value, offset: pos };
+      } else if (wire === 2) {
+        const length = await this.varint(pos);
+        pos = length.next;
+        if (pos + length.value > end) throw new Error(`field ${field} runs past its message`);
+        yield { field, offset: pos, length: length.value };
+        pos += length.value;
+      } else if (wire === 1) pos += 8;
+      else if (wire === 5) pos += 4;
+      else throw new Error(`unsupported wire type ${wire} at byte ${pos}`);
+    }
+  }
+
+  async bytes(offset: number, length: number): Promise<Uint8Array> {
+    const out = new Uint8Array(length);
+    const { bytesRead } = await this.file.read(out, 0, length, offset);
+    if (bytesRead !== length) throw new Error(`file ends inside a field at ${offset}`);
+    return out;
+  }
+
+  private async varint(pos: number): Promise<{ value: number; next: number }> {
+    let result = 0;
+    let scale = 1;
+    for (let i = 0; i < 10; i++) {
+      const b = await this.byteAt(pos + i);
+      if (i < 8) result += (b & 0x7f) * scale;
+      scale *= 128;
+      if ((b & 0x80) === 0) return { value: result, next: pos + i + 1 };
+    }
+    throw new Error('varint longer than 10 bytes');
+  }
+
+  private async byteAt(pos: number): Promise<number> {
+    if (pos < this.windowStart || pos >= this.windowStart + this.window.byteLength) {
+      if (pos >= this.size) throw new Error('truncated varint');
+      this.window = await this.bytes(pos, Math.min(64 * 1024, this.size - pos));
+      this.windowStart = pos;
+    }
+    return this.window[pos - this.windowStart]!;
+  }
 }
 
 function readNode(bytes: Uint8Array) {
@@ -158,22 +261,6 @@ function readValueInfo(bytes: Uint8Array): ValueSummary {
     }
   }
   return { name, elemType, shape };
-}
-
-function readTensor(bytes: Uint8Array) {
-  const tensor = { name: '', dataType: 0, dims: [] as number[], byteLength: 0, external: false };
-  for (const [field, value] of new Fields(bytes)) {
-    if (field === TensorField.dims) tensor.dims.push(value as number);
-    else if (field === TensorField.dataType) tensor.dataType = value as number;
-    else if (field === TensorField.name) tensor.name = text(value);
-    else if (field === TensorField.rawData) tensor.byteLength = bytesOf(value).byteLength;
-    else if (field === TensorField.dataLocation) tensor.external = value === 1;
-    else if (field === TensorField.externalData) {
-      const [key, val] = stringEntry(bytesOf(value));
-      if (key === 'length') tensor.byteLength = Number(val);
-    }
-  }
-  return tensor;
 }
 
 function stringEntry(bytes: Uint8Array): [string, string] {

@@ -1,4 +1,3 @@
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -35,7 +34,7 @@ describe('exportCheckpoint', () => {
       const result = await exportCheckpoint(checkpoint, out, { opset });
       expect(result).toMatchObject({ opset, irVersion: { 14: 7, 17: 8, 20: 9 }[opset], spec: { variant: 'custom', dims: SMALL_SPEC.dims } });
 
-      const model = readModelSummary(await readFile(out));
+      const model = await readModelSummary(out);
       expect(structuralProblems(model)).toEqual([]);
       expect(model.graph.inputs).toEqual([{ name: 'mel_spectrogram', elemType: 1, shape: ['batch_size', 3, 128, 32] }]);
       expect(model.graph.outputs.map((o) => [o.name, o.shape])).toEqual([['positions', ['batch_size', 2]], ['uncertainties', ['batch_size', 2]]]);

@@ -1,0 +1,54 @@
+import { rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { createEvent } from '../../shared/events/index.ts';
+import { formatBytes } from '../../shared/cli/format.ts';
+import { exportCheckpoint } from '../../shared/models/localization-net/export.ts';
+import { source, type StageHandler } from '../../shared/pipeline/stage.ts';
+import { MODELS_BUCKET, modelKey } from '../../shared/storage/object-store.ts';
+
+/**
+ * checkpoint.created -> model.exported: reads the checkpoint from the object store, writes the ONNX
+ * model to `models/localization/<runId>/model.onnx` with its metadata. Idempotent: the export is
+ * deterministic and the key content-addressed, so a redelivery rewrites the same bytes.
+ */
+export const exportHandler: StageHandler<'heimdall.checkpoint.created', 'heimdall.model.exported'> = async (event, ctx) => {
+  const { bucket, key, runId } = event.data;
+  const checkpoint = await ctx.store.fetchFile(bucket, key);
+  const out = join(ctx.scratchDir, `${runId}.onnx`);
+  try {
+    ctx.progress(`exporting ${key} (${formatBytes(event.data.size)})`);
+    const result = await exportCheckpoint(checkpoint.path, out, {
+      opset: ctx.config.opset,
+      onProgress: ({ phase, doneBytes, totalBytes }) =>
+        ctx.progress(`${phase === 'hash' ? 'hashing checkpoint' : 'writing weights'} ${formatBytes(doneBytes)} / ${formatBytes(totalBytes)}`),
+    });
+    for (const warning of result.warnings) ctx.logger.warn({ runId, warning }, 'export warning');
+    const checkpointUri = ctx.store.uri(bucket, key);
+    ctx.progress(`uploading model.onnx (${formatBytes(result.onnx.bytes)})`);
+    await ctx.store.putFile(MODELS_BUCKET, modelKey(runId), out, {
+      sha256: result.onnx.sha256,
+      'source-checkpoint': checkpointUri,
+      'source-checkpoint-sha256': result.checkpoint.sha256,
+      'run-id': runId,
+      opset: String(result.opset),
+      'export-date': new Date().toISOString(),
+      'model-type': 'LocalizationNet',
+    });
+    return createEvent('heimdall.model.exported', {
+      stage: 'export',
+      source: source('export'),
+      subject: key,
+      data: {
+        runId,
+        checkpoint: { uri: checkpointUri, sha256: result.checkpoint.sha256, format: result.checkpoint.format },
+        onnx: { uri: ctx.store.uri(MODELS_BUCKET, modelKey(runId)), sha256: result.onnx.sha256, bytes: result.onnx.bytes, opset: result.opset, irVersion: result.irVersion },
+        architecture: { name: 'LocalizationNet', variant: result.spec.variant, params: result.parameters },
+        warnings: [...result.warnings],
+        durationMs: Math.round(result.durationMs),
+      },
+    });
+  } finally {
+    await checkpoint.release();
+    await rm(out, { force: true });
+  }
+};

@@ -1,0 +1,133 @@
+import * as ort from 'onnxruntime-node';
+import { openCheckpoint, type Checkpoint, type LazyTensor } from '../../shared/checkpoint/index.ts';
+import { ErrorCodes, HeimdallError } from '../../shared/errors/index.ts';
+import { createEvent, type ParityResult } from '../../shared/events/index.ts';
+import { INPUT_NAME, INPUT_SHAPE, OUTPUT_NAMES } from '../../shared/models/localization-net/architecture.ts';
+import { inferArchitecture } from '../../shared/models/localization-net/infer.ts';
+import { ReferenceModel } from '../../shared/models/localization-net/reference.ts';
+import { source, type StageContext, type StageHandler } from '../../shared/pipeline/stage.ts';
+import { openSession, sampleInput } from '../../shared/runtime/session.ts';
+
+/** Where expected outputs come from, and the inputs they belong to. */
+interface Expected {
+  readonly reference: ParityResult['reference'];
+  readonly inputs: Float32Array;
+  readonly samples: number;
+  readonly outputs: Readonly<Record<(typeof OUTPUT_NAMES)[number], Float32Array>>;
+}
+
+/**
+ * model.validated -> model.parity-checked: the ONNX model's outputs against golden samples computed
+ * by PyTorch at training time (a `parity` entry in the checkpoint, or a `<checkpoint>.parity.safetensors`
+ * sidecar), else against our TypeScript reference forward pass on the checkpoint's weights.
+ * Max and mean absolute error per output; above the tolerance: PARITY_EXCEEDED.
+ */
+export const parityHandler: StageHandler<'heimdall.model.validated', 'heimdall.model.parity-checked'> = async (event, ctx) => {
+  const { runId, onnx, checkpoint: checkpointRef } = event.data;
+  const location = ctx.store.parseUri(checkpointRef.uri);
+  const file = await ctx.store.fetchFile(location.bucket, location.key);
+  let expected: Expected;
+  try {
+    const checkpoint = await openCheckpoint(file.path);
+    try {
+      expected = (await goldenSamples(checkpoint, location, ctx)) ?? (await referenceSamples(checkpoint, ctx));
+    } finally {
+      await checkpoint.close();
+    }
+  } finally {
+    await file.release();
+  }
+
+  ctx.progress(`running the ONNX model on ${expected.samples} ${expected.reference} samples`);
+  const model = await ctx.store.fetchFile(...Object.values(ctx.store.parseUri(onnx.uri)) as [string, string]);
+  let actual: ort.InferenceSession.OnnxValueMapType;
+  try {
+    const { session } = await openSession(model.path, { threads: ctx.config.benchmark.threads });
+    try {
+      actual = await session.run({ [INPUT_NAME]: new ort.Tensor('float32', expected.inputs, [expected.samples, ...INPUT_SHAPE]) });
+    } finally {
+      await session.release();
+    }
+  } finally {
+    await model.release();
+  }
+
+  const tolerance = ctx.config.parity.tolerance;
+  const perOutput = Object.fromEntries(OUTPUT_NAMES.map((name) => [name, absoluteError((actual[name] as ort.Tensor).data as Float32Array, expected.outputs[name])]));
+  const passed = Object.values(perOutput).every((e) => e.maxAbs <= tolerance);
+  if (!passed) {
+    const figures = Object.entries(perOutput).map(([name, e]) => `${name} max |diff| ${e.maxAbs.toExponential(2)}`).join(', ');
+    throw new HeimdallError(ErrorCodes.PARITY_EXCEEDED, `${figures} against ${expected.reference} samples exceeds the tolerance ${tolerance}`);
+  }
+  return createEvent('heimdall.model.parity-checked', {
+    stage: 'parity',
+    source: source('parity'),
+    data: { runId, checkpoint: checkpointRef, onnx, reference: expected.reference, samples: expected.samples, perOutput, tolerance, passed },
+  });
+};
+
+async function goldenSamples(checkpoint: Checkpoint, location: { bucket: string; key: string }, ctx: StageContext): Promise<Expected | undefined> {
+  if (checkpoint.parity) {
+    ctx.progress('using the golden samples inside the checkpoint');
+    return fromGolden(checkpoint.parity, 'parity entry');
+  }
+  const sidecarKey = `${location.key}.parity.safetensors`;
+  if (!(await ctx.store.stat(location.bucket, sidecarKey))) return undefined;
+  ctx.progress(`using the golden samples in ${sidecarKey}`);
+  const sidecar = await ctx.store.fetchFile(location.bucket, sidecarKey);
+  try {
+    const golden = await openCheckpoint(sidecar.path);
+    try {
+      return await fromGolden(golden.tensors, sidecarKey);
+    } finally {
+      await golden.close();
+    }
+  } finally {
+    await sidecar.release();
+  }
+}
+
+async function fromGolden(tensors: ReadonlyMap<string, LazyTensor>, where: string): Promise<Expected> {
+  const get = (name: string) => {
+    const tensor = tensors.get(name);
+    if (!tensor) throw new HeimdallError(ErrorCodes.INVALID_STATE_DICT, `golden samples in ${where} lack ${name}`);
+    return tensor;
+  };
+  const inputs = get('inputs');
+  const samples = inputs.shape[0] ?? 0;
+  if (samples < 1 || JSON.stringify(inputs.shape.slice(1)) !== JSON.stringify(INPUT_SHAPE)) {
+    throw new HeimdallError(ErrorCodes.INVALID_STATE_DICT, `golden inputs in ${where} have shape [${inputs.shape.join(', ')}], expected [N, ${INPUT_SHAPE.join(', ')}]`);
+  }
+  const outputs = {} as Record<(typeof OUTPUT_NAMES)[number], Float32Array>;
+  for (const name of OUTPUT_NAMES) {
+    const tensor = get(name);
+    if (JSON.stringify(tensor.shape) !== JSON.stringify([samples, 2])) {
+      throw new HeimdallError(ErrorCodes.INVALID_STATE_DICT, `golden ${name} in ${where} has shape [${tensor.shape.join(', ')}], expected [${samples}, 2]`);
+    }
+    outputs[name] = await tensor.readFloat32();
+  }
+  return { reference: 'golden', inputs: await inputs.readFloat32(), samples, outputs };
+}
+
+async function referenceSamples(checkpoint: Checkpoint, ctx: StageContext): Promise<Expected> {
+  const samples = ctx.config.parity.samples;
+  ctx.progress(`loading weights for the reference forward pass`);
+  const spec = inferArchitecture(checkpoint.tensors, checkpoint.config);
+  const model = await ReferenceModel.load(checkpoint.tensors, spec);
+  const inputs = sampleInput(samples, 7).data as Float32Array;
+  ctx.progress(`reference forward pass on ${samples} samples (${spec.variant})`);
+  const { positions, uncertainties } = model.forward(inputs, samples);
+  return { reference: 'reference-impl', inputs, samples, outputs: { positions, uncertainties } };
+}
+
+function absoluteError(actual: Float32Array, expected: Float32Array): { maxAbs: number; meanAbs: number } {
+  let max = 0;
+  let sum = 0;
+  for (let i = 0; i < expected.length; i++) {
+    const diff = Math.abs(actual[i]! - expected[i]!);
+    // NaN anywhere is an unbounded error, never a pass.
+    max = Number.isNaN(diff) ? Number.POSITIVE_INFINITY : Math.max(max, diff);
+    sum += diff;
+  }
+  return { maxAbs: max, meanAbs: sum / expected.length };
+}

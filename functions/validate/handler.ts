@@ -1,0 +1,114 @@
+import * as ort from 'onnxruntime-node';
+import { ErrorCodes, HeimdallError } from '../../shared/errors/index.ts';
+import { createEvent } from '../../shared/events/index.ts';
+import { INPUT_NAME, INPUT_SHAPE, OUTPUT_NAMES, OUTPUT_WIDTH } from '../../shared/models/localization-net/architecture.ts';
+import { BATCH_DIM } from '../../shared/models/localization-net/graph.ts';
+import { readModelSummary, type ValueSummary } from '../../shared/onnx/reader.ts';
+import { structuralProblems } from '../../shared/onnx/structure.ts';
+import { source, type StageHandler } from '../../shared/pipeline/stage.ts';
+import { openSession, sampleInput } from '../../shared/runtime/session.ts';
+
+/** DESIGN §5: the batch sizes every model must serve. */
+export const VALIDATION_BATCHES = [1, 2, 8, 32] as const;
+const FLOAT = 1;
+
+interface Check {
+  name: string;
+  passed: boolean;
+  detail: string;
+}
+
+/**
+ * model.exported -> model.validated: our own structural checks (onnxruntime accepts unsorted graphs
+ * and reassigned names), the I/O contract, then real inference at each batch size with finite
+ * outputs and uncertainties inside their clamp range. Any failed check: INVALID_MODEL.
+ */
+export const validateHandler: StageHandler<'heimdall.model.exported', 'heimdall.model.validated'> = async (event, ctx) => {
+  const { runId, onnx } = event.data;
+  const { bucket, key } = ctx.store.parseUri(onnx.uri);
+  const model = await ctx.store.fetchFile(bucket, key);
+  const checks: Check[] = [];
+  let summary: Awaited<ReturnType<typeof readModelSummary>>;
+  const check = (name: string, problems: string[], passedDetail: string) => checks.push({ name, passed: problems.length === 0, detail: problems.length ? problems.join('; ') : passedDetail });
+  try {
+    ctx.progress('reading graph structure');
+    summary = await readModelSummary(model.path);
+    check('structure', structuralProblems(summary), `${summary.graph.nodes.length} nodes, topologically sorted, single assignment, IR ${summary.irVersion} / opset ${summary.opsets.get('')}`);
+    check('io-contract', ioProblems(summary.graph.inputs, summary.graph.outputs), `${INPUT_NAME} -> ${OUTPUT_NAMES.join(', ')}`);
+    const range = uncertaintyRange(summary.metadata);
+
+    ctx.progress('loading in onnxruntime');
+    const { session } = await openSession(model.path, { threads: ctx.config.benchmark.threads });
+    try {
+      for (const batch of VALIDATION_BATCHES) {
+        ctx.progress(`inference at batch ${batch}`);
+        const outputs = await session.run({ [INPUT_NAME]: sampleInput(batch, batch) });
+        check(`batch-${batch}`, outputProblems(outputs, batch, range), `shapes [${batch}, ${OUTPUT_WIDTH}], finite, uncertainties in [${range.min}, ${range.max}]`);
+      }
+    } finally {
+      await session.release();
+    }
+  } finally {
+    await model.release();
+  }
+  const failed = checks.filter((c) => !c.passed);
+  if (failed.length > 0) throw new HeimdallError(ErrorCodes.INVALID_MODEL, failed.map((c) => `${c.name}: ${c.detail}`).join(' | '));
+  const io = (values: readonly ValueSummary[]) => values.map((v) => ({ name: v.name, dtype: v.elemType === FLOAT ? 'float32' : `onnx-type-${v.elemType}`, shape: [...v.shape] }));
+  return createEvent('heimdall.model.validated', {
+    stage: 'validate',
+    source: source('validate'),
+    data: {
+      runId,
+      checkpoint: event.data.checkpoint,
+      onnx,
+      io: { inputs: io(summary.graph.inputs), outputs: io(summary.graph.outputs) },
+      batchSizesChecked: [...VALIDATION_BATCHES],
+      checks,
+    },
+  });
+};
+
+function ioProblems(inputs: readonly ValueSummary[], outputs: readonly ValueSummary[]): string[] {
+  const problems: string[] = [];
+  const expect = (kind: string, actual: readonly ValueSummary[], expected: { name: string; shape: (string | number)[] }[]) => {
+    if (actual.length !== expected.length) problems.push(`${actual.length} ${kind}s, expected ${expected.length}`);
+    expected.forEach((e, i) => {
+      const a = actual[i];
+      if (!a) return;
+      if (a.name !== e.name) problems.push(`${kind} ${i} is ${a.name}, expected ${e.name}`);
+      if (a.elemType !== FLOAT) problems.push(`${kind} ${a.name} has element type ${a.elemType}, expected float32`);
+      if (JSON.stringify(a.shape) !== JSON.stringify(e.shape)) problems.push(`${kind} ${a.name} has shape [${a.shape.join(', ')}], expected [${e.shape.join(', ')}]`);
+    });
+  };
+  expect('input', inputs, [{ name: INPUT_NAME, shape: [BATCH_DIM, ...INPUT_SHAPE] }]);
+  expect('output', outputs, OUTPUT_NAMES.map((name) => ({ name, shape: [BATCH_DIM, OUTPUT_WIDTH] })));
+  return problems;
+}
+
+function uncertaintyRange(metadata: Readonly<Record<string, string>>): { min: number; max: number } {
+  const min = Number(metadata.uncertainty_min);
+  const max = Number(metadata.uncertainty_max);
+  // A model from elsewhere may not say; softplus output is positive whatever the clamp.
+  return { min: Number.isFinite(min) ? min : 0, max: Number.isFinite(max) ? max : Number.POSITIVE_INFINITY };
+}
+
+function outputProblems(outputs: ort.InferenceSession.OnnxValueMapType, batch: number, range: { min: number; max: number }): string[] {
+  const problems: string[] = [];
+  for (const name of OUTPUT_NAMES) {
+    const tensor = outputs[name] as ort.Tensor | undefined;
+    if (!tensor) {
+      problems.push(`no ${name} output`);
+      continue;
+    }
+    if (JSON.stringify(tensor.dims) !== JSON.stringify([batch, OUTPUT_WIDTH])) problems.push(`${name} has shape [${tensor.dims.join(', ')}]`);
+    const values = tensor.data as Float32Array;
+    const nonFinite = values.filter((v) => !Number.isFinite(v)).length;
+    if (nonFinite > 0) problems.push(`${nonFinite} non-finite values in ${name}`);
+    if (name === 'uncertainties') {
+      // float32 rounding of the bounds themselves.
+      const outside = values.filter((v) => v < Math.fround(range.min) || v > Math.fround(range.max)).length;
+      if (outside > 0) problems.push(`${outside} uncertainties outside [${range.min}, ${range.max}]`);
+    }
+  }
+  return problems;
+}

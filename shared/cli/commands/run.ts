@@ -1,0 +1,56 @@
+import { resolve } from 'node:path';
+import { loadConfig } from '../../config/index.ts';
+import { createLogger } from '../../logging/index.ts';
+import { runInProcess } from '../../pipeline/in-process.ts';
+import type { AnyStage } from '../../pipeline/stage.ts';
+import { LocalModelRegistry } from '../../registry/local.ts';
+import { FsObjectStore } from '../../storage/fs.ts';
+import { parseCommandArgs } from '../args.ts';
+import { eventLine } from '../event-line.ts';
+import { formatSeconds } from '../format.ts';
+import type { CommandIO } from '../io.ts';
+import { ProgressLine } from '../progress.ts';
+import { ErrorCodes, HeimdallError } from '../../errors/index.ts';
+
+export const runUsage = 'heimdall run <checkpoint> [--workdir DIR] [--json]';
+
+/** The main job: one checkpoint through every stage, in this process, on the embedded default. */
+export async function runCommand(argv: string[], io: CommandIO, stages: readonly AnyStage[]): Promise<number> {
+  const { positionals, values } = parseCommandArgs(argv, runUsage, { workdir: { type: 'string' }, json: { type: 'boolean' } });
+  const [checkpoint] = positionals;
+  if (!checkpoint || positionals.length > 1) throw new HeimdallError(ErrorCodes.USAGE, `usage: ${runUsage}`);
+  const config = loadConfig(values.workdir ? { ...process.env, HEIMDALL_DATA_DIR: values.workdir } : process.env);
+  const logger = createLogger(config.logLevel);
+  const started = performance.now();
+  let progress: ProgressLine | undefined;
+  let current = '';
+  const report = await runInProcess(checkpoint, {
+    stages,
+    store: new FsObjectStore(config.dataDir),
+    registry: new LocalModelRegistry(config.dataDir),
+    config,
+    logger,
+    onProgress: (stage, message) => {
+      if (stage !== current) {
+        progress?.done();
+        progress = new ProgressLine(stage.padEnd(9));
+        current = stage;
+      }
+      progress!.update(message);
+    },
+    onEvent: (event) => {
+      progress?.done();
+      io.stdout(eventLine(event));
+    },
+  });
+  progress?.done();
+  const elapsed = formatSeconds(performance.now() - started);
+  if (report.status === 'registered') {
+    const r = report.registry!;
+    io.stdout(`${r.created ? 'registered' : 'already registered:'} ${r.name} version ${r.version} (alias ${r.alias}) from run ${report.runId} in ${elapsed}; data in ${resolve(config.dataDir)}`);
+  } else {
+    io.stderr(`error: ${report.error!.code}: run ${report.runId} failed at ${report.error!.stage}: ${report.error!.message}`);
+  }
+  if (values.json) io.stdout(JSON.stringify(report));
+  return report.status === 'registered' ? 0 : 1;
+}

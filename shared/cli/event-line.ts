@@ -1,0 +1,38 @@
+import type { AnyCloudEvent } from '../events/index.ts';
+import { formatBytes, formatCount, formatSeconds } from './format.ts';
+
+/** One readable line per pipeline event (fits 80 columns): time, run, stage, outcome, key figure. */
+export function eventLine(event: AnyCloudEvent): string {
+  const time = event.time.slice(11, 19);
+  const run = (event.data as { runId: string }).runId.slice(0, 8);
+  const [stage, figure] = describe(event);
+  return `${time} ${run} ${stage.padEnd(9)} ${figure}`;
+}
+
+function describe(event: AnyCloudEvent): [string, string] {
+  switch (event.type) {
+    case 'heimdall.checkpoint.created':
+      return ['ingest', `checkpoint ${event.data.key} (${formatBytes(event.data.size)})`];
+    case 'heimdall.model.exported': {
+      const d = event.data;
+      return ['export', `${d.architecture.variant}, ${formatCount(d.architecture.params)} params -> ${formatBytes(d.onnx.bytes)} opset ${d.onnx.opset} in ${formatSeconds(d.durationMs)}`];
+    }
+    case 'heimdall.model.validated':
+      return ['validate', `${event.data.checks.length} checks passed, batches ${event.data.batchSizesChecked.join('/')}`];
+    case 'heimdall.model.parity-checked': {
+      const worst = Math.max(...Object.values(event.data.perOutput).map((e) => e.maxAbs));
+      return ['parity', `max |diff| ${worst.toExponential(1)} <= ${event.data.tolerance} on ${event.data.samples} ${event.data.reference} samples`];
+    }
+    case 'heimdall.model.benchmarked': {
+      const figures = event.data.perBatch.map((s) => `b${s.batch} ${s.p50.toFixed(1)}ms`).join(' ');
+      const baseline = event.data.baseline ? ` x${event.data.baseline.ratio.toFixed(2)} v${event.data.baseline.version}${event.data.baseline.regression ? ' REGRESSION' : ''}` : '';
+      return ['benchmark', `p50 ${figures} ${event.data.provider}${baseline}`];
+    }
+    case 'heimdall.model.registered': {
+      const r = event.data.registry;
+      return ['register', `${r.name} v${r.version} @${r.alias}${r.created ? '' : ' (already registered)'}`];
+    }
+    case 'heimdall.pipeline.failed':
+      return [event.data.stage, `FAILED ${event.data.error.code}: ${event.data.error.message}`];
+  }
+}

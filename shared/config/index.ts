@@ -1,0 +1,62 @@
+import { z } from 'zod';
+import { ErrorCodes, HeimdallError } from '../errors/index.ts';
+import { DEFAULT_ALIAS, DEFAULT_MODEL_NAME } from '../registry/model-registry.ts';
+
+/**
+ * Configuration from environment variables, validated once at start-up: a bad value stops the
+ * process with a message naming the variable. With no service variables set, the embedded default
+ * (filesystem store and local registry in HEIMDALL_DATA_DIR) is used.
+ */
+const number = (fallback: number) => z.coerce.number().refine(Number.isFinite, 'must be a number').default(fallback);
+
+const Environment = z.object({
+  HEIMDALL_DATA_DIR: z.string().min(1).default('.heimdall'),
+  HEIMDALL_MODEL_NAME: z.string().min(1).default(DEFAULT_MODEL_NAME),
+  HEIMDALL_MODEL_ALIAS: z.string().min(1).default(DEFAULT_ALIAS),
+  HEIMDALL_OPSET: z.enum(['14', '17', '20']).default('14').transform(Number),
+  HEIMDALL_PARITY_TOLERANCE: number(1e-5).refine((v) => v > 0, 'must be positive'),
+  /** Samples compared against the reference forward pass when a checkpoint has no golden samples. */
+  HEIMDALL_PARITY_SAMPLES: z.coerce.number().int().min(1).max(64).default(4),
+  HEIMDALL_EXECUTION_PROVIDER: z.enum(['cpu', 'cuda']).default('cpu'),
+  HEIMDALL_BENCHMARK_THREADS: z.coerce.number().int().min(0).default(0),
+  HEIMDALL_BENCHMARK_WARMUP: z.coerce.number().int().min(0).default(3),
+  /** Timed runs per batch size (batch 1, 8, 32). */
+  HEIMDALL_BENCHMARK_RUNS: z.coerce.number().int().min(1).default(20),
+  /** A new model is flagged when its batch-1 p50 exceeds the alias holder's by this fraction. */
+  HEIMDALL_REGRESSION_THRESHOLD: number(0.1).refine((v) => v >= 0, 'must be >= 0'),
+  HEIMDALL_LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('warn'),
+});
+
+export interface Config {
+  readonly dataDir: string;
+  readonly modelName: string;
+  readonly alias: string;
+  readonly opset: 14 | 17 | 20;
+  readonly parity: { readonly tolerance: number; readonly samples: number };
+  readonly benchmark: { readonly provider: 'cpu' | 'cuda'; readonly threads: number; readonly warmup: number; readonly runs: number; readonly regressionThreshold: number };
+  readonly logLevel: string;
+}
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const parsed = Environment.safeParse(env);
+  if (!parsed.success) {
+    const issues = parsed.error.issues.map((i) => `${String(i.path[0])}: ${i.message}`).join('; ');
+    throw new HeimdallError(ErrorCodes.USAGE, `invalid configuration: ${issues}`);
+  }
+  const e = parsed.data;
+  return {
+    dataDir: e.HEIMDALL_DATA_DIR,
+    modelName: e.HEIMDALL_MODEL_NAME,
+    alias: e.HEIMDALL_MODEL_ALIAS,
+    opset: e.HEIMDALL_OPSET as 14 | 17 | 20,
+    parity: { tolerance: e.HEIMDALL_PARITY_TOLERANCE, samples: e.HEIMDALL_PARITY_SAMPLES },
+    benchmark: {
+      provider: e.HEIMDALL_EXECUTION_PROVIDER,
+      threads: e.HEIMDALL_BENCHMARK_THREADS,
+      warmup: e.HEIMDALL_BENCHMARK_WARMUP,
+      runs: e.HEIMDALL_BENCHMARK_RUNS,
+      regressionThreshold: e.HEIMDALL_REGRESSION_THRESHOLD,
+    },
+    logLevel: e.HEIMDALL_LOG_LEVEL,
+  };
+}

@@ -1,0 +1,75 @@
+import { z } from 'zod';
+import { ErrorCodes, HeimdallError } from '../errors/index.ts';
+import { EventSchemas, type EventData, type EventType } from './schemas.ts';
+
+/**
+ * CloudEvents 1.0 envelope (https://github.com/cloudevents/spec/blob/v1.0.2/cloudevents/spec.md).
+ * `id` is `<runId>.<stage>`: deterministic, so a re-published result is recognisably the same event
+ * (JetStream drops it by Nats-Msg-Id).
+ */
+export interface CloudEvent<T extends EventType = EventType> {
+  readonly specversion: '1.0';
+  readonly id: string;
+  readonly type: T;
+  readonly source: string;
+  readonly time: string;
+  readonly subject?: string;
+  readonly datacontenttype: 'application/json';
+  readonly data: EventData<T>;
+}
+
+export type AnyCloudEvent = { [T in EventType]: CloudEvent<T> }[EventType];
+
+const Envelope = z.object({
+  specversion: z.literal('1.0'),
+  id: z.string().min(1),
+  type: z.string().min(1),
+  source: z.string().min(1),
+  time: z.string().datetime({ offset: true }),
+  subject: z.string().optional(),
+  datacontenttype: z.literal('application/json').default('application/json'),
+  data: z.unknown(),
+});
+
+export function eventId(runId: string, stage: string): string {
+  return `${runId}.${stage}`;
+}
+
+/** The run id of a checkpoint: the first 16 hex digits of its sha256 (content addressed). */
+export function runIdOf(sha256: string): string {
+  return sha256.slice(0, 16);
+}
+
+export function createEvent<T extends EventType>(
+  type: T,
+  options: { stage: string; source: string; data: EventData<T>; subject?: string; time?: Date },
+): CloudEvent<T> {
+  const data = EventSchemas[type].parse(options.data) as EventData<T>;
+  const runId = (data as { runId: string }).runId;
+  return {
+    specversion: '1.0',
+    id: eventId(runId, options.stage),
+    type,
+    source: options.source,
+    time: (options.time ?? new Date()).toISOString(),
+    ...(options.subject ? { subject: options.subject } : {}),
+    datacontenttype: 'application/json',
+    data,
+  };
+}
+
+/** Validates an envelope and its data against the schema of its type; INVALID_EVENT with zod's issues otherwise. */
+export function parseEvent(value: unknown): AnyCloudEvent {
+  const envelope = Envelope.safeParse(value);
+  if (!envelope.success) throw invalidEvent('envelope', envelope.error);
+  const schema = EventSchemas[envelope.data.type as EventType];
+  if (!schema) throw new HeimdallError(ErrorCodes.INVALID_EVENT, `unknown event type ${envelope.data.type}`);
+  const data = schema.safeParse(envelope.data.data);
+  if (!data.success) throw invalidEvent(envelope.data.type, data.error);
+  return { ...envelope.data, data: data.data } as AnyCloudEvent;
+}
+
+function invalidEvent(where: string, error: z.ZodError): HeimdallError {
+  const issues = error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
+  return new HeimdallError(ErrorCodes.INVALID_EVENT, `invalid ${where}: ${issues}`);
+}

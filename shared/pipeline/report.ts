@@ -1,0 +1,33 @@
+import type { AnyCloudEvent, CloudEvent, EventData } from '../events/index.ts';
+
+/** The final report of one run (`heimdall run --json` prints it as its last line). */
+export interface RunReport {
+  readonly runId: string;
+  readonly status: 'registered' | 'failed';
+  readonly events: ReadonlyArray<{ type: string; id: string; time: string; data: unknown }>;
+  readonly onnx?: { uri: string; sha256: string; bytes: number };
+  readonly parity?: Omit<EventData<'heimdall.model.parity-checked'>, 'runId' | 'checkpoint' | 'onnx'>;
+  readonly benchmark?: Omit<EventData<'heimdall.model.benchmarked'>, 'runId' | 'checkpoint' | 'onnx' | 'parity'>;
+  readonly registry?: { name: string; version: string; alias: string; created: boolean };
+  readonly error?: { stage: string; code: string; message: string };
+}
+
+export function buildReport(runId: string, events: readonly AnyCloudEvent[]): RunReport {
+  const find = <T extends AnyCloudEvent['type']>(type: T) => events.find((e) => e.type === type) as CloudEvent<T> | undefined;
+  const exported = find('heimdall.model.exported');
+  const parity = find('heimdall.model.parity-checked');
+  const benchmark = find('heimdall.model.benchmarked');
+  const registered = find('heimdall.model.registered');
+  const failed = find('heimdall.pipeline.failed');
+  const omit = <T extends object, K extends string>(value: T, keys: K[]) => Object.fromEntries(Object.entries(value).filter(([k]) => !keys.includes(k as K))) as Omit<T, K>;
+  return {
+    runId,
+    status: registered && !failed ? 'registered' : 'failed',
+    events: events.map((e) => ({ type: e.type, id: e.id, time: e.time, data: e.data })),
+    ...(exported ? { onnx: { uri: exported.data.onnx.uri, sha256: exported.data.onnx.sha256, bytes: exported.data.onnx.bytes } } : {}),
+    ...(parity ? { parity: omit(parity.data, ['runId', 'checkpoint', 'onnx']) } : {}),
+    ...(benchmark ? { benchmark: omit(benchmark.data, ['runId', 'checkpoint', 'onnx', 'parity']) } : {}),
+    ...(registered ? { registry: { name: registered.data.registry.name, version: registered.data.registry.version, alias: registered.data.registry.alias, created: registered.data.registry.created } } : {}),
+    ...(failed ? { error: { stage: failed.data.stage, code: failed.data.error.code, message: failed.data.error.message } } : {}),
+  };
+}

@@ -1,0 +1,47 @@
+import type { Config } from '../config/index.ts';
+import type { AnyCloudEvent, CloudEvent } from '../events/index.ts';
+import type { EventType } from '../events/schemas.ts';
+import type { Logger } from '../logging/index.ts';
+import type { ModelRegistry } from '../registry/model-registry.ts';
+import type { ObjectStore } from '../storage/object-store.ts';
+
+/** The pipeline's stages in order (DESIGN §1). */
+export const STAGES = ['ingest', 'export', 'validate', 'parity', 'benchmark', 'register'] as const;
+export type StageName = (typeof STAGES)[number];
+
+/** What a handler may use: the ports, configuration, and ways to report and be stopped. */
+export interface StageContext {
+  readonly store: ObjectStore;
+  readonly registry: ModelRegistry;
+  readonly config: Config;
+  readonly logger: Logger;
+  readonly signal: AbortSignal;
+  /** A directory for temporary files; the runner removes what is left. */
+  readonly scratchDir: string;
+  /** What the stage is doing now, for terminals, status pages and JetStream heartbeats. */
+  progress(message: string): void;
+}
+
+/** DESIGN §3: a pure handler, event in, event out. It never talks to NATS or HTTP; runners do. */
+export type StageHandler<In extends EventType, Out extends EventType> = (event: CloudEvent<In>, ctx: StageContext) => Promise<CloudEvent<Out>>;
+
+export interface StageDefinition<In extends EventType = EventType, Out extends EventType = EventType> {
+  readonly name: StageName;
+  readonly input: In;
+  readonly output: Out;
+  readonly handler: StageHandler<In, Out>;
+}
+
+export const source = (stage: StageName) => `heimdall/${stage}`;
+
+/** A stage as runners see it: any event in, any event out (they dispatch on `input`, so the types line up). */
+export interface AnyStage {
+  readonly name: StageName;
+  readonly input: EventType;
+  readonly output: EventType;
+  readonly handler: (event: AnyCloudEvent, ctx: StageContext) => Promise<AnyCloudEvent>;
+}
+
+export function defineStage<In extends EventType, Out extends EventType>(definition: StageDefinition<In, Out>): AnyStage {
+  return definition as unknown as AnyStage;
+}
