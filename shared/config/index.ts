@@ -19,6 +19,12 @@ const Environment = z.object({
   HEIMDALL_PARITY_SAMPLES: z.coerce.number().int().min(1).max(64).default(4),
   HEIMDALL_EXECUTION_PROVIDER: z.enum(['cpu', 'cuda']).default('cpu'),
   HEIMDALL_BENCHMARK_THREADS: z.coerce.number().int().min(0).default(0),
+  /** Batch sizes timed by the benchmark (DESIGN §5: 1, 8 and 32). */
+  HEIMDALL_BENCHMARK_BATCHES: z
+    .string()
+    .default('1,8,32')
+    .transform((v) => v.split(',').map(Number))
+    .refine((b) => b.length > 0 && b.every((n) => Number.isInteger(n) && n > 0), 'must be positive integers separated by commas'),
   HEIMDALL_BENCHMARK_WARMUP: z.coerce.number().int().min(0).default(3),
   /** Timed runs per batch size (batch 1, 8, 32). */
   HEIMDALL_BENCHMARK_RUNS: z.coerce.number().int().min(1).default(20),
@@ -33,7 +39,7 @@ export interface Config {
   readonly alias: string;
   readonly opset: 14 | 17 | 20;
   readonly parity: { readonly tolerance: number; readonly samples: number };
-  readonly benchmark: { readonly provider: 'cpu' | 'cuda'; readonly threads: number; readonly warmup: number; readonly runs: number; readonly regressionThreshold: number };
+  readonly benchmark: { readonly provider: 'cpu' | 'cuda'; readonly batches: readonly number[]; readonly threads: number; readonly warmup: number; readonly runs: number; readonly regressionThreshold: number };
   readonly logLevel: string;
 }
 
@@ -52,6 +58,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     parity: { tolerance: e.HEIMDALL_PARITY_TOLERANCE, samples: e.HEIMDALL_PARITY_SAMPLES },
     benchmark: {
       provider: e.HEIMDALL_EXECUTION_PROVIDER,
+      batches: e.HEIMDALL_BENCHMARK_BATCHES,
       threads: e.HEIMDALL_BENCHMARK_THREADS,
       warmup: e.HEIMDALL_BENCHMARK_WARMUP,
       runs: e.HEIMDALL_BENCHMARK_RUNS,

@@ -11,7 +11,12 @@ try {
   const { session, provider, threads, createMs, warnings } = await openSession(request.modelPath, { provider: request.provider, threads: request.threads });
   post({ kind: 'session', provider, threads, createMs, warnings: [...warnings] });
   for (const { batch, runs } of request.batches) {
-    const feeds = { mel_spectrogram: sampleInput(batch) };
+    let feeds;
+    try {
+      feeds = { mel_spectrogram: sampleInput(batch) };
+    } catch (error) {
+      throw new Error(`cannot allocate the batch-${batch} input (${batch * 3 * 128 * 32 * 4} bytes): ${(error as Error).message}`);
+    }
     for (let i = 0; i < request.warmup; i++) await session.run(feeds);
     const timings: number[] = [];
     for (let i = 0; i < runs; i++) {

@@ -29,7 +29,11 @@ const ERF_TABLE: readonly (readonly [number, number])[] = [
   [1.25, 0.9229001282564583],
   [1.5, 0.9661051464753108],
   [1.75, 0.9866716712191824],
+  [1.8921982179230894, 0.9925487215065139],
+  [1.9999, 0.9953201979070294],
   [2, 0.9953222650189527],
+  [2.0001, 0.9953243313041966],
+  [2.3029231426501258, 0.9988733418581444],
   [2.5, 0.999593047982555],
   [2.857, 0.9999466417399131],
   [2.8572, 0.9999467060575912],
@@ -44,17 +48,19 @@ const ERF_TABLE: readonly (readonly [number, number])[] = [
 ];
 
 describe('erf, GELU and softplus', () => {
-  it('erf is within about an ulp of the true value on every interval of its approximation', () => {
+  it('erf is within a few ulp (and 1e-15) of the true value, series and continued fraction alike', () => {
     let worst = 0;
     for (const [x, want] of ERF_TABLE) {
       for (const sign of [1, -1]) {
         const got = erf(sign * x);
-        const ulps = Math.abs(got - sign * want) / (Number.EPSILON * Math.abs(want));
-        worst = Math.max(worst, ulps);
-        expect(ulps, `erf(${sign * x}) = ${got}, expected ${sign * want}`).toBeLessThanOrEqual(1);
+        const error = Math.abs(got - sign * want);
+        const relative = error / (Number.EPSILON * Math.abs(want));
+        worst = Math.max(worst, relative);
+        expect(relative, `erf(${sign * x}) = ${got}, expected ${sign * want}`).toBeLessThanOrEqual(5);
+        expect(error).toBeLessThanOrEqual(1e-15);
       }
     }
-    console.log(`erf: worst error ${worst.toFixed(2)} x eps*|erf(x)| over ${ERF_TABLE.length * 2} points`);
+    console.log(`erf: worst error ${worst.toFixed(2)} x 2^-52 x |erf(x)| over ${ERF_TABLE.length * 2} points`);
     expect(erf(0)).toBe(0);
     expect(erf(6)).toBe(1);
     expect(erf(Infinity)).toBe(1);
@@ -63,13 +69,15 @@ describe('erf, GELU and softplus', () => {
   });
 
   it('erf is odd and increasing across its interval boundaries', () => {
+    const problems: string[] = [];
     let previous = -1;
     for (let x = -6.5; x <= 6.5; x += 1 / 1024) {
       const y = erf(x);
-      expect(erf(-x)).toBe(-y);
-      expect(y).toBeGreaterThanOrEqual(previous);
+      if (!Object.is(erf(-x), -y)) problems.push(`erf(${-x}) = ${erf(-x)} but erf(${x}) = ${y}`);
+      if (!(y >= previous)) problems.push(`erf(${x}) = ${y} < ${previous}`);
       previous = y;
     }
+    expect(problems).toEqual([]);
   });
 
   it('GELU is exact (erf) GELU and softplus follows torch (threshold 20)', () => {

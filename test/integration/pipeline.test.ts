@@ -1,0 +1,159 @@
+/**
+ * `heimdall run` end to end on the embedded default, as a user runs it: the real CLI, checkpoints
+ * written by real torch, and every failure ending as a `pipeline.failed` event with nothing registered.
+ */
+import { execFile, execFileSync } from 'node:child_process';
+import { copyFile, mkdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { pyOrderedDict } from '../../shared/checkpoint/pickle-writer.ts';
+import { writeTorchCheckpoint } from '../../shared/checkpoint/torch-writer.ts';
+import { sampleStateDict } from '../../shared/models/localization-net/sample-weights.ts';
+import type { RunReport } from '../../shared/pipeline/report.ts';
+import { ensureFixtures } from '../support/oracle.ts';
+import { SMALL_SPEC } from '../support/small-model.ts';
+import { tempDir } from '../support/temp.ts';
+
+const heimdall = join(import.meta.dirname, '../../bin/heimdall.js');
+const SIX_EVENTS = [
+  'heimdall.checkpoint.created',
+  'heimdall.model.exported',
+  'heimdall.model.validated',
+  'heimdall.model.parity-checked',
+  'heimdall.model.benchmarked',
+  'heimdall.model.registered',
+];
+/** Fewer timed runs than the default: these tests check behaviour, `npm run bench:pipeline` measures. */
+const QUICK = { HEIMDALL_BENCHMARK_RUNS: '3', HEIMDALL_BENCHMARK_WARMUP: '1' };
+
+async function run(checkpoint: string, workdir: string, env: Record<string, string> = {}) {
+  const result = await promisify(execFile)(process.execPath, [heimdall, 'run', checkpoint, '--workdir', workdir, '--json'], {
+    env: { ...process.env, ...QUICK, ...env },
+    maxBuffer: 64 << 20,
+  }).then(
+    (r) => ({ code: 0, ...r }),
+    (e: { code: number; stdout: string; stderr: string }) => e,
+  );
+  const lines = result.stdout.trim().split('\n');
+  return { code: result.code, stdout: lines, stderr: result.stderr, report: JSON.parse(lines.at(-1)!) as RunReport };
+}
+
+async function registryVersions(workdir: string): Promise<number> {
+  const registry = JSON.parse(await readFile(join(workdir, 'registry/registry.json'), 'utf8').catch(() => '{"models":{}}'));
+  return registry.models['heimdall-localization']?.versions.length ?? 0;
+}
+
+let dir: string;
+beforeAll(async () => {
+  dir = await tempDir('heimdall-pipeline-');
+});
+
+describe('heimdall run on checkpoints written by real torch', () => {
+  for (const variant of ['tiny', 'base', 'large'] as const) {
+    it(`takes ConvNeXt-${variant} through all six stages against the reference pass`, async () => {
+      const fixtures = await ensureFixtures(variant);
+      const workdir = join(dir, `run-${variant}`);
+      const samples = variant === 'large' ? '1' : '4';
+      const { code, report, stdout } = await run(fixtures.files.find((f) => f.name === 'full.pth')!.path, workdir, { HEIMDALL_PARITY_SAMPLES: samples });
+      expect(report.error).toBeUndefined();
+      expect(code).toBe(0);
+      expect(report.events.map((e) => e.type)).toEqual(SIX_EVENTS);
+      expect(report.events.map((e) => e.id)).toEqual(['ingest', 'export', 'validate', 'parity', 'benchmark', 'register'].map((s) => `${report.runId}.${s}`));
+      expect(report.parity).toMatchObject({ reference: 'reference-impl', samples: Number(samples), passed: true, tolerance: 1e-5 });
+      for (const error of Object.values(report.parity!.perOutput)) expect(error.maxAbs).toBeLessThanOrEqual(1e-5);
+      expect(report.benchmark!.perBatch.map((s) => s.batch)).toEqual([1, 8, 32]);
+      for (const s of report.benchmark!.perBatch) expect(s.p50).toBeGreaterThan(0);
+      expect(report.registry).toEqual({ name: 'heimdall-localization', version: '1', alias: 'staging', created: true });
+      // Human output: one line per event, then the summary, then the JSON report.
+      expect(stdout).toHaveLength(8);
+      expect(stdout[6]).toMatch(/^registered heimdall-localization version 1 \(alias staging\)/);
+    });
+  }
+
+  it('uses golden samples from a sidecar when the checkpoint has one', async () => {
+    const fixtures = await ensureFixtures('tiny');
+    const bare = fixtures.files.find((f) => f.name === 'bare.pt')!;
+    const checkpoint = join(dir, 'sidecar', 'model.pt');
+    await mkdir(join(dir, 'sidecar'), { recursive: true });
+    await copyFile(bare.path, checkpoint);
+    await copyFile(bare.golden, `${checkpoint}.parity.safetensors`);
+    const { code, report } = await run(checkpoint, join(dir, 'run-sidecar'));
+    expect(code).toBe(0);
+    expect(report.parity).toMatchObject({ reference: 'golden', samples: 16, passed: true });
+  });
+
+  it('registers the same checkpoint once, however often it runs', async () => {
+    const fixtures = await ensureFixtures('tiny');
+    const workdir = join(dir, 'twice');
+    const checkpoint = fixtures.files.find((f) => f.name === 'lightning.ckpt')!.path;
+    const first = await run(checkpoint, workdir);
+    const second = await run(checkpoint, workdir);
+    expect(first.report.registry).toMatchObject({ version: '1', created: true });
+    expect(second.code).toBe(0);
+    expect(second.report.registry).toMatchObject({ version: '1', created: false });
+    expect(second.stdout.at(-2)).toMatch(/^already registered: heimdall-localization version 1/);
+    expect(await registryVersions(workdir)).toBe(1);
+  });
+});
+
+describe('heimdall run on bad input', () => {
+  /** Every failure: a pipeline.failed event naming stage and code, exit 1, a one-line message, nothing registered. */
+  async function expectFailure(checkpoint: string, stage: string, code: string, env: Record<string, string> = {}, workdir = join(dir, `bad-${stage}-${code}`)) {
+    const result = await run(checkpoint, workdir, env);
+    expect(result.code).toBe(1);
+    expect(result.report).toMatchObject({ status: 'failed', error: { stage, code } });
+    expect(result.report.events.at(-1)).toMatchObject({ type: 'heimdall.pipeline.failed', data: { stage, error: { code } } });
+    const errors = result.stderr.split('\n').filter((l) => l.startsWith('error: '));
+    expect(errors).toEqual([expect.stringMatching(new RegExp(`^error: ${code}: run \\S+ failed at ${stage}: .+`))]);
+    expect(await registryVersions(workdir)).toBe(0);
+    return result.report;
+  }
+
+  let small: string;
+  beforeAll(async () => {
+    small = join(dir, 'small.pth');
+    await writeTorchCheckpoint(small, pyOrderedDict(sampleStateDict(SMALL_SPEC, 5).map(({ name, tensor }) => [name, tensor] as const)));
+  });
+
+  it('a checkpoint path that does not exist', async () => {
+    await expectFailure(join(dir, 'missing.pth'), 'ingest', 'CHECKPOINT_NOT_FOUND');
+  });
+
+  it('an unreadable work dir', async () => {
+    // A file where the data dir should be: unusable even for root, who ignores permission bits.
+    const notADir = join(dir, 'not-a-dir');
+    await copyFile(small, notADir);
+    await expectFailure(small, 'ingest', 'IO_ERROR', {}, notADir);
+  });
+
+  it('a hostile pickle', async () => {
+    const bad = join(dir, 'hostile');
+    execFileSync('python3', [join(import.meta.dirname, '../fixtures/bad_checkpoints.py'), bad, join(bad, 'MARKER')]);
+    const report = await expectFailure(join(bad, 'os_system.pt'), 'export', 'UNSAFE_PICKLE');
+    expect(report.events.map((e) => e.type)).toEqual(['heimdall.checkpoint.created', 'heimdall.pipeline.failed']);
+  });
+
+  it('a model with NaN outputs', async () => {
+    const nan = join(dir, 'nan.pth');
+    const entries = sampleStateDict(SMALL_SPEC, 5).map(({ name, tensor }) => {
+      if (name !== 'backbone.0.0.0.bias') return [name, tensor] as const;
+      const values = tensor.data() as Float32Array;
+      values[0] = Number.NaN;
+      return [name, { ...tensor, data: values }] as const;
+    });
+    await writeTorchCheckpoint(nan, pyOrderedDict(entries));
+    const report = await expectFailure(nan, 'validate', 'INVALID_MODEL');
+    expect(report.error!.message).toMatch(/non-finite values in positions/);
+  });
+
+  it('parity over tolerance', async () => {
+    const report = await expectFailure(small, 'parity', 'PARITY_EXCEEDED', { HEIMDALL_PARITY_TOLERANCE: '1e-15' });
+    expect(report.error!.message).toMatch(/max \|diff\| .* exceeds the tolerance 1e-15/);
+  });
+
+  it('a benchmark that cannot allocate', async () => {
+    const report = await expectFailure(small, 'benchmark', 'BENCHMARK_FAILED', { HEIMDALL_BENCHMARK_BATCHES: '1,1000000' });
+    expect(report.error!.message).toMatch(/cannot allocate the batch-1000000 input/);
+  });
+});
