@@ -7,12 +7,9 @@ import { copyFile, mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { pyOrderedDict } from '../../shared/checkpoint/pickle-writer.ts';
-import { writeTorchCheckpoint } from '../../shared/checkpoint/torch-writer.ts';
-import { sampleStateDict } from '../../shared/models/localization-net/sample-weights.ts';
 import type { RunReport } from '../../shared/pipeline/report.ts';
 import { ensureFixtures } from '../support/oracle.ts';
-import { SMALL_SPEC } from '../support/small-model.ts';
+import { writeSmallCheckpoint } from '../support/small-model.ts';
 import { tempDir } from '../support/temp.ts';
 
 const heimdall = join(import.meta.dirname, '../../bin/heimdall.js');
@@ -113,7 +110,7 @@ describe('heimdall run on bad input', () => {
   let small: string;
   beforeAll(async () => {
     small = join(dir, 'small.pth');
-    await writeTorchCheckpoint(small, pyOrderedDict(sampleStateDict(SMALL_SPEC, 5).map(({ name, tensor }) => [name, tensor] as const)));
+    await writeSmallCheckpoint(small);
   });
 
   it('a checkpoint path that does not exist', async () => {
@@ -136,13 +133,7 @@ describe('heimdall run on bad input', () => {
 
   it('a model with NaN outputs', async () => {
     const nan = join(dir, 'nan.pth');
-    const entries = sampleStateDict(SMALL_SPEC, 5).map(({ name, tensor }) => {
-      if (name !== 'backbone.0.0.0.bias') return [name, tensor] as const;
-      const values = tensor.data() as Float32Array;
-      values[0] = Number.NaN;
-      return [name, { ...tensor, data: values }] as const;
-    });
-    await writeTorchCheckpoint(nan, pyOrderedDict(entries));
+    await writeSmallCheckpoint(nan, { poisoned: 'backbone.0.0.0.bias' });
     const report = await expectFailure(nan, 'validate', 'INVALID_MODEL');
     expect(report.error!.message).toMatch(/non-finite values in positions/);
   });

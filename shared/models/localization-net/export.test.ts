@@ -2,14 +2,12 @@ import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { tempDir } from '../../../test/support/temp.ts';
-import { SMALL_SPEC } from '../../../test/support/small-model.ts';
-import { pyOrderedDict } from '../../checkpoint/pickle-writer.ts';
-import { writeTorchCheckpoint } from '../../checkpoint/torch-writer.ts';
+import { SMALL_SPEC, writeSmallCheckpoint } from '../../../test/support/small-model.ts';
 import { readModelSummary } from '../../onnx/reader.ts';
 import { structuralProblems } from '../../onnx/structure.ts';
 import { exportCheckpoint } from './export.ts';
 import { SUPPORTED_OPSETS } from './graph.ts';
-import { sampleStateDict, writeSampleCheckpoint } from './sample-weights.ts';
+import { writeSampleCheckpoint } from './sample-weights.ts';
 
 let dir: string;
 let checkpoint: string;
@@ -78,14 +76,7 @@ describe('exportCheckpoint', () => {
 
   it('warns about NaN/Inf weights but still exports (validation fails them later)', async () => {
     const path = join(dir, 'nan.pth');
-    const entries = sampleStateDict(SMALL_SPEC, 3).map(({ name, tensor }) => {
-      if (name !== 'backbone.0.1.0.block.3.bias') return [name, tensor] as const;
-      const values = tensor.data() as Float32Array;
-      values[0] = Number.NaN;
-      values[1] = Number.POSITIVE_INFINITY;
-      return [name, { ...tensor, data: values }] as const;
-    });
-    await writeTorchCheckpoint(path, pyOrderedDict(entries));
+    await writeSmallCheckpoint(path, { poisoned: 'backbone.0.1.0.block.3.bias', values: [Number.NaN, Number.POSITIVE_INFINITY] });
     const result = await exportCheckpoint(path, join(dir, 'nan.onnx'));
     expect(result.warnings).toEqual(['2 NaN/Inf values in backbone.0.1.0.block.3.bias']);
   });
