@@ -213,6 +213,7 @@ export class ReferenceModel {
   /** Like `forward`, but gives the event loop a turn after every ConvNeXt block. */
   async forwardAsync(input: Float32Array, batch: number, options: ForwardAsyncOptions = {}): Promise<ReferenceOutputs> {
     checkInput(input, batch);
+    options.signal?.throwIfAborted();
     const outputs = emptyOutputs(batch);
     for (let i = 0; i < batch; i++) {
       const steps = this.sampleSteps(input, i);
