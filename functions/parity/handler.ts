@@ -115,8 +115,11 @@ async function referenceSamples(checkpoint: Checkpoint, ctx: StageContext): Prom
   const spec = inferArchitecture(checkpoint.tensors, checkpoint.config);
   const model = await ReferenceModel.load(checkpoint.tensors, spec);
   const inputs = sampleInput(samples, 7).data as Float32Array;
-  ctx.progress(`reference forward pass on ${samples} samples (${spec.variant})`);
-  const { positions, uncertainties } = model.forward(inputs, samples);
+  // Yields between blocks: the event loop keeps answering health checks and sending heartbeats.
+  const { positions, uncertainties } = await model.forwardAsync(inputs, samples, {
+    signal: ctx.signal,
+    onProgress: (done, total) => ctx.progress(`reference forward pass: ${done}/${total} samples (${spec.variant})`),
+  });
   return { reference: 'reference-impl', inputs, samples, outputs: { positions, uncertainties } };
 }
 
