@@ -61,7 +61,8 @@ export interface ModelDef {
   readonly producerName: string;
   readonly producerVersion: string;
   readonly docString: string;
-  readonly metadata: Readonly<Record<string, string>>;
+  /** Metadata properties, asked for once the weights are written (values such as digests may come late). */
+  readonly metadata: () => Promise<Readonly<Record<string, string>>>;
   readonly graph: GraphDef;
 }
 

@@ -74,7 +74,6 @@ export async function writeModel(model: ModelDef, path: string, options: WriteOp
     .string(ModelField.producerVersion, model.producerVersion)
     .string(ModelField.docString, model.docString)
     .message(ModelField.opsetImport, encodeOpset(model.opsetVersion));
-  for (const [key, value] of Object.entries(model.metadata)) head.message(ModelField.metadataProps, encodeStringEntry(key, value));
 
   const graphHead = new ProtoMessage();
   for (const node of graph.nodes) graphHead.message(GraphField.node, encodeNode(node));
@@ -93,11 +92,17 @@ export async function writeModel(model: ModelDef, path: string, options: WriteOp
     await modelFile.write(head.finish());
     await modelFile.write(graphHead.finish());
     let written = 0;
+    // Read one initializer ahead: the next tensor's bytes arrive while this one is written.
+    const fetch = (i: number) => graph.initializers[i]?.data();
+    let next = fetch(0);
+    next?.catch(() => undefined);
     for (const [i, init] of graph.initializers.entries()) {
       const { header, payloadLength } = tensorHeaders[i]!;
       await modelFile.write(new ProtoMessage().lengthPrefix(GraphField.initializer, header.byteLength + payloadLength).finish());
       await modelFile.write(header);
-      const data = await init.data();
+      const data = await next!;
+      next = fetch(i + 1);
+      next?.catch(() => undefined);
       if (data.byteLength !== init.byteLength) throw new Error(`initializer ${init.name} produced ${data.byteLength} bytes, declared ${init.byteLength}`);
       options.inspect?.(init.name, data);
       const placement = placements[i]!;
@@ -110,6 +115,10 @@ export async function writeModel(model: ModelDef, path: string, options: WriteOp
       written += init.byteLength;
       options.onProgress?.({ writtenBytes: written, totalBytes: weightBytes, tensor: init.name });
     }
+    // Metadata after the graph: protobuf fields may come in any order, and its values may be late.
+    const tail = new ProtoMessage();
+    for (const [key, value] of Object.entries(await model.metadata())) tail.message(ModelField.metadataProps, encodeStringEntry(key, value));
+    await modelFile.write(tail.finish());
     const modelResult = await modelFile.close();
     const dataResult = await dataFile?.close();
     // Publish the data file first: a model file never points at weights that are not there yet.
@@ -130,12 +139,16 @@ export async function writeModel(model: ModelDef, path: string, options: WriteOp
 
 const align = (offset: number) => Math.ceil(offset / EXTERNAL_ALIGNMENT) * EXTERNAL_ALIGNMENT;
 
-/** Buffered sequential writes with a running sha256 and byte count. */
+/**
+ * Buffered sequential writes with a running sha256 and byte count. Large writes are queued (at most
+ * one in flight) so the caller can prepare the next tensor while the disk takes this one.
+ */
 class HashingFile {
   private readonly hash = createHash('sha256');
   private buffer = new Uint8Array(WRITE_BUFFER);
   private buffered = 0;
   private position = 0;
+  private inFlight: Promise<void> = Promise.resolve();
 
   private constructor(
     private readonly handle: FileHandle,
@@ -151,7 +164,7 @@ class HashingFile {
     this.position += bytes.byteLength;
     if (bytes.byteLength >= WRITE_BUFFER) {
       await this.flush();
-      await this.writeAll(bytes);
+      await this.enqueue(bytes);
       return;
     }
     if (this.buffered + bytes.byteLength > WRITE_BUFFER) await this.flush();
@@ -165,19 +178,30 @@ class HashingFile {
 
   async close(): Promise<{ bytes: number; sha256: string }> {
     await this.flush();
+    await this.inFlight;
     await this.handle.close();
     return { bytes: this.position, sha256: this.hash.digest('hex') };
   }
 
   async abandon(): Promise<void> {
+    await this.inFlight.catch(() => undefined);
     await this.handle.close().catch(() => undefined);
     await rm(this.path, { force: true });
   }
 
   private async flush(): Promise<void> {
     if (this.buffered === 0) return;
-    await this.writeAll(this.buffer.subarray(0, this.buffered));
+    const chunk = this.buffer.subarray(0, this.buffered);
+    this.buffer = new Uint8Array(WRITE_BUFFER);
     this.buffered = 0;
+    await this.enqueue(chunk);
+  }
+
+  /** Waits for the previous write, then starts this one without waiting for it. */
+  private async enqueue(bytes: Uint8Array): Promise<void> {
+    await this.inFlight;
+    this.inFlight = this.writeAll(bytes);
+    this.inFlight.catch(() => undefined);
   }
 
   private async writeAll(bytes: Uint8Array): Promise<void> {

@@ -2,7 +2,7 @@ import { stat } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { ErrorCodes, HeimdallError } from '../errors/index.ts';
 import { createEvent, runIdOf, type CloudEvent } from '../events/index.ts';
-import { sha256File } from '../models/localization-net/export.ts';
+import { sha256File } from '../runtime/sha256.ts';
 import { CHECKPOINTS_BUCKET, type ObjectStore } from '../storage/object-store.ts';
 import { source } from './stage.ts';
 

@@ -7,8 +7,11 @@ import { copyFile, mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { openCheckpoint, type LazyTensor } from '../../shared/checkpoint/index.ts';
+import { pyDict, pyOrderedDict, tensor } from '../../shared/checkpoint/pickle-writer.ts';
+import { writeTorchCheckpoint } from '../../shared/checkpoint/torch-writer.ts';
 import type { RunReport } from '../../shared/pipeline/report.ts';
-import { ensureFixtures } from '../support/oracle.ts';
+import { ensureFixtures, readSafetensorsF32 } from '../support/oracle.ts';
 import { writeSmallCheckpoint } from '../support/small-model.ts';
 import { tempDir } from '../support/temp.ts';
 
@@ -78,6 +81,41 @@ describe('heimdall run on checkpoints written by real torch', () => {
     const { code, report } = await run(checkpoint, join(dir, 'run-sidecar'));
     expect(code).toBe(0);
     expect(report.parity).toMatchObject({ reference: 'golden', samples: 16, passed: true });
+  });
+
+  it('uses golden samples carried inside the checkpoint (a parity entry)', async () => {
+    const fixtures = await ensureFixtures('tiny');
+    const bare = fixtures.files.find((f) => f.name === 'bare.pt')!;
+    const source = await openCheckpoint(bare.path);
+    const asTensor = async (t: LazyTensor) => tensor('float32', t.shape, await t.readFloat32());
+    const weights = await Promise.all([...source.tensors].map(async ([name, t]) => [name, t.dtype === 'int64' ? tensor('int64', t.shape, BigInt64Array.of(0n)) : await asTensor(t)] as const));
+    await source.close();
+    const golden = readSafetensorsF32(bare.golden);
+    const parity = pyDict(['inputs', 'positions', 'uncertainties'].map((k) => [k, tensor('float32', golden.get(k)!.shape, golden.get(k)!.data)] as const));
+    const checkpoint = join(dir, 'with-parity.pth');
+    await writeTorchCheckpoint(checkpoint, pyDict({ model_state_dict: pyOrderedDict(weights), parity }));
+    const { code, report } = await run(checkpoint, join(dir, 'run-parity-entry'));
+    expect(report.error).toBeUndefined();
+    expect(code).toBe(0);
+    expect(report.parity).toMatchObject({ reference: 'golden', samples: 16, passed: true });
+  });
+
+  it('compares the benchmark with the version holding the alias, and falls back from CUDA to CPU with a warning', async () => {
+    const workdir = join(dir, 'baseline');
+    const [a, b] = [join(dir, 'baseline-a.pth'), join(dir, 'baseline-b.pth')];
+    await writeSmallCheckpoint(a, { seed: 11 });
+    await writeSmallCheckpoint(b, { seed: 12 });
+    const first = await run(a, workdir);
+    expect(first.report.benchmark!.baseline).toBeUndefined();
+    const second = await run(b, workdir, { HEIMDALL_EXECUTION_PROVIDER: 'cuda', HEIMDALL_REGRESSION_THRESHOLD: '0' });
+    expect(second.code).toBe(0);
+    const { baseline, provider, warnings, perBatch } = second.report.benchmark!;
+    expect(provider).toBe('cpu');
+    expect(warnings).toEqual([expect.stringMatching(/^CUDA execution provider unavailable .*; ran on CPU$/)]);
+    const firstP50 = first.report.benchmark!.perBatch.find((s) => s.batch === 1)!.p50;
+    const p50 = perBatch.find((s) => s.batch === 1)!.p50;
+    expect(baseline).toEqual({ version: '1', p50: firstP50, ratio: p50 / firstP50, regression: p50 > firstP50, threshold: 0 });
+    expect(second.report.registry).toMatchObject({ version: '2', created: true });
   });
 
   it('registers the same checkpoint once, however often it runs', async () => {

@@ -1,8 +1,7 @@
-import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { openCheckpoint, type CheckpointFormat, type CheckpointLayout } from '../../checkpoint/index.ts';
 import { writeModel, type WriteProgress, type WrittenModel } from '../../onnx/writer.ts';
+import { sha256File } from '../../runtime/sha256.ts';
 import type { LocalizationNetSpec } from './architecture.ts';
 import { buildLocalizationGraph, DEFAULT_OPSET, IR_VERSION, type Opset } from './graph.ts';
 import { inferArchitecture, parameterCount } from './infer.ts';
@@ -36,7 +35,9 @@ export async function exportCheckpoint(checkpointPath: string, outPath: string, 
   try {
     const spec = inferArchitecture(checkpoint.tensors, checkpoint.config);
     const parameters = parameterCount(spec);
-    const sha256 = await sha256File(checkpointPath, (doneBytes, totalBytes) => options.onProgress?.({ phase: 'hash', doneBytes, totalBytes }));
+    // Hashed in a worker while the weights are written; the digest goes into the model's metadata, written last.
+    const hashing = sha256File(checkpointPath, (doneBytes, totalBytes) => options.onProgress?.({ phase: 'hash', doneBytes, totalBytes }));
+    hashing.catch(() => undefined);
     const nonFinite = new Map<string, number>();
     const graph = buildLocalizationGraph(spec, checkpoint.tensors, opset);
     const onnx = await writeModel(
@@ -46,11 +47,11 @@ export async function exportCheckpoint(checkpointPath: string, outPath: string, 
         producerName: PRODUCER_NAME,
         producerVersion: PRODUCER_VERSION,
         docString: `LocalizationNet (ConvNeXt-${spec.variant}) exported by Heimdall from a ${checkpoint.format} checkpoint`,
-        metadata: {
+        metadata: async () => ({
           model_type: 'LocalizationNet',
           architecture: `convnext-${spec.variant}`,
           variant: spec.variant,
-          source_sha256: sha256,
+          source_sha256: await hashing,
           parameters: String(parameters),
           opset: String(opset),
           dims: spec.dims.join(','),
@@ -60,7 +61,7 @@ export async function exportCheckpoint(checkpointPath: string, outPath: string, 
           uncertainty_min: String(spec.uncertaintyMin),
           uncertainty_max: String(spec.uncertaintyMax),
           checkpoint_layout: checkpoint.layout,
-        },
+        }),
         graph,
       },
       outPath,
@@ -73,6 +74,7 @@ export async function exportCheckpoint(checkpointPath: string, outPath: string, 
         onProgress: (p: WriteProgress) => options.onProgress?.({ phase: 'write', doneBytes: p.writtenBytes, totalBytes: p.totalBytes }),
       },
     );
+    const sha256 = await hashing;
     const warnings = [
       ...checkpoint.warnings,
       ...[...nonFinite].map(([name, count]) => `${count} NaN/Inf values in ${name}`),
@@ -93,20 +95,12 @@ export async function exportCheckpoint(checkpointPath: string, outPath: string, 
   }
 }
 
-export async function sha256File(path: string, onProgress?: (doneBytes: number, totalBytes: number) => void): Promise<string> {
-  const { size } = await stat(path);
-  const hash = createHash('sha256');
-  let done = 0;
-  for await (const chunk of createReadStream(path, { highWaterMark: 4 * 1024 * 1024 })) {
-    hash.update(chunk as Buffer);
-    done += (chunk as Buffer).byteLength;
-    onProgress?.(done, size);
-  }
-  return hash.digest('hex');
-}
-
 function countNonFinite(data: Uint8Array): number {
   const values = new Float32Array(data.buffer, data.byteOffset, data.byteLength / 4);
+  // Fast path: x * 0 is NaN exactly when x is NaN or infinite, so one sum tells whether to count.
+  let probe = 0;
+  for (let i = 0; i < values.length; i++) probe += values[i]! * 0;
+  if (probe === 0) return 0;
   let count = 0;
   for (let i = 0; i < values.length; i++) if (!Number.isFinite(values[i]!)) count++;
   return count;

@@ -28,14 +28,10 @@ export const BATCH_DIM = 'batch_size';
  */
 export function buildLocalizationGraph(spec: LocalizationNetSpec, tensors: ReadonlyMap<string, LazyTensor>, opset: Opset): GraphDef {
   const g = new GraphBuilder('localization_net');
-  /** A checkpoint tensor as an initializer; `transposed` for Linear weights feeding MatMul. */
-  const weight = (name: string, transposed = false) => {
+  /** A checkpoint tensor as an initializer, under its state_dict name. */
+  const weight = (name: string) => {
     const tensor = tensors.get(name)!;
-    const dims = transposed ? [tensor.shape[1]!, tensor.shape[0]!] : [...tensor.shape];
-    return g.initializer(floatInitializer(transposed ? `${name}.transposed` : name, dims, async () => {
-      const values = await tensor.readFloat32();
-      return transposed ? transpose2d(values, tensor.shape) : values;
-    }));
+    return g.initializer(floatInitializer(name, tensor.shape, () => tensor.readFloat32()));
   };
   const eps = opset < 17 ? g.constant('layer_norm.epsilon', [LAYER_NORM_EPS]) : '';
   const two = opset < 17 ? g.constant('layer_norm.two', [2]) : '';
@@ -69,9 +65,14 @@ export function buildLocalizationGraph(spec: LocalizationNetSpec, tensors: Reado
     const erf = g.node('Erf', [g.node('Div', [x, sqrt2], { scope })], { scope });
     return g.node('Mul', [g.node('Mul', [x, g.node('Add', [erf, one], { scope })], { scope }), half], { scope });
   };
-  /** nn.Linear on a channels-last tensor: MatMul by the transposed weight, then Add. */
+  /**
+   * nn.Linear on a channels-last tensor: MatMul by the transposed weight, then Add. The weight is
+   * stored as torch keeps it ([out, in]) behind a Transpose node, which onnxruntime folds into a
+   * constant when the session loads: the runtime graph is torch.onnx.export's, and the exporter never
+   * transposes (in JS, 2 s of the 3 s budget for ConvNeXt-large).
+   */
   const linear = (x: string, prefix: string) => {
-    const w = weight(`${prefix}.weight`, true);
+    const w = g.node('Transpose', [weight(`${prefix}.weight`)], { scope: prefix, attributes: { perm: attr.ints([1, 0]) } });
     return g.node('Add', [g.node('MatMul', [x, w], { scope: prefix }), weight(`${prefix}.bias`)], { scope: prefix });
   };
   const conv = (x: string, prefix: string, attributes: Record<string, AttributeValue>) =>
@@ -146,13 +147,6 @@ function foldBatchNorm(tensors: ReadonlyMap<string, LazyTensor>, linear: string,
       return Float32Array.from(b, (v, i) => (v - mean[i]!) * s[i]! + beta[i]!);
     }),
   };
-}
-
-function transpose2d(values: Float32Array, shape: readonly number[]): Float32Array {
-  const [rows, cols] = shape as [number, number];
-  const out = new Float32Array(values.length);
-  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = values[r * cols + c]!;
-  return out;
 }
 
 function floatInitializer(name: string, dims: readonly number[], values: () => Promise<Float32Array>): InitializerDef {
