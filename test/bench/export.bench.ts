@@ -85,16 +85,18 @@ try {
     process.stderr.write(`bench ${variant}: exporting with torch.onnx.export\n`);
     const torch = await torchExport(debianPython, checkpoint, torchOnnx);
     process.stderr.write(`bench ${variant}: onnxruntime latency\n`);
-    const runs = variant === 'large' ? 20 : 50;
+    const runs = variant === 'large' ? 30 : 60;
     const b1 = await latency({ ours: ourOnnx, torch: torchOnnx }, 1, runs);
-    const b8 = await latency({ ours: ourOnnx, torch: torchOnnx }, 8, Math.ceil(runs / 4));
+    const b8 = await latency({ ours: ourOnnx, torch: torchOnnx }, 8, Math.ceil(runs / 2));
     const rssRatio = our.maxRssBytes / weights;
     report[variant] = { weightBytes: weights, ours: our, torch, latency: { batch1: b1, batch8: b8 } };
     lines.push(
       `${variant} (weights ${formatBytes(weights)})`,
       `  export   heimdall ${our.seconds.toFixed(2)} s   torch.onnx.export ${torch.seconds.toFixed(2)} s   speed-up x${(torch.seconds / our.seconds).toFixed(1)}` +
         (variant === 'large' ? `   [${verdict(our.seconds <= 3)}: <= 3 s]` : ''),
-      `  peak RSS heimdall ${formatBytes(our.maxRssBytes)} (${rssRatio.toFixed(2)}x weights)   torch ${formatBytes(torch.maxRssBytes)} (${(torch.maxRssBytes / weights).toFixed(2)}x)   [${verdict(rssRatio <= 1.5)}: <= 1.5x]`,
+      // The RSS target is about the weights (large); a small model's ratio is dominated by Node's own ~150 MB.
+      `  peak RSS heimdall ${formatBytes(our.maxRssBytes)} (${rssRatio.toFixed(2)}x weights)   torch ${formatBytes(torch.maxRssBytes)} (${(torch.maxRssBytes / weights).toFixed(2)}x)` +
+        (variant === 'large' ? `   [${verdict(rssRatio <= 1.5)}: <= 1.5x]` : ''),
       ...[['batch 1', b1], ['batch 8', b8]].map(([label, l]) => {
         const t = l as Record<string, { p50: number; p90: number }>;
         const ratio = t.ours!.p50 / t.torch!.p50;
