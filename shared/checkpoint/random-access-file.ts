@@ -29,15 +29,18 @@ export class RandomAccessFile {
     return new RandomAccessFile(handle, path, stat.size);
   }
 
-  /** Exactly `length` bytes at `offset` into a fresh (aligned) buffer, or CHECKPOINT_CORRUPT when the file ends first. */
-  async read(offset: number, length: number): Promise<Uint8Array> {
+  /**
+   * Exactly `length` bytes at `offset`, or CHECKPOINT_CORRUPT when the file ends first; into `scratch`
+   * when it is large enough (no fresh pages to fault in), else into a fresh (aligned) buffer.
+   */
+  async read(offset: number, length: number, scratch?: Uint8Array): Promise<Uint8Array> {
     if (offset < 0 || length < 0 || offset + length > this.size) {
       throw new HeimdallError(
         ErrorCodes.CHECKPOINT_CORRUPT,
         `read of ${length} bytes at ${offset} runs past the end of ${this.size}-byte file (truncated?)`,
       );
     }
-    const out = new Uint8Array(length);
+    const out = scratch && scratch.byteLength >= length ? scratch.subarray(0, length) : new Uint8Array(length);
     let done = 0;
     while (done < length) {
       const { bytesRead } = await this.handle.read(out, done, Math.min(length - done, 1 << 30), offset + done);

@@ -88,7 +88,7 @@ export async function readSafetensors(file: RandomAccessFile): Promise<Safetenso
       dtype: entry.dtype,
       shape: entry.shape,
       numel: entry.shape.reduce((a, b) => a * b, 1),
-      readFloat32: async () => toFloat32(await file.read(dataStart + entry.begin, entry.end - entry.begin), entry.dtype),
+      readFloat32: async (scratch) => toFloat32(await file.read(dataStart + entry.begin, entry.end - entry.begin, scratch), entry.dtype),
     });
   }
   return { tensors, metadata };

@@ -22,8 +22,8 @@ class LazyStorage {
     private readonly zip: ZipReader,
   ) {}
 
-  read(): Promise<Uint8Array> {
-    return this.zip.read(this.record);
+  read(scratch?: Uint8Array): Promise<Uint8Array> {
+    return this.zip.read(this.record, scratch);
   }
 }
 
@@ -43,8 +43,8 @@ export class TorchTensor implements LazyTensor {
     return this.storage.dtype;
   }
 
-  async readFloat32(): Promise<Float32Array> {
-    const bytes = await this.storage.read();
+  async readFloat32(scratch?: Uint8Array): Promise<Float32Array> {
+    const bytes = await this.storage.read(scratch);
     const raw = gatherStrided(bytes, DTYPE_BYTES[this.dtype], this.offset, this.shape, this.stride);
     return toFloat32(raw, this.dtype);
   }

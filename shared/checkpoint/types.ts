@@ -19,8 +19,12 @@ export interface LazyTensor {
   readonly dtype: DType;
   readonly shape: readonly number[];
   readonly numel: number;
-  /** The values, converted to float32 (f16, bf16 and f64 widen or narrow), row-major and contiguous. */
-  readFloat32(): Promise<Float32Array>;
+  /**
+   * The values, converted to float32 (f16, bf16 and f64 widen or narrow), row-major and contiguous.
+   * `scratch`, when given and large enough, may receive the raw bytes: the result can then alias it,
+   * so the caller must be done with the result before reusing the scratch buffer.
+   */
+  readFloat32(scratch?: Uint8Array): Promise<Float32Array>;
 }
 
 export type CheckpointFormat = 'torch-zip' | 'safetensors';

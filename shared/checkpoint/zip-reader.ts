@@ -89,11 +89,11 @@ export class ZipReader {
     return new ZipReader(file, entries);
   }
 
-  /** The whole entry, CRC-checked. */
-  async read(name: string): Promise<Uint8Array> {
+  /** The whole entry, CRC-checked (into `scratch` when it is large enough). */
+  async read(name: string, scratch?: Uint8Array): Promise<Uint8Array> {
     const entry = this.entries.get(name);
     if (!entry) throw corrupt(`archive has no entry ${name}`);
-    const data = await this.file.read(entry.dataOffset, entry.size);
+    const data = await this.file.read(entry.dataOffset, entry.size, scratch);
     const actual = crc32(data) >>> 0;
     if (actual !== entry.crc32) {
       throw corrupt(`CRC mismatch in ${name}: stored ${hex(entry.crc32)}, computed ${hex(actual)}`);

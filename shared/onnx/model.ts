@@ -38,13 +38,16 @@ export interface ValueInfo {
   readonly shape: readonly Dim[];
 }
 
-/** An initializer whose bytes are produced only when the writer reaches it. */
+/**
+ * An initializer whose bytes are produced only when the writer reaches it. The writer may lend a
+ * `scratch` buffer to produce them in; it reuses it only after those bytes are written.
+ */
 export interface InitializerDef {
   readonly name: string;
   readonly dataType: TensorDataType;
   readonly dims: readonly number[];
   readonly byteLength: number;
-  data(): Promise<Uint8Array>;
+  data(scratch?: Uint8Array): Promise<Uint8Array>;
 }
 
 export interface GraphDef {

@@ -92,8 +92,12 @@ export async function writeModel(model: ModelDef, path: string, options: WriteOp
     await modelFile.write(head.finish());
     await modelFile.write(graphHead.finish());
     let written = 0;
-    // Read one initializer ahead: the next tensor's bytes arrive while this one is written.
-    const fetch = (i: number) => graph.initializers[i]?.data();
+    // Read one initializer ahead: the next tensor's bytes arrive while this one is written. Two
+    // scratch buffers alternate, so weights land in memory that is already mapped instead of
+    // gigabytes of fresh pages; a buffer is refilled only once the write from it has finished.
+    const largest = Math.max(0, ...graph.initializers.map((i) => i.byteLength));
+    const scratch = [new Uint8Array(largest), new Uint8Array(largest)];
+    const fetch = (i: number) => graph.initializers[i]?.data(scratch[i % 2]);
     let next = fetch(0);
     next?.catch(() => undefined);
     for (const [i, init] of graph.initializers.entries()) {
@@ -101,6 +105,7 @@ export async function writeModel(model: ModelDef, path: string, options: WriteOp
       await modelFile.write(new ProtoMessage().lengthPrefix(GraphField.initializer, header.byteLength + payloadLength).finish());
       await modelFile.write(header);
       const data = await next!;
+      await Promise.all([modelFile.idle(), dataFile?.idle()]);
       next = fetch(i + 1);
       next?.catch(() => undefined);
       if (data.byteLength !== init.byteLength) throw new Error(`initializer ${init.name} produced ${data.byteLength} bytes, declared ${init.byteLength}`);
@@ -170,6 +175,11 @@ class HashingFile {
     if (this.buffered + bytes.byteLength > WRITE_BUFFER) await this.flush();
     this.buffer.set(bytes, this.buffered);
     this.buffered += bytes.byteLength;
+  }
+
+  /** Resolves when no write is in flight: every buffer handed to `write` may be reused. */
+  async idle(): Promise<void> {
+    await this.inFlight;
   }
 
   async padTo(offset: number): Promise<void> {

@@ -31,7 +31,7 @@ export function buildLocalizationGraph(spec: LocalizationNetSpec, tensors: Reado
   /** A checkpoint tensor as an initializer, under its state_dict name. */
   const weight = (name: string) => {
     const tensor = tensors.get(name)!;
-    return g.initializer(floatInitializer(name, tensor.shape, () => tensor.readFloat32()));
+    return g.initializer(floatInitializer(name, tensor.shape, (scratch) => tensor.readFloat32(scratch)));
   };
   const eps = opset < 17 ? g.constant('layer_norm.epsilon', [LAYER_NORM_EPS]) : '';
   const two = opset < 17 ? g.constant('layer_norm.two', [2]) : '';
@@ -149,15 +149,15 @@ function foldBatchNorm(tensors: ReadonlyMap<string, LazyTensor>, linear: string,
   };
 }
 
-function floatInitializer(name: string, dims: readonly number[], values: () => Promise<Float32Array>): InitializerDef {
+function floatInitializer(name: string, dims: readonly number[], values: (scratch?: Uint8Array) => Promise<Float32Array>): InitializerDef {
   const numel = dims.reduce((a, b) => a * b, 1);
   return {
     name,
     dataType: TensorDataType.FLOAT,
     dims,
     byteLength: numel * 4,
-    data: async () => {
-      const v = await values();
+    data: async (scratch) => {
+      const v = await values(scratch);
       return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
     },
   };
