@@ -94,28 +94,33 @@ export async function writeModel(model: ModelDef, path: string, options: WriteOp
     let written = 0;
     // Read one initializer ahead: the next tensor's bytes arrive while this one is written. Two
     // scratch buffers alternate, so weights land in memory that is already mapped instead of
-    // gigabytes of fresh pages; a buffer is refilled only once the write from it has finished.
+    // gigabytes of fresh pages; a buffer is refilled only once the write holding it has finished.
     const largest = Math.max(0, ...graph.initializers.map((i) => i.byteLength));
     const scratch = [new Uint8Array(largest), new Uint8Array(largest)];
-    const fetch = (i: number) => graph.initializers[i]?.data(scratch[i % 2]);
+    const released: Promise<void>[] = [Promise.resolve(), Promise.resolve()];
+    const fetch = async (i: number) => {
+      await released[i % 2];
+      return graph.initializers[i]!.data(scratch[i % 2]);
+    };
     let next = fetch(0);
-    next?.catch(() => undefined);
+    next.catch(() => undefined);
     for (const [i, init] of graph.initializers.entries()) {
       const { header, payloadLength } = tensorHeaders[i]!;
       await modelFile.write(new ProtoMessage().lengthPrefix(GraphField.initializer, header.byteLength + payloadLength).finish());
       await modelFile.write(header);
-      const data = await next!;
-      await Promise.all([modelFile.idle(), dataFile?.idle()]);
-      next = fetch(i + 1);
-      next?.catch(() => undefined);
+      const data = await next;
       if (data.byteLength !== init.byteLength) throw new Error(`initializer ${init.name} produced ${data.byteLength} bytes, declared ${init.byteLength}`);
       options.inspect?.(init.name, data);
       const placement = placements[i]!;
       if (placement.kind === 'external') {
         await dataFile!.padTo(placement.offset);
-        await dataFile!.write(data);
+        released[i % 2] = (await dataFile!.write(data)).reusable;
       } else {
-        await modelFile.write(data);
+        released[i % 2] = (await modelFile.write(data)).reusable;
+      }
+      if (i + 1 < graph.initializers.length) {
+        next = fetch(i + 1);
+        next.catch(() => undefined);
       }
       written += init.byteLength;
       options.onProgress?.({ writtenBytes: written, totalBytes: weightBytes, tensor: init.name });
@@ -164,22 +169,22 @@ class HashingFile {
     return new HashingFile(await open(path, 'w'), path);
   }
 
-  async write(bytes: Uint8Array): Promise<void> {
+  /**
+   * Hashes and writes `bytes`; resolves once they are buffered or their write has started, with
+   * `reusable` settling when `bytes` may be overwritten (at once for small writes, which are copied).
+   * (An object, because a promise resolved with a promise would wait for it.)
+   */
+  async write(bytes: Uint8Array): Promise<{ reusable: Promise<void> }> {
     this.hash.update(bytes);
     this.position += bytes.byteLength;
     if (bytes.byteLength >= WRITE_BUFFER) {
       await this.flush();
-      await this.enqueue(bytes);
-      return;
+      return { reusable: (await this.enqueue(bytes)).done };
     }
     if (this.buffered + bytes.byteLength > WRITE_BUFFER) await this.flush();
     this.buffer.set(bytes, this.buffered);
     this.buffered += bytes.byteLength;
-  }
-
-  /** Resolves when no write is in flight: every buffer handed to `write` may be reused. */
-  async idle(): Promise<void> {
-    await this.inFlight;
+    return { reusable: Promise.resolve() };
   }
 
   async padTo(offset: number): Promise<void> {
@@ -207,11 +212,13 @@ class HashingFile {
     await this.enqueue(chunk);
   }
 
-  /** Waits for the previous write, then starts this one without waiting for it. */
-  private async enqueue(bytes: Uint8Array): Promise<void> {
+  /** Waits for the previous write, then starts this one without waiting for it; `done` is its completion. */
+  private async enqueue(bytes: Uint8Array): Promise<{ done: Promise<void> }> {
     await this.inFlight;
-    this.inFlight = this.writeAll(bytes);
-    this.inFlight.catch(() => undefined);
+    const done = this.writeAll(bytes);
+    this.inFlight = done;
+    done.catch(() => undefined);
+    return { done };
   }
 
   private async writeAll(bytes: Uint8Array): Promise<void> {
