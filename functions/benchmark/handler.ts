@@ -2,6 +2,7 @@ import { createEvent } from '../../shared/events/index.ts';
 import { source, type StageHandler } from '../../shared/pipeline/stage.ts';
 import { LATENCY_TAG, SHA256_TAG } from '../../shared/registry/model-registry.ts';
 import { runBenchmark } from '../../shared/runtime/benchmark.ts';
+import { fetchUri } from '../../shared/storage/object-store.ts';
 
 /** Timed runs for a batch size: the configured count at batch 1, fewer for big batches (same order of wall time). */
 export const runsFor = (runs: number, batch: number) => Math.max(3, Math.round(runs / Math.sqrt(batch)));
@@ -14,7 +15,7 @@ export const runsFor = (runs: number, batch: number) => Math.max(3, Math.round(r
 export const benchmarkHandler: StageHandler<'heimdall.model.parity-checked', 'heimdall.model.benchmarked'> = async (event, ctx) => {
   const { runId, onnx } = event.data;
   const settings = ctx.config.benchmark;
-  const model = await ctx.store.fetchFile(...(Object.values(ctx.store.parseUri(onnx.uri)) as [string, string]));
+  const model = await fetchUri(ctx.store, onnx.uri);
   const batches = settings.batches.map((batch) => ({ batch, runs: runsFor(settings.runs, batch) }));
   ctx.progress(`opening a session on ${settings.provider}; ${settings.warmup} warm-up + ${batches.map((b) => `${b.runs}x batch ${b.batch}`).join(', ')}`);
   let result;

@@ -7,6 +7,7 @@ import { inferArchitecture } from '../../shared/models/localization-net/infer.ts
 import { ReferenceModel } from '../../shared/models/localization-net/reference.ts';
 import { source, type StageContext, type StageHandler } from '../../shared/pipeline/stage.ts';
 import { openSession, sampleInput } from '../../shared/runtime/session.ts';
+import { fetchUri } from '../../shared/storage/object-store.ts';
 
 /** Where expected outputs come from, and the inputs they belong to. */
 interface Expected {
@@ -39,7 +40,7 @@ export const parityHandler: StageHandler<'heimdall.model.validated', 'heimdall.m
   }
 
   ctx.progress(`running the ONNX model on ${expected.samples} ${expected.reference} samples`);
-  const model = await ctx.store.fetchFile(...Object.values(ctx.store.parseUri(onnx.uri)) as [string, string]);
+  const model = await fetchUri(ctx.store, onnx.uri);
   let actual: ort.InferenceSession.OnnxValueMapType;
   try {
     const { session } = await openSession(model.path, { threads: ctx.config.benchmark.threads });

@@ -5,7 +5,7 @@ import { readModelSummary } from '../../shared/onnx/reader.ts';
 import { source, type StageHandler } from '../../shared/pipeline/stage.ts';
 import { LATENCY_TAG } from '../../shared/registry/model-registry.ts';
 import { writeAtomically } from '../../shared/storage/fs.ts';
-import { MODELS_BUCKET, reportKey } from '../../shared/storage/object-store.ts';
+import { fetchUri, MODELS_BUCKET, reportKey } from '../../shared/storage/object-store.ts';
 
 /**
  * model.benchmarked -> model.registered: registers the model under the configured name and points
@@ -19,8 +19,7 @@ export const registerHandler: StageHandler<'heimdall.model.benchmarked', 'heimda
   let version = existing;
   let created = false;
   if (!existing) {
-    const location = ctx.store.parseUri(onnx.uri);
-    const model = await ctx.store.fetchFile(location.bucket, location.key);
+    const model = await fetchUri(ctx.store, onnx.uri);
     try {
       const { metadata } = await readModelSummary(model.path);
       const report = { runId, checkpoint, onnx, architecture: pick(metadata, ['variant', 'parameters', 'dims', 'depths', 'position_head', 'uncertainty_head']), parity, benchmark: { provider: event.data.provider, threads: event.data.threads, sessionCreateMs: event.data.sessionCreateMs, perBatch, baseline: event.data.baseline } };

@@ -7,6 +7,7 @@ import { readModelSummary, type ValueSummary } from '../../shared/onnx/reader.ts
 import { structuralProblems } from '../../shared/onnx/structure.ts';
 import { source, type StageHandler } from '../../shared/pipeline/stage.ts';
 import { openSession, sampleInput } from '../../shared/runtime/session.ts';
+import { fetchUri } from '../../shared/storage/object-store.ts';
 
 /** DESIGN §5: the batch sizes every model must serve. */
 export const VALIDATION_BATCHES = [1, 2, 8, 32] as const;
@@ -25,8 +26,7 @@ interface Check {
  */
 export const validateHandler: StageHandler<'heimdall.model.exported', 'heimdall.model.validated'> = async (event, ctx) => {
   const { runId, onnx } = event.data;
-  const { bucket, key } = ctx.store.parseUri(onnx.uri);
-  const model = await ctx.store.fetchFile(bucket, key);
+  const model = await fetchUri(ctx.store, onnx.uri);
   const checks: Check[] = [];
   let summary: Awaited<ReturnType<typeof readModelSummary>>;
   const check = (name: string, problems: string[], passedDetail: string) => checks.push({ name, passed: problems.length === 0, detail: problems.length ? problems.join('; ') : passedDetail });

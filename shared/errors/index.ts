@@ -64,7 +64,7 @@ export function isRetriable(code: ErrorCode): boolean {
   return RETRIABLE.has(code);
 }
 
-/** Any thrown value as a HeimdallError; unknown failures keep their message under IO_ERROR only when they are system errors. */
+/** Any thrown value as a HeimdallError: ours pass through, anything else keeps its message under `fallback`. */
 export function asHeimdallError(error: unknown, fallback: ErrorCode = ErrorCodes.IO_ERROR): HeimdallError {
   if (error instanceof HeimdallError) return error;
   const message = error instanceof Error ? error.message : String(error);

@@ -23,6 +23,12 @@ export interface ObjectStore {
   fetchFile(bucket: string, key: string): Promise<{ path: string; release(): Promise<void> }>;
 }
 
+/** `fetchFile` for an object named by the uri an event carries. */
+export function fetchUri(store: ObjectStore, uri: string): Promise<{ path: string; release(): Promise<void> }> {
+  const { bucket, key } = store.parseUri(uri);
+  return store.fetchFile(bucket, key);
+}
+
 export const MODELS_BUCKET = 'heimdall-models';
 export const CHECKPOINTS_BUCKET = 'heimdall-checkpoints';
 
