@@ -7,6 +7,8 @@ import { DEFAULT_ALIAS, DEFAULT_MODEL_NAME } from '../registry/model-registry.ts
  * process with a message naming the variable. With no service variables set, the embedded default
  * (filesystem store and local registry in HEIMDALL_DATA_DIR) is used.
  */
+/** An unset or empty variable is absent. */
+const optional = <T extends z.ZodType>(schema: T) => z.preprocess((v) => (v === '' ? undefined : v), schema.optional());
 const number = (fallback: number) => z.coerce.number().refine(Number.isFinite, 'must be a number').default(fallback);
 
 const Environment = z.object({
@@ -31,7 +33,23 @@ const Environment = z.object({
   /** A new model is flagged when its batch-1 p50 exceeds the alias holder's by this fraction. */
   HEIMDALL_REGRESSION_THRESHOLD: number(0.1).refine((v) => v >= 0, 'must be >= 0'),
   HEIMDALL_LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('warn'),
-});
+  // Services (DESIGN §3 CLI): each port uses its service when configured, else the embedded adapter.
+  NATS_URL: optional(z.string().min(1)),
+  /** Several processes serving one stage share its durable consumer; these bound a message's life. */
+  HEIMDALL_ACK_WAIT_SECONDS: z.coerce.number().int().min(5).default(60),
+  HEIMDALL_MAX_DELIVER: z.coerce.number().int().min(1).default(5),
+  S3_ENDPOINT: optional(z.url()),
+  S3_ACCESS_KEY: optional(z.string().min(1)),
+  S3_SECRET_KEY: optional(z.string().min(1)),
+  S3_REGION: z.string().min(1).default('us-east-1'),
+  MLFLOW_TRACKING_URI: optional(z.url()),
+  MLFLOW_TRACKING_TOKEN: optional(z.string().min(1)),
+  MLFLOW_TRACKING_USERNAME: optional(z.string().min(1)),
+  MLFLOW_TRACKING_PASSWORD: optional(z.string().min(1)),
+  MLFLOW_EXPERIMENT_NAME: z.string().min(1).default('heimdall-localization'),
+})
+  .refine((e) => !e.S3_ENDPOINT || (e.S3_ACCESS_KEY && e.S3_SECRET_KEY), { message: 'S3_ACCESS_KEY and S3_SECRET_KEY are required with S3_ENDPOINT', path: ['S3_ACCESS_KEY'] })
+  .refine((e) => !e.MLFLOW_TRACKING_USERNAME === !e.MLFLOW_TRACKING_PASSWORD, { message: 'MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD go together', path: ['MLFLOW_TRACKING_USERNAME'] });
 
 export interface Config {
   readonly dataDir: string;
@@ -41,6 +59,9 @@ export interface Config {
   readonly parity: { readonly tolerance: number; readonly samples: number };
   readonly benchmark: { readonly provider: 'cpu' | 'cuda'; readonly batches: readonly number[]; readonly threads: number; readonly warmup: number; readonly runs: number; readonly regressionThreshold: number };
   readonly logLevel: string;
+  readonly nats?: { readonly url: string; readonly ackWaitSeconds: number; readonly maxDeliver: number };
+  readonly s3?: { readonly endpoint: string; readonly accessKey: string; readonly secretKey: string; readonly region: string };
+  readonly mlflow?: { readonly trackingUri: string; readonly experimentName: string; readonly token?: string; readonly username?: string; readonly password?: string };
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -65,5 +86,17 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       regressionThreshold: e.HEIMDALL_REGRESSION_THRESHOLD,
     },
     logLevel: e.HEIMDALL_LOG_LEVEL,
+    ...(e.NATS_URL ? { nats: { url: e.NATS_URL, ackWaitSeconds: e.HEIMDALL_ACK_WAIT_SECONDS, maxDeliver: e.HEIMDALL_MAX_DELIVER } } : {}),
+    ...(e.S3_ENDPOINT ? { s3: { endpoint: e.S3_ENDPOINT, accessKey: e.S3_ACCESS_KEY!, secretKey: e.S3_SECRET_KEY!, region: e.S3_REGION } } : {}),
+    ...(e.MLFLOW_TRACKING_URI
+      ? {
+          mlflow: {
+            trackingUri: e.MLFLOW_TRACKING_URI,
+            experimentName: e.MLFLOW_EXPERIMENT_NAME,
+            ...(e.MLFLOW_TRACKING_TOKEN ? { token: e.MLFLOW_TRACKING_TOKEN } : {}),
+            ...(e.MLFLOW_TRACKING_USERNAME ? { username: e.MLFLOW_TRACKING_USERNAME, password: e.MLFLOW_TRACKING_PASSWORD! } : {}),
+          },
+        }
+      : {}),
   };
 }

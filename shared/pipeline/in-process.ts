@@ -10,7 +10,8 @@ import type { ObjectStore } from '../storage/object-store.ts';
 import { failureEvent } from './failure.ts';
 import { ingestLocalFile, UNKNOWN_RUN } from './local-ingest.ts';
 import { buildReport, type RunReport } from './report.ts';
-import type { AnyStage, StageContext, StageName } from './stage.ts';
+import { executeStage, type StageEnvironment } from './execute.ts';
+import type { AnyStage, StageName } from './stage.ts';
 
 export interface InProcessOptions {
   readonly stages: readonly AnyStage[];
@@ -44,25 +45,10 @@ export async function runInProcess(checkpointPath: string, options: InProcessOpt
     options.onEvent?.(event);
     if (event.type === 'heimdall.model.registered' || event.type === 'heimdall.pipeline.failed') finish();
   });
+  const environment: StageEnvironment = { store: options.store, registry: options.registry, config: options.config, logger: options.logger, scratchDir };
   for (const stage of options.stages) {
-    const ctx: StageContext = {
-      store: options.store,
-      registry: options.registry,
-      config: options.config,
-      logger: options.logger.child({ stage: stage.name }),
-      signal,
-      scratchDir,
-      progress: (message) => options.onProgress?.(stage.name, message),
-    };
     bus.subscribe([stage.input], async (event) => {
-      const runId = (event.data as { runId: string }).runId;
-      let result: AnyCloudEvent;
-      try {
-        result = await stage.handler(event, ctx);
-      } catch (error) {
-        result = failureEvent(runId, stage.name, error);
-      }
-      await bus.publish(result);
+      await bus.publish(await executeStage(stage, event, environment, { signal, progress: (message) => options.onProgress?.(stage.name, message) }));
     });
   }
 

@@ -1,10 +1,9 @@
 import { resolve } from 'node:path';
 import { loadConfig } from '../../config/index.ts';
 import { createLogger } from '../../logging/index.ts';
+import { createAdapters } from '../../pipeline/adapters.ts';
 import { runInProcess } from '../../pipeline/in-process.ts';
 import type { AnyStage } from '../../pipeline/stage.ts';
-import { LocalModelRegistry } from '../../registry/local.ts';
-import { FsObjectStore } from '../../storage/fs.ts';
 import { parseCommandArgs } from '../args.ts';
 import { eventLine } from '../event-line.ts';
 import { formatSeconds } from '../format.ts';
@@ -26,8 +25,7 @@ export async function runCommand(argv: string[], io: CommandIO, stages: readonly
   let current = '';
   const report = await runInProcess(checkpoint, {
     stages,
-    store: new FsObjectStore(config.dataDir),
-    registry: new LocalModelRegistry(config.dataDir),
+    ...createAdapters(config),
     config,
     logger,
     onProgress: (stage, message) => {

@@ -1,0 +1,43 @@
+import type { Adapters } from './adapters.ts';
+import type { Config } from '../config/index.ts';
+import type { AnyCloudEvent } from '../events/index.ts';
+import type { Logger } from '../logging/index.ts';
+import { failureEvent } from './failure.ts';
+import type { AnyStage, StageContext } from './stage.ts';
+
+/** What every runner (in-process, NATS worker, HTTP function) gives a stage. */
+export interface StageEnvironment extends Adapters {
+  readonly config: Config;
+  readonly logger: Logger;
+  readonly scratchDir: string;
+}
+
+export interface Execution {
+  readonly signal?: AbortSignal;
+  readonly progress?: (message: string) => void;
+  /** The delivery attempt (1 on first delivery), reported in a failure event. */
+  readonly attempt?: number;
+}
+
+/**
+ * Runs one stage on one event, the same way for every runner: the handler's result, or the
+ * `pipeline.failed` event for its error. Whether a failure is retried is the runner's decision
+ * (the event says `retriable`).
+ */
+export async function executeStage(stage: AnyStage, event: AnyCloudEvent, environment: StageEnvironment, execution: Execution = {}): Promise<AnyCloudEvent> {
+  const runId = (event.data as { runId: string }).runId;
+  const ctx: StageContext = {
+    store: environment.store,
+    registry: environment.registry,
+    config: environment.config,
+    logger: environment.logger.child({ stage: stage.name, runId }),
+    signal: execution.signal ?? new AbortController().signal,
+    scratchDir: environment.scratchDir,
+    progress: execution.progress ?? (() => undefined),
+  };
+  try {
+    return await stage.handler(event, ctx);
+  } catch (error) {
+    return failureEvent(runId, stage.name, error, execution.attempt);
+  }
+}
