@@ -1,2 +1,3 @@
 export * from './envelope.ts';
 export * from './schemas.ts';
+export * from './binary.ts';

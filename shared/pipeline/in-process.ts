@@ -10,6 +10,7 @@ import type { ObjectStore } from '../storage/object-store.ts';
 import { failureEvent } from './failure.ts';
 import { ingestLocalFile, UNKNOWN_RUN } from './local-ingest.ts';
 import { buildReport, type RunReport } from './report.ts';
+import { recordEvent, recordStageStart, type RunStateStore } from './run-state/run-state.ts';
 import { executeStage, type StageEnvironment } from './execute.ts';
 import type { AnyStage, StageName } from './stage.ts';
 
@@ -20,6 +21,8 @@ export interface InProcessOptions {
   readonly config: Config;
   readonly logger: Logger;
   readonly signal?: AbortSignal;
+  /** Where the run's record is kept for `heimdall status` and the status page. */
+  readonly runState?: RunStateStore;
   readonly onEvent?: (event: AnyCloudEvent) => void;
   readonly onProgress?: (stage: StageName, message: string) => void;
 }
@@ -42,12 +45,14 @@ export async function runInProcess(checkpointPath: string, options: InProcessOpt
 
   bus.subscribe('*', async (event) => {
     events.push(event);
+    if (options.runState) await recordEvent(options.runState, event);
     options.onEvent?.(event);
     if (event.type === 'heimdall.model.registered' || event.type === 'heimdall.pipeline.failed') finish();
   });
   const environment: StageEnvironment = { store: options.store, registry: options.registry, config: options.config, logger: options.logger, scratchDir };
   for (const stage of options.stages) {
     bus.subscribe([stage.input], async (event) => {
+      if (options.runState) await recordStageStart(options.runState, event.data.runId, stage.name);
       await bus.publish(await executeStage(stage, event, environment, { signal, progress: (message) => options.onProgress?.(stage.name, message) }));
     });
   }

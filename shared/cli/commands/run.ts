@@ -3,6 +3,7 @@ import { loadConfig } from '../../config/index.ts';
 import { createLogger } from '../../logging/index.ts';
 import { createAdapters } from '../../pipeline/adapters.ts';
 import { runInProcess } from '../../pipeline/in-process.ts';
+import { FsRunStateStore } from '../../pipeline/run-state/fs.ts';
 import type { AnyStage } from '../../pipeline/stage.ts';
 import { parseCommandArgs } from '../args.ts';
 import { eventLine } from '../event-line.ts';
@@ -26,6 +27,7 @@ export async function runCommand(argv: string[], io: CommandIO, stages: readonly
   const report = await runInProcess(checkpoint, {
     stages,
     ...createAdapters(config),
+    runState: new FsRunStateStore(config.dataDir),
     config,
     logger,
     onProgress: (stage, message) => {

@@ -1,0 +1,52 @@
+import { ErrorCodes, HeimdallError } from '../errors/index.ts';
+import { parseEvent, type AnyCloudEvent } from './envelope.ts';
+
+/**
+ * CloudEvents over message headers, shared by the NATS and HTTP transports: binary mode puts the
+ * attributes in `ce-*` headers and the data in the body; structured mode
+ * (`content-type: application/cloudevents+json`) carries the whole envelope as the body. Both are
+ * accepted; binary mode is what we send. Spec: cloudevents/spec http-protocol-binding.md §3.1/§3.2
+ * and nats-protocol-binding.md (same header naming).
+ */
+export const STRUCTURED_CONTENT_TYPE = 'application/cloudevents+json';
+
+const ATTRIBUTES = ['specversion', 'id', 'type', 'source', 'time', 'subject'] as const;
+
+/** Binary-mode headers and body of an event. */
+export function toBinary(event: AnyCloudEvent): { headers: Record<string, string>; body: string } {
+  const headers: Record<string, string> = { 'content-type': event.datacontenttype };
+  for (const name of ATTRIBUTES) {
+    const value = event[name];
+    if (value !== undefined) headers[`ce-${name}`] = value;
+  }
+  return { headers, body: JSON.stringify(event.data) };
+}
+
+/**
+ * The event in a message, whichever mode it uses. `headers` yields [name, value] pairs (names in any
+ * case); INVALID_EVENT when the message is not a valid Heimdall CloudEvent.
+ */
+export function fromMessage(headers: Iterable<readonly [string, string]>, body: string): AnyCloudEvent {
+  const lower = new Map<string, string>();
+  for (const [name, value] of headers) lower.set(name.toLowerCase(), value);
+  const contentType = lower.get('content-type') ?? '';
+  if (contentType.startsWith(STRUCTURED_CONTENT_TYPE)) return parseEvent(parseJson(body, 'structured-mode body'));
+  if (!lower.has('ce-specversion')) {
+    throw new HeimdallError(ErrorCodes.INVALID_EVENT, `not a CloudEvent: no ce-specversion header and content-type is not ${STRUCTURED_CONTENT_TYPE}`);
+  }
+  if (contentType && !contentType.startsWith('application/json')) throw new HeimdallError(ErrorCodes.INVALID_EVENT, `unsupported data content-type ${contentType}`);
+  const envelope: Record<string, unknown> = { datacontenttype: 'application/json', data: parseJson(body, 'event data') };
+  for (const name of ATTRIBUTES) {
+    const value = lower.get(`ce-${name}`);
+    if (value !== undefined) envelope[name] = value;
+  }
+  return parseEvent(envelope);
+}
+
+function parseJson(body: string, what: string): unknown {
+  try {
+    return JSON.parse(body);
+  } catch {
+    throw new HeimdallError(ErrorCodes.INVALID_EVENT, `${what} is not JSON`);
+  }
+}
