@@ -7,7 +7,7 @@ import { inferArchitecture } from '../../shared/models/localization-net/infer.ts
 import { ReferenceModel } from '../../shared/models/localization-net/reference.ts';
 import { source, type StageContext, type StageHandler } from '../../shared/pipeline/stage.ts';
 import { openSession, sampleInput } from '../../shared/runtime/session.ts';
-import { fetchUri } from '../../shared/storage/object-store.ts';
+import { fetchUri, PARITY_SIDECAR_SUFFIX } from '../../shared/storage/object-store.ts';
 
 /** Where expected outputs come from, and the inputs they belong to. */
 interface Expected {
@@ -26,18 +26,7 @@ interface Expected {
 export const parityHandler: StageHandler<'heimdall.model.validated', 'heimdall.model.parity-checked'> = async (event, ctx) => {
   const { runId, onnx, checkpoint: checkpointRef } = event.data;
   const location = ctx.store.parseUri(checkpointRef.uri);
-  const file = await ctx.store.fetchFile(location.bucket, location.key);
-  let expected: Expected;
-  try {
-    const checkpoint = await openCheckpoint(file.path);
-    try {
-      expected = (await goldenSamples(checkpoint, location, ctx)) ?? (await referenceSamples(checkpoint, ctx));
-    } finally {
-      await checkpoint.close();
-    }
-  } finally {
-    await file.release();
-  }
+  const expected = checkpointRef.format === 'onnx' ? await uploadedModelSamples(location, ctx) : await checkpointSamples(location, ctx);
 
   ctx.progress(`running the ONNX model on ${expected.samples} ${expected.reference} samples`);
   const model = await fetchUri(ctx.store, onnx.uri);
@@ -67,12 +56,35 @@ export const parityHandler: StageHandler<'heimdall.model.validated', 'heimdall.m
   });
 };
 
-async function goldenSamples(checkpoint: Checkpoint, location: { bucket: string; key: string }, ctx: StageContext): Promise<Expected | undefined> {
-  if (checkpoint.parity) {
-    ctx.progress('using the golden samples inside the checkpoint');
-    return fromGolden(checkpoint.parity, 'parity entry');
+async function checkpointSamples(location: ObjectLocation, ctx: StageContext): Promise<Expected> {
+  const file = await ctx.store.fetchFile(location.bucket, location.key);
+  try {
+    const checkpoint = await openCheckpoint(file.path);
+    try {
+      if (checkpoint.parity) {
+        ctx.progress('using the golden samples inside the checkpoint');
+        return await fromGolden(checkpoint.parity, 'parity entry');
+      }
+      return (await sidecarSamples(location, ctx)) ?? (await referenceSamples(checkpoint, ctx));
+    } finally {
+      await checkpoint.close();
+    }
+  } finally {
+    await file.release();
   }
-  const sidecarKey = `${location.key}.parity.safetensors`;
+}
+
+/** An uploaded ONNX model has no weights we can run our reference on: it needs golden samples beside it. */
+async function uploadedModelSamples(location: ObjectLocation, ctx: StageContext): Promise<Expected> {
+  const golden = await sidecarSamples(location, ctx);
+  if (!golden) throw new HeimdallError(ErrorCodes.PARITY_UNAVAILABLE, `${location.key} is an ONNX upload without golden samples: put ${location.key}${PARITY_SIDECAR_SUFFIX} beside it`);
+  return golden;
+}
+
+type ObjectLocation = { bucket: string; key: string };
+
+async function sidecarSamples(location: ObjectLocation, ctx: StageContext): Promise<Expected | undefined> {
+  const sidecarKey = `${location.key}${PARITY_SIDECAR_SUFFIX}`;
   if (!(await ctx.store.stat(location.bucket, sidecarKey))) return undefined;
   ctx.progress(`using the golden samples in ${sidecarKey}`);
   const sidecar = await ctx.store.fetchFile(location.bucket, sidecarKey);

@@ -1,15 +1,22 @@
 import type { AnyCloudEvent } from '../events/index.ts';
 import { formatBytes, formatCount, formatSeconds } from './format.ts';
 
-/** One readable line per pipeline event (fits 80 columns): time, run, stage, outcome, key figure. */
+const COLUMNS = 80;
+
+/**
+ * One readable line per pipeline event, at most 80 columns: time, run, stage, outcome, key figure
+ * (a long key or error message is shortened; `status` and `--json` have it whole).
+ */
 export function eventLine(event: AnyCloudEvent): string {
   const time = event.time.slice(11, 19);
-  const run = (event.data as { runId: string }).runId.slice(0, 8);
-  const [stage, figure] = describe(event);
-  return `${time} ${run} ${stage.padEnd(9)} ${figure}`;
+  const run = event.data.runId.slice(0, 8);
+  const [stage, figure] = describeEvent(event);
+  const line = `${time} ${run} ${stage.padEnd(9)} ${figure}`;
+  return line.length <= COLUMNS ? line : `${line.slice(0, COLUMNS - 1)}…`;
 }
 
-function describe(event: AnyCloudEvent): [string, string] {
+/** The stage an event speaks for and its key figure (size, parity error, p50, version, error). */
+export function describeEvent(event: AnyCloudEvent): [string, string] {
   switch (event.type) {
     case 'heimdall.checkpoint.created':
       return ['ingest', `checkpoint ${event.data.key} (${formatBytes(event.data.size)})`];
@@ -21,7 +28,7 @@ function describe(event: AnyCloudEvent): [string, string] {
       return ['validate', `${event.data.checks.length} checks passed, batches ${event.data.batchSizesChecked.join('/')}`];
     case 'heimdall.model.parity-checked': {
       const worst = Math.max(...Object.values(event.data.perOutput).map((e) => e.maxAbs));
-      return ['parity', `max |diff| ${worst.toExponential(1)} <= ${event.data.tolerance} on ${event.data.samples} ${event.data.reference} samples`];
+      return ['parity', `max |diff| ${worst.toExponential(1)} <= ${event.data.tolerance.toExponential(0)} (${event.data.samples} ${event.data.reference} samples)`];
     }
     case 'heimdall.model.benchmarked': {
       const figures = event.data.perBatch.map((s) => `b${s.batch} ${s.p50.toFixed(1)}ms`).join(' ');

@@ -27,12 +27,24 @@ export const ErrorCodes = {
   INVALID_MODEL: 'INVALID_MODEL',
   /** ONNX outputs differ from the reference beyond the tolerance. */
   PARITY_EXCEEDED: 'PARITY_EXCEEDED',
+  /** Parity cannot be checked: an uploaded ONNX model without golden samples beside it. */
+  PARITY_UNAVAILABLE: 'PARITY_UNAVAILABLE',
   /** The benchmark could not run (session creation, allocation). */
   BENCHMARK_FAILED: 'BENCHMARK_FAILED',
   /** The model registry refused or failed an operation. */
   REGISTRY_ERROR: 'REGISTRY_ERROR',
+  /** The model registry rejected our credentials or denied the operation (HTTP 401/403, PERMISSION_DENIED). */
+  REGISTRY_AUTH: 'REGISTRY_AUTH',
+  /** The model registry refused a request as invalid (INVALID_PARAMETER_VALUE, an unexpected missing or existing resource). */
+  REGISTRY_REJECTED: 'REGISTRY_REJECTED',
   /** An object or bucket is missing in the object store. */
   OBJECT_NOT_FOUND: 'OBJECT_NOT_FOUND',
+  /** The object store rejected our credentials (InvalidAccessKeyId, SignatureDoesNotMatch, AccessDenied). */
+  STORAGE_AUTH: 'STORAGE_AUTH',
+  /** The object store refused a request for a reason other than credentials or a missing object. */
+  STORAGE_REJECTED: 'STORAGE_REJECTED',
+  /** JetStream gave up on a message after MaxDeliver deliveries (the worker crashed or timed out each time). */
+  DELIVERY_EXHAUSTED: 'DELIVERY_EXHAUSTED',
   /** Wrong command-line usage or configuration. */
   USAGE: 'USAGE',
   /** An I/O failure outside the checkpoint's content (disk full, permission denied). */

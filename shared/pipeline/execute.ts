@@ -3,7 +3,7 @@ import type { Config } from '../config/index.ts';
 import type { AnyCloudEvent } from '../events/index.ts';
 import type { Logger } from '../logging/index.ts';
 import { failureEvent } from './failure.ts';
-import type { AnyStage, StageContext } from './stage.ts';
+import type { AnyStage, StageContext, StageName } from './stage.ts';
 
 /** What every runner (in-process, NATS worker, HTTP function) gives a stage. */
 export interface StageEnvironment extends Adapters {
@@ -25,19 +25,22 @@ export interface Execution {
  * (the event says `retriable`).
  */
 export async function executeStage(stage: AnyStage, event: AnyCloudEvent, environment: StageEnvironment, execution: Execution = {}): Promise<AnyCloudEvent> {
-  const runId = (event.data as { runId: string }).runId;
-  const ctx: StageContext = {
+  const runId = event.data.runId;
+  try {
+    return await stage.handler(event, stageContext(stage.name, runId, environment, execution));
+  } catch (error) {
+    return failureEvent(runId, stage.name, error, execution.attempt);
+  }
+}
+
+export function stageContext(stage: StageName, runId: string, environment: StageEnvironment, execution: Execution = {}): StageContext {
+  return {
     store: environment.store,
     registry: environment.registry,
     config: environment.config,
-    logger: environment.logger.child({ stage: stage.name, runId }),
+    logger: environment.logger.child({ stage, runId }),
     signal: execution.signal ?? new AbortController().signal,
     scratchDir: environment.scratchDir,
     progress: execution.progress ?? (() => undefined),
   };
-  try {
-    return await stage.handler(event, ctx);
-  } catch (error) {
-    return failureEvent(runId, stage.name, error, execution.attempt);
-  }
 }

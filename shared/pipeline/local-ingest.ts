@@ -3,10 +3,8 @@ import { basename } from 'node:path';
 import { ErrorCodes, HeimdallError } from '../errors/index.ts';
 import { createEvent, runIdOf, type CloudEvent } from '../events/index.ts';
 import { sha256File } from '../runtime/sha256.ts';
-import { CHECKPOINTS_BUCKET, type ObjectStore } from '../storage/object-store.ts';
+import { CHECKPOINTS_BUCKET, PARITY_SIDECAR_SUFFIX, type ObjectStore } from '../storage/object-store.ts';
 import { source } from './stage.ts';
-
-export const PARITY_SIDECAR_SUFFIX = '.parity.safetensors';
 
 /**
  * What ingest does for a checkpoint given as a local file (`heimdall run`): hash it for the run id,

@@ -1,5 +1,6 @@
 import type { Config } from '../config/index.ts';
 import type { AnyCloudEvent, CloudEvent } from '../events/index.ts';
+import type { ObjectCreated } from '../events/minio.ts';
 import type { EventType } from '../events/schemas.ts';
 import type { Logger } from '../logging/index.ts';
 import type { ModelRegistry } from '../registry/model-registry.ts';
@@ -45,3 +46,9 @@ export interface AnyStage {
 export function defineStage<In extends EventType, Out extends EventType>(definition: StageDefinition<In, Out>): AnyStage {
   return definition as unknown as AnyStage;
 }
+
+/**
+ * Ingest is the pipeline's source: its input is an object-store notification, not a CloudEvent, and
+ * its output is the event that starts the run (checkpoint.created, or model.exported for an ONNX upload).
+ */
+export type IngestFunction = (object: ObjectCreated, ctx: StageContext) => Promise<AnyCloudEvent>;

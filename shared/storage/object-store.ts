@@ -29,6 +29,9 @@ export function fetchUri(store: ObjectStore, uri: string): Promise<{ path: strin
   return store.fetchFile(bucket, key);
 }
 
+/** Golden samples beside a checkpoint (`<key>.parity.safetensors`), read by parity (DESIGN §5). */
+export const PARITY_SIDECAR_SUFFIX = '.parity.safetensors';
+
 export const MODELS_BUCKET = 'heimdall-models';
 export const CHECKPOINTS_BUCKET = 'heimdall-checkpoints';
 

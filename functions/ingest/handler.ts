@@ -1,0 +1,64 @@
+import { createEvent, runIdOf, type CloudEvent } from '../../shared/events/index.ts';
+import { formatBytes } from '../../shared/cli/format.ts';
+import { readModelSummary } from '../../shared/onnx/reader.ts';
+import { source, type StageContext } from '../../shared/pipeline/stage.ts';
+import { sha256File } from '../../shared/runtime/sha256.ts';
+import { MODELS_BUCKET, modelKey } from '../../shared/storage/object-store.ts';
+import { kindOf, type ObjectCreated } from '../../shared/events/minio.ts';
+
+export type IngestResult = CloudEvent<'heimdall.checkpoint.created'> | CloudEvent<'heimdall.model.exported'>;
+
+/**
+ * A created object -> the event that starts its run. The run id is the content's sha256, so the
+ * same bytes uploaded under two names are one run. A checkpoint is announced as
+ * `checkpoint.created`; an `.onnx` file is already exported: it is placed at the run's model key
+ * and announced as `model.exported`, so the run goes straight to validate. Callers filter with
+ * `kindOf` first.
+ */
+export async function ingestHandler(object: ObjectCreated, ctx: StageContext): Promise<IngestResult> {
+  const file = await ctx.store.fetchFile(object.bucket, object.key);
+  try {
+    ctx.progress(`hashing ${object.key} (${formatBytes(object.size)})`);
+    const sha256 = await sha256File(file.path);
+    const runId = runIdOf(sha256);
+    if (kindOf(object.key) === 'model') return await announceModel(object, file.path, sha256, ctx);
+    return createEvent('heimdall.checkpoint.created', {
+      stage: 'ingest',
+      source: source('ingest'),
+      subject: object.key,
+      data: { bucket: object.bucket, key: object.key, size: object.size, etag: object.etag, ...(object.versionId ? { versionId: object.versionId } : {}), runId, sha256 },
+    });
+  } finally {
+    await file.release();
+  }
+}
+
+async function announceModel(object: ObjectCreated, path: string, sha256: string, ctx: StageContext): Promise<CloudEvent<'heimdall.model.exported'>> {
+  const runId = runIdOf(sha256);
+  const summary = await readModelSummary(path);
+  const opset = summary.opsets.get('') ?? summary.opsets.get('ai.onnx') ?? 0;
+  const uploadedUri = ctx.store.uri(object.bucket, object.key);
+  ctx.progress(`placing ${object.key} at ${modelKey(runId)}`);
+  const stored = await ctx.store.putFile(MODELS_BUCKET, modelKey(runId), path, {
+    sha256,
+    'source-checkpoint': uploadedUri,
+    'run-id': runId,
+    opset: String(opset),
+    'export-date': new Date().toISOString(),
+    'model-type': 'LocalizationNet',
+  });
+  const params = Number(summary.metadata.parameters) || summary.graph.initializers.reduce((sum, i) => sum + i.dims.reduce((a, b) => a * b, 1), 0);
+  return createEvent('heimdall.model.exported', {
+    stage: 'export',
+    source: source('ingest'),
+    subject: object.key,
+    data: {
+      runId,
+      checkpoint: { uri: uploadedUri, sha256, format: 'onnx' },
+      onnx: { uri: ctx.store.uri(MODELS_BUCKET, modelKey(runId)), sha256, bytes: stored.size, opset, irVersion: summary.irVersion },
+      architecture: { name: 'LocalizationNet', variant: summary.metadata.variant ?? 'unknown', params },
+      warnings: [],
+      durationMs: 0,
+    },
+  });
+}

@@ -1,0 +1,90 @@
+import { createHash } from 'node:crypto';
+import { z } from 'zod';
+import { ErrorCodes, HeimdallError } from '../errors/index.ts';
+import { PARITY_SIDECAR_SUFFIX } from '../storage/object-store.ts';
+
+/**
+ * MinIO bucket notifications (DESIGN §3; the S3 event message structure,
+ * https://docs.aws.amazon.com/AmazonS3/latest/userguide/notification-content-structure.html, which
+ * MinIO publishes as `{EventName, Key, Records}`). Only the fields we use are required.
+ */
+const Notification = z.object({
+  Records: z
+    .array(
+      z.object({
+        eventName: z.string(),
+        s3: z.object({
+          bucket: z.object({ name: z.string().min(1) }),
+          object: z.object({ key: z.string().min(1), size: z.number().int().nonnegative().default(0), eTag: z.string().default(''), versionId: z.string().optional() }),
+        }),
+      }),
+    )
+    .min(1),
+});
+
+export interface ObjectCreated {
+  readonly eventName: string;
+  readonly bucket: string;
+  readonly key: string;
+  readonly size: number;
+  readonly etag: string;
+  readonly versionId?: string;
+}
+
+export const CHECKPOINT_SUFFIXES = ['.pt', '.pth', '.ckpt', '.safetensors'] as const;
+export const MODEL_SUFFIX = '.onnx';
+
+export type ObjectKind = 'checkpoint' | 'model' | 'ignored';
+
+export function kindOf(key: string): ObjectKind {
+  const lower = key.toLowerCase();
+  // Golden samples beside a checkpoint are read by parity, never a run of their own.
+  if (lower.endsWith(PARITY_SIDECAR_SUFFIX)) return 'ignored';
+  if (lower.endsWith(MODEL_SUFFIX)) return 'model';
+  return CHECKPOINT_SUFFIXES.some((suffix) => lower.endsWith(suffix)) ? 'checkpoint' : 'ignored';
+}
+
+/**
+ * The created objects a notification announces. Every `s3:ObjectCreated:*` counts (large uploads
+ * arrive as CompleteMultipartUpload); other events (removals, tagging is `s3:ObjectCreated:PutTagging`
+ * only on some servers and is deduped by etag later) are left out. Keys arrive URL-query-escaped.
+ * INVALID_EVENT for what is not a notification at all.
+ */
+export function parseNotification(body: string): ObjectCreated[] {
+  let json: unknown;
+  try {
+    json = JSON.parse(body);
+  } catch {
+    throw new HeimdallError(ErrorCodes.INVALID_EVENT, 'notification is not JSON');
+  }
+  const parsed = Notification.safeParse(json);
+  if (!parsed.success) {
+    const issues = parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
+    throw new HeimdallError(ErrorCodes.INVALID_EVENT, `not a bucket notification: ${issues}`);
+  }
+  return parsed.data.Records.filter((r) => r.eventName.startsWith('s3:ObjectCreated:')).map((r) => ({
+    eventName: r.eventName,
+    bucket: r.s3.bucket.name,
+    key: decodeKey(r.s3.object.key),
+    size: r.s3.object.size,
+    etag: r.s3.object.eTag.replace(/^"|"$/g, ''),
+    ...(r.s3.object.versionId ? { versionId: r.s3.object.versionId } : {}),
+  }));
+}
+
+/** `+` is a space in query escaping; decodeURIComponent alone would keep it. */
+function decodeKey(key: string): string {
+  try {
+    return decodeURIComponent(key.replace(/\+/g, ' '));
+  } catch {
+    throw new HeimdallError(ErrorCodes.INVALID_EVENT, `object key ${key} is not URL-escaped`);
+  }
+}
+
+/**
+ * The identity of one upload: bucket, key and etag. A re-fired notification (tagging, MinIO
+ * retries) has the same identity; a new upload to the same key has a new etag.
+ */
+export function uploadId(object: Pick<ObjectCreated, 'bucket' | 'key' | 'etag'>): string {
+  return createHash('sha256').update(`${object.bucket}\0${object.key}\0${object.etag}`).digest('hex').slice(0, 32);
+}

@@ -1,0 +1,123 @@
+import type { KV } from '@nats-io/kv';
+import { decodeEvent } from '../../bus/nats/codec.ts';
+import { ErrorCodes, HeimdallError } from '../../errors/index.ts';
+import type { AnyCloudEvent } from '../../events/index.ts';
+import { kindOf, parseNotification, uploadId } from '../../events/minio.ts';
+import type { Logger } from '../../logging/index.ts';
+import { executeStage, stageContext, type StageEnvironment } from '../execute.ts';
+import { failureEvent } from '../failure.ts';
+import { recordEvent, recordStageStart, type RunStateStore } from '../run-state/run-state.ts';
+import type { AnyStage, IngestFunction } from '../stage.ts';
+import type { Delivery, Disposition, Processor } from './worker.ts';
+
+export interface ProcessorEnvironment {
+  readonly environment: StageEnvironment;
+  /** Where results go: JetStream, or the Knative Broker (K_SINK) for the ingest adapter. */
+  readonly publish: (event: AnyCloudEvent) => Promise<void>;
+  readonly runState: RunStateStore;
+  readonly logger: Logger;
+}
+
+const ACK: Disposition = { kind: 'ack' };
+
+/** Backoff between attempts of a retriable failure: 1 s, 2 s, 4 s ... capped at 30 s. */
+export const retryDelayMs = (attempt: number) => Math.min(30_000, 1000 * 2 ** (attempt - 1));
+
+/** A failure is retried while attempts remain and it can succeed on retry (I/O, registry, benchmark). */
+function shouldRetry(result: AnyCloudEvent, delivery: Delivery): boolean {
+  return result.type === 'heimdall.pipeline.failed' && result.data.retriable && delivery.attempt < delivery.maxDeliver;
+}
+
+/** Publishes, then records (a run-state hiccup must not lose the result: the event stream is the truth). */
+async function announce(event: AnyCloudEvent, env: ProcessorEnvironment): Promise<void> {
+  await env.publish(event);
+  await recordEvent(env.runState, event).catch((error: unknown) => env.logger.warn({ err: error, event: event.id }, 'run state not updated'));
+}
+
+/** A stage on its input event: the result (or failure) is published before the message is acked. */
+export function stageProcessor(stage: AnyStage, env: ProcessorEnvironment): Processor {
+  return async (delivery) => {
+    let event: AnyCloudEvent;
+    try {
+      event = decodeEvent(delivery.headers, delivery.body);
+      if (event.type !== stage.input) throw new HeimdallError(ErrorCodes.INVALID_EVENT, `${stage.name} consumes ${stage.input}, not ${event.type}`);
+    } catch (error) {
+      // Nothing to run: it can never succeed. Terminated, with a failure event when the run is known.
+      const runId = runIdIn(delivery.body);
+      env.logger.warn({ err: error, runId }, `${stage.name}: invalid event terminated`);
+      if (runId) await announce(failureEvent(runId, stage.name, error, delivery.attempt), env);
+      return { kind: 'term', reason: (error as Error).message };
+    }
+    await recordStageStart(env.runState, event.data.runId, stage.name).catch(() => undefined);
+    const result = await executeStage(stage, event, env.environment, { signal: delivery.signal, progress: delivery.progress, attempt: delivery.attempt });
+    if (shouldRetry(result, delivery)) {
+      env.logger.warn({ runId: event.data.runId, attempt: delivery.attempt, error: result.data }, `${stage.name}: retrying`);
+      return { kind: 'retry', delayMs: retryDelayMs(delivery.attempt) };
+    }
+    await announce(result, env);
+    return ACK;
+  };
+}
+
+/** JetStream gave up on a stage's message (crashes or timeouts on every delivery): the run fails. */
+export function exhaustedHandler(stage: AnyStage, env: ProcessorEnvironment) {
+  return async (delivery: Pick<Delivery, 'headers' | 'body' | 'attempt'>) => {
+    const runId = runIdIn(delivery.body);
+    if (!runId) return;
+    const error = new HeimdallError(ErrorCodes.DELIVERY_EXHAUSTED, `${stage.name} did not finish in ${delivery.attempt} deliveries (worker crashed or exceeded the ack wait each time)`);
+    await announce(failureEvent(runId, stage.name, error, delivery.attempt), env);
+  };
+}
+
+/**
+ * Ingest on a MinIO notification: each created checkpoint (or ONNX model) starts a run. Uploads
+ * already announced (same bucket, key and etag: re-fired notifications, tagging) are skipped, using
+ * the `heimdall_ingest` KV bucket; the mark is written after the event is published, and a crash in
+ * between re-publishes an event that JetStream drops by its id.
+ */
+export function ingestProcessor(ingest: IngestFunction, seen: KV, env: ProcessorEnvironment): Processor {
+  return async (delivery) => {
+    let objects;
+    try {
+      objects = parseNotification(delivery.body);
+    } catch (error) {
+      env.logger.warn({ err: error }, 'ingest: not a bucket notification; dropped');
+      return { kind: 'term', reason: (error as Error).message };
+    }
+    for (const object of objects) {
+      const kind = kindOf(object.key);
+      if (kind === 'ignored') {
+        env.logger.info({ bucket: object.bucket, key: object.key }, 'ingest: not a checkpoint or model; ignored');
+        continue;
+      }
+      const upload = uploadId(object);
+      if (await seen.get(upload)) {
+        env.logger.info({ bucket: object.bucket, key: object.key, etag: object.etag }, 'ingest: already announced');
+        continue;
+      }
+      // Until the content is hashed there is no run id; a failure is filed under the upload's id.
+      const uploadRun = upload.slice(0, 16);
+      let result: AnyCloudEvent;
+      try {
+        result = await ingest(object, stageContext('ingest', uploadRun, env.environment, { signal: delivery.signal, progress: delivery.progress, attempt: delivery.attempt }));
+      } catch (error) {
+        result = failureEvent(uploadRun, 'ingest', error, delivery.attempt);
+      }
+      if (shouldRetry(result, delivery)) return { kind: 'retry', delayMs: retryDelayMs(delivery.attempt) };
+      await announce(result, env);
+      await seen.put(upload, result.data.runId);
+    }
+    return ACK;
+  };
+}
+
+/** The run id in a message body that may not be a valid event (for filing its failure). */
+function runIdIn(body: string): string | undefined {
+  try {
+    const json = JSON.parse(body) as { runId?: unknown; data?: { runId?: unknown } };
+    const runId = json.runId ?? json.data?.runId;
+    return typeof runId === 'string' && /^[0-9a-f]{16}$/.test(runId) ? runId : undefined;
+  } catch {
+    return undefined;
+  }
+}

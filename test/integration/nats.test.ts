@@ -1,0 +1,190 @@
+/**
+ * The pipeline on a real nats-server with JetStream: MinIO-format notifications in, `heimdall serve`
+ * worker processes, every step published, exactly-once effects under redelivery, crashes and restarts.
+ */
+import { execFile } from 'node:child_process';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { jetstreamManager } from '@nats-io/jetstream';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { openKv } from '../../shared/bus/nats/provision.ts';
+import { KvRunStateStore } from '../../shared/pipeline/run-state/kv.ts';
+import { CHECKPOINTS_BUCKET } from '../../shared/storage/object-store.ts';
+import { FsObjectStore } from '../../shared/storage/fs.ts';
+import { startNatsServer, type NatsServer } from '../support/nats-server.ts';
+import { minioNotification, PipelineObserver, registryVersions, startServe, stopServe, waitFor, type WorkerProcess } from '../support/nats-pipeline.ts';
+import { writeSmallCheckpoint } from '../support/small-model.ts';
+import { tempDir } from '../support/temp.ts';
+
+const heimdall = join(import.meta.dirname, '../../bin/heimdall.js');
+const SIX_EVENTS = ['heimdall.checkpoint.created', 'heimdall.model.exported', 'heimdall.model.validated', 'heimdall.model.parity-checked', 'heimdall.model.benchmarked', 'heimdall.model.registered'];
+
+let server: NatsServer;
+let dir: string;
+let workers: WorkerProcess[] = [];
+let observer: PipelineObserver | undefined;
+
+beforeAll(async () => {
+  dir = await tempDir('heimdall-nats-');
+});
+afterEach(async () => {
+  await Promise.all(workers.map(stopServe));
+  workers = [];
+  await observer?.close();
+  observer = undefined;
+  await server?.stop();
+});
+afterAll(async () => server?.stop());
+
+/** A fresh server, data dir and observer per test: no state leaks between scenarios. */
+async function pipeline(name: string, options: { ackWaitSeconds?: number; maxDeliver?: number; env?: Record<string, string> } = {}) {
+  server = await startNatsServer();
+  const dataDir = join(dir, name);
+  const env = { NATS_URL: server.url, HEIMDALL_DATA_DIR: dataDir, HEIMDALL_ACK_WAIT_SECONDS: String(options.ackWaitSeconds ?? 10), HEIMDALL_MAX_DELIVER: String(options.maxDeliver ?? 5), ...options.env };
+  const store = new FsObjectStore(dataDir);
+  const spawnWorker = (stages?: Parameters<typeof startServe>[1]) => {
+    const worker = startServe(env, stages);
+    workers.push(worker);
+    return worker;
+  };
+  const first = spawnWorker();
+  // Streams exist once the first worker has provisioned them.
+  await waitFor('workers to start', () => first.stderr().includes('serving'), 60_000);
+  observer = await PipelineObserver.connect(server.url);
+  observer.follow();
+  /** Uploads a checkpoint as training would (into the bucket), then announces it as MinIO does. */
+  const upload = async (key: string, seed: number) => {
+    const path = join(dir, `${name}-${seed}.pth`);
+    await writeSmallCheckpoint(path, { seed });
+    const info = await store.putFile(CHECKPOINTS_BUCKET, key, path);
+    const body = minioNotification(CHECKPOINTS_BUCKET, key, info);
+    await observer!.notify(body);
+    return { info, body };
+  };
+  return { env, dataDir, store, first, spawnWorker, upload, observer: observer! };
+}
+
+const registeredRun = (observer: PipelineObserver, key: string) =>
+  waitFor(`the run of ${key} to be registered`, () => {
+    const created = observer.of('heimdall.checkpoint.created').find((e) => e.type === 'heimdall.checkpoint.created' && e.data.key === key);
+    return created && observer.of('heimdall.model.registered', created.data.runId).length > 0 && created.data.runId;
+  });
+
+describe('heimdall serve on NATS JetStream', () => {
+  it('takes a MinIO notification through all six stages, with run state in KV for status and watch', async () => {
+    const { env, upload, observer } = await pipeline('full');
+    await upload('runs/2026-11-27/epoch 12.pth', 1);
+    const runId = await registeredRun(observer, 'runs/2026-11-27/epoch 12.pth');
+    expect(observer.events.filter((e) => e.data.runId === runId).map((e) => e.type)).toEqual(SIX_EVENTS);
+    expect(observer.events.every((e) => e.id === `${e.data.runId}.${e.source.split('/')[1]}`)).toBe(true);
+
+    const run = promisify(execFile);
+    const status = await run(process.execPath, [heimdall, 'status', runId.slice(0, 8), '--json'], { env: { ...process.env, ...env } });
+    expect(JSON.parse(status.stdout)).toMatchObject({ runId, status: 'registered', checkpoint: { key: 'runs/2026-11-27/epoch 12.pth' }, stages: { export: { status: 'done', attempts: 1 }, register: { status: 'done' } } });
+
+    // watch --all replays the stream: six lines, each readable on an 80-column terminal.
+    const watch = run(process.execPath, [heimdall, 'watch', '--all', '--run', runId], { env: { ...process.env, ...env }, timeout: 8000, killSignal: 'SIGINT' });
+    const { stdout } = await watch.catch((e: { stdout: string }) => e);
+    const lines = stdout.trim().split('\n');
+    expect(lines.map((l) => l.split(/\s+/)[2])).toEqual(['ingest', 'export', 'validate', 'parity', 'benchmark', 'register']);
+    expect(Math.max(...lines.map((l) => l.length))).toBeLessThanOrEqual(80);
+  });
+
+  it('runs once for the same notification three times and a tagging re-fire of the same etag', async () => {
+    const { upload, observer, dataDir, store } = await pipeline('dedupe');
+    const { info, body } = await upload('runs/dup.pth', 2);
+    await observer.notify(body);
+    await observer.notify(body);
+    await observer.notify(minioNotification(CHECKPOINTS_BUCKET, 'runs/dup.pth', info, 's3:ObjectCreated:PutTagging'));
+    const runId = await registeredRun(observer, 'runs/dup.pth');
+    // Give the duplicates time to be (not) processed.
+    await new Promise((r) => setTimeout(r, 3000));
+    expect(observer.of('heimdall.checkpoint.created')).toHaveLength(1);
+    expect(observer.of('heimdall.model.registered', runId)).toHaveLength(1);
+    expect(await registryVersions(dataDir)).toHaveLength(1);
+    expect(await store.stat(CHECKPOINTS_BUCKET, 'runs/dup.pth')).toBeDefined();
+  });
+
+  it('survives kill -9 of a worker in the middle of export: a new worker completes the run, one version', async () => {
+    const { first, spawnWorker, observer, dataDir, env } = await pipeline('crash', { ackWaitSeconds: 5 });
+    // ConvNeXt-tiny (113 MB) takes a few seconds to export: time to kill the worker inside it.
+    const run = promisify(execFile);
+    const path = join(dir, 'crash-tiny.pth');
+    await run(process.execPath, [heimdall, 'sample', '--variant', 'tiny', '--out', path], { env: { ...process.env, ...env } });
+    const info = await new FsObjectStore(dataDir).putFile(CHECKPOINTS_BUCKET, 'runs/tiny.pth', path);
+    await observer.notify(minioNotification(CHECKPOINTS_BUCKET, 'runs/tiny.pth', info));
+    const runState = new KvRunStateStore(await openKv(observer.nc, 'heimdall_runs'));
+    const created = await waitFor('ingest', () => observer.of('heimdall.checkpoint.created')[0]);
+    await waitFor('export to start', async () => (await runState.get(created.data.runId))?.stages.export?.status === 'running');
+    first.child.kill('SIGKILL');
+    expect(await first.exited).toBe('SIGKILL');
+    expect(observer.of('heimdall.model.exported')).toHaveLength(0);
+    spawnWorker();
+    const runId = await registeredRun(observer, 'runs/tiny.pth');
+    expect(observer.of('heimdall.model.registered', runId)).toHaveLength(1);
+    expect(await registryVersions(dataDir)).toHaveLength(1);
+    expect((await runState.get(runId))?.stages.export).toMatchObject({ status: 'done', attempts: 2 });
+  });
+
+  it('completes a run across a nats-server restart (same store dir)', async () => {
+    const { upload, observer, dataDir } = await pipeline('restart');
+    await upload('runs/restart.pth', 3);
+    await waitFor('the export', () => observer.of('heimdall.model.exported').length > 0);
+    await server.restart();
+    const runId = await registeredRun(observer, 'runs/restart.pth');
+    expect(observer.of('heimdall.model.registered', runId)).toHaveLength(1);
+    expect(await registryVersions(dataDir)).toHaveLength(1);
+  });
+
+  it('registers 20 checkpoints notified at once with two worker processes, none twice', async () => {
+    const { upload, observer, dataDir, spawnWorker } = await pipeline('twenty');
+    spawnWorker();
+    const keys = Array.from({ length: 20 }, (_, i) => `batch/ckpt-${i}.pth`);
+    await Promise.all(keys.map((key, i) => upload(key, 100 + i)));
+    await waitFor('20 registrations', () => observer.of('heimdall.model.registered').length >= 20, 300_000);
+    const versions = await registryVersions(dataDir);
+    expect(versions).toHaveLength(20);
+    expect(new Set(versions.map((v) => v.tags.sha256)).size).toBe(20);
+    // Both processes did work.
+    expect(workers.every((w) => w.stdout.length > 0)).toBe(true);
+  });
+
+  it('acknowledges malformed notifications without a crash or endless redelivery; a missing object fails clearly once', async () => {
+    const { observer, first, upload } = await pipeline('malformed');
+    await observer.notify('not json at all');
+    await observer.notify(JSON.stringify({ EventName: 's3:ObjectCreated:Put', Key: 'x' }));
+    await observer.notify(JSON.stringify({ Records: [{ eventName: 's3:ObjectRemoved:Delete', s3: { bucket: { name: 'b' }, object: { key: 'gone.pth' } } }] }));
+    await observer.notify(minioNotification(CHECKPOINTS_BUCKET, 'runs/never-uploaded.pth', { size: 10, etag: 'abc' }));
+    await observer.notify(minioNotification(CHECKPOINTS_BUCKET, 'runs/notes.txt', { size: 10, etag: 'abd' }));
+    const failed = await waitFor('the failure of the missing object', () => observer.of('heimdall.pipeline.failed')[0]);
+    expect(failed.data).toMatchObject({ stage: 'ingest', error: { code: 'OBJECT_NOT_FOUND' }, retriable: false, attempt: 1 });
+    // The worker is alive and still works.
+    await upload('runs/after.pth', 4);
+    await registeredRun(observer, 'runs/after.pth');
+    const ingest = await (await jetstreamManager(observer.nc)).consumers.info('HEIMDALL_MINIO', 'heimdall-ingest');
+    expect(ingest.num_ack_pending).toBe(0);
+    expect(ingest.num_pending).toBe(0);
+    expect(ingest.num_redelivered).toBe(0);
+    expect(observer.of('heimdall.pipeline.failed')).toHaveLength(1);
+    expect(first.child.exitCode).toBeNull();
+  });
+
+  it('retries a retriable failure, then after MaxDeliver publishes pipeline.failed and stops', async () => {
+    const { observer, upload } = await pipeline('exhausted', { maxDeliver: 2, env: { HEIMDALL_BENCHMARK_BATCHES: '1,1000000' } });
+    await upload('runs/too-big-batch.pth', 6);
+    const failed = await waitFor('the benchmark failure', () => observer.of('heimdall.pipeline.failed')[0]);
+    expect(failed.data).toMatchObject({ stage: 'benchmark', error: { code: 'BENCHMARK_FAILED' }, retriable: true, attempt: 2 });
+    await new Promise((r) => setTimeout(r, 3000));
+    expect(observer.of('heimdall.pipeline.failed')).toHaveLength(1);
+    expect(observer.of('heimdall.model.registered')).toHaveLength(0);
+  });
+
+  it('drains on SIGTERM: the in-flight message finishes, then the process exits 0', async () => {
+    const { first, upload, observer } = await pipeline('drain');
+    await upload('runs/drain.pth', 5);
+    await waitFor('work in flight', () => observer.of('heimdall.checkpoint.created').length > 0);
+    first.child.kill('SIGTERM');
+    expect(await first.exited).toBe(0);
+    expect(first.stderr()).toContain('draining');
+  });
+});

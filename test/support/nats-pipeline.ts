@@ -1,0 +1,105 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { jetstream } from '@nats-io/jetstream';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { NatsEventBus } from '../../shared/bus/nats/event-bus.ts';
+import { MINIO_SUBJECT } from '../../shared/bus/nats/subjects.ts';
+import type { AnyCloudEvent } from '../../shared/events/index.ts';
+import { createLogger } from '../../shared/logging/index.ts';
+import type { StageName } from '../../shared/pipeline/stage.ts';
+import type { ObjectInfo } from '../../shared/storage/object-store.ts';
+
+const heimdall = join(import.meta.dirname, '../../bin/heimdall.js');
+
+/** Fewer timed runs than the default: these tests check behaviour; the benchmarks measure. */
+export const QUICK_ENV = { HEIMDALL_BENCHMARK_RUNS: '3', HEIMDALL_BENCHMARK_WARMUP: '1', HEIMDALL_BENCHMARK_BATCHES: '1,8', HEIMDALL_PARITY_SAMPLES: '2' };
+
+/** A `heimdall serve` child process, as an operator starts one. */
+export interface WorkerProcess {
+  readonly child: ChildProcess;
+  readonly stdout: string[];
+  stderr(): string;
+  /** Resolves with the exit code (or signal name). */
+  readonly exited: Promise<number | string>;
+}
+
+export function startServe(env: Record<string, string>, stages?: readonly StageName[]): WorkerProcess {
+  const child = spawn(process.execPath, [heimdall, 'serve', ...(stages ? ['--stages', stages.join(',')] : [])], {
+    env: { ...process.env, ...QUICK_ENV, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const stdout: string[] = [];
+  let stderr = '';
+  child.stdout!.on('data', (chunk: Buffer) => stdout.push(...chunk.toString().split('\n').filter(Boolean)));
+  child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  const exited = new Promise<number | string>((resolve) => child.once('exit', (code, signal) => resolve(code ?? signal ?? -1)));
+  return { child, stdout, stderr: () => stderr, exited };
+}
+
+/** Stops a worker the way Kubernetes does (SIGTERM) and waits for it. */
+export async function stopServe(worker: WorkerProcess): Promise<number | string> {
+  if (worker.child.exitCode === null && worker.child.signalCode === null) worker.child.kill('SIGTERM');
+  return worker.exited;
+}
+
+/** What MinIO publishes for an upload (DESIGN §3), keys URL-query-escaped. */
+export function minioNotification(bucket: string, key: string, object: Pick<ObjectInfo, 'size' | 'etag'>, eventName = 's3:ObjectCreated:Put') {
+  // MinIO escapes keys as Go's url.QueryEscape does: '/' as %2F, space as '+'.
+  const escaped = encodeURIComponent(key).replace(/%20/g, '+');
+  return JSON.stringify({
+    EventName: eventName,
+    Key: `${bucket}/${escaped}`,
+    Records: [{ eventVersion: '2.0', eventSource: 'minio:s3', eventName, s3: { s3SchemaVersion: '1.0', bucket: { name: bucket, arn: `arn:aws:s3:::${bucket}` }, object: { key: escaped, size: object.size, eTag: object.etag, contentType: 'application/octet-stream' } } }],
+  });
+}
+
+/** A test's view of the pipeline on NATS: publish notifications, collect every event from the stream. */
+export class PipelineObserver {
+  readonly events: AnyCloudEvent[] = [];
+  private constructor(
+    readonly nc: NatsConnection,
+    private readonly bus: NatsEventBus,
+  ) {}
+
+  static async connect(url: string): Promise<PipelineObserver> {
+    const nc = await connect({ servers: url, maxReconnectAttempts: -1, reconnectTimeWait: 250 });
+    const observer = new PipelineObserver(nc, new NatsEventBus(nc, createLogger('silent')));
+    return observer;
+  }
+
+  /** Starts collecting (from the stream's start); call after a worker has provisioned the streams. */
+  follow(): void {
+    this.bus.subscribe('*', async (event) => void this.events.push(event), { fromStart: true });
+  }
+
+  async notify(body: string): Promise<void> {
+    await jetstream(this.nc).publish(MINIO_SUBJECT, body);
+  }
+
+  of(type: AnyCloudEvent['type'], runId?: string): AnyCloudEvent[] {
+    return this.events.filter((e) => e.type === type && (!runId || e.data.runId === runId));
+  }
+
+  async close(): Promise<void> {
+    await this.bus.close();
+    await this.nc.close();
+  }
+}
+
+export async function waitFor<T>(what: string, probe: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 120_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(100);
+  }
+}
+
+/** Versions in the embedded registry (the adapter the NATS workers use without MLflow configured). */
+export async function registryVersions(dataDir: string): Promise<Array<{ version: string; tags: Record<string, string> }>> {
+  const registry = JSON.parse(await readFile(join(dataDir, 'registry/registry.json'), 'utf8').catch(() => '{"models":{}}'));
+  return registry.models['heimdall-localization']?.versions ?? [];
+}
