@@ -37,13 +37,13 @@ afterEach(async () => {
 afterAll(async () => server?.stop());
 
 /** A fresh server, data dir and observer per test: no state leaks between scenarios. */
-async function pipeline(name: string, options: { ackWaitSeconds?: number; maxDeliver?: number; env?: Record<string, string> } = {}) {
+async function pipeline(name: string, options: { ackWaitSeconds?: number; maxDeliver?: number; env?: Record<string, string>; args?: string[] } = {}) {
   server = await startNatsServer();
   const dataDir = join(dir, name);
   const env = { NATS_URL: server.url, HEIMDALL_DATA_DIR: dataDir, HEIMDALL_ACK_WAIT_SECONDS: String(options.ackWaitSeconds ?? 10), HEIMDALL_MAX_DELIVER: String(options.maxDeliver ?? 5), ...options.env };
   const store = new FsObjectStore(dataDir);
-  const spawnWorker = (stages?: Parameters<typeof startServe>[1]) => {
-    const worker = startServe(env, stages);
+  const spawnWorker = (args = options.args) => {
+    const worker = startServe(env, args);
     workers.push(worker);
     return worker;
   };
@@ -177,6 +177,22 @@ describe('heimdall serve on NATS JetStream', () => {
     await new Promise((r) => setTimeout(r, 3000));
     expect(observer.of('heimdall.pipeline.failed')).toHaveLength(1);
     expect(observer.of('heimdall.model.registered')).toHaveLength(0);
+  });
+
+  it('runs every hop through POST / of an HTTP function behind the local broker (serve --http)', async () => {
+    const { first, upload, observer } = await pipeline('http', { args: ['--http'] });
+    await upload('runs/http.pth', 7);
+    const runId = await registeredRun(observer, 'runs/http.pth');
+    expect(observer.events.filter((e) => e.data.runId === runId).map((e) => e.type)).toEqual(SIX_EVENTS);
+    // Each function counted its event: the broker delivered over HTTP, no NATS stage worker ran.
+    const ports = Object.fromEntries([...first.stderr().matchAll(/(export|validate|parity|benchmark|register):(\d+)/g)].map((m) => [m[1], m[2]]));
+    for (const [stage, input] of [['export', 'checkpoint.created'], ['validate', 'model.exported'], ['parity', 'model.validated'], ['benchmark', 'model.parity-checked'], ['register', 'model.benchmarked']]) {
+      const metrics = await (await fetch(`http://127.0.0.1:${ports[stage!]}/metrics`)).text();
+      expect(metrics, stage).toMatch(new RegExp(`heimdall_events_handled_total\\{[^}]*type="heimdall\\.${input!.replace('.', '\\.')}"[^}]*\\} 1`));
+    }
+    const consumers = await (await jetstreamManager(observer.nc)).consumers.list('HEIMDALL_EVENTS').next();
+    // Durable consumers only (the observer's own ordered consumer is ephemeral).
+    expect(consumers.filter((c) => c.config.durable_name).map((c) => c.name).sort()).toEqual(['heimdall-http-benchmark', 'heimdall-http-export', 'heimdall-http-parity', 'heimdall-http-register', 'heimdall-http-validate']);
   });
 
   it('drains on SIGTERM: the in-flight message finishes, then the process exits 0', async () => {

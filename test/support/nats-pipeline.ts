@@ -8,7 +8,6 @@ import { NatsEventBus } from '../../shared/bus/nats/event-bus.ts';
 import { MINIO_SUBJECT } from '../../shared/bus/nats/subjects.ts';
 import type { AnyCloudEvent } from '../../shared/events/index.ts';
 import { createLogger } from '../../shared/logging/index.ts';
-import type { StageName } from '../../shared/pipeline/stage.ts';
 import type { ObjectInfo } from '../../shared/storage/object-store.ts';
 
 const heimdall = join(import.meta.dirname, '../../bin/heimdall.js');
@@ -25,8 +24,8 @@ export interface WorkerProcess {
   readonly exited: Promise<number | string>;
 }
 
-export function startServe(env: Record<string, string>, stages?: readonly StageName[]): WorkerProcess {
-  const child = spawn(process.execPath, [heimdall, 'serve', ...(stages ? ['--stages', stages.join(',')] : [])], {
+export function startServe(env: Record<string, string>, args: readonly string[] = []): WorkerProcess {
+  const child = spawn(process.execPath, [heimdall, 'serve', ...args], {
     env: { ...process.env, ...QUICK_ENV, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });

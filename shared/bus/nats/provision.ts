@@ -39,13 +39,16 @@ export async function provisionStreams(nc: NatsConnection): Promise<JetStreamMan
   return jsm;
 }
 
-/** The durable consumer of a stage (infra/nats/consumers.json, with the configured delivery limits). */
-export async function provisionConsumer(jsm: JetStreamManager, name: ConsumerName, limits: DeliveryLimits): Promise<{ stream: string; durable: string }> {
+/**
+ * The durable consumer of a stage (infra/nats/consumers.json, with the configured delivery limits).
+ * `durable` names another consumer on the same input (the local broker's HTTP delivery).
+ */
+export async function provisionConsumer(jsm: JetStreamManager, name: ConsumerName, limits: DeliveryLimits, durable?: string): Promise<{ stream: string; durable: string }> {
   const { stream, ...own } = consumers[name];
-  const config = { ...consumers.defaults, ...own, ack_wait: limits.ackWaitSeconds * NANOS_PER_SECOND, max_deliver: limits.maxDeliver } as Partial<ConsumerConfig>;
+  const config = { ...consumers.defaults, ...own, ...(durable ? { durable_name: durable } : {}), ack_wait: limits.ackWaitSeconds * NANOS_PER_SECOND, max_deliver: limits.maxDeliver } as Partial<ConsumerConfig>;
   // consumers.add is create-or-update for a durable with an unchanged filter.
   await jsm.consumers.add(stream, config);
-  return { stream, durable: own.durable_name };
+  return { stream, durable: config.durable_name! };
 }
 
 export async function openKv(nc: NatsConnection, name: keyof Omit<typeof kvBuckets, '$comment'>): Promise<KV> {

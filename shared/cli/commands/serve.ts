@@ -1,35 +1,50 @@
 import { loadConfig } from '../../config/index.ts';
 import { ErrorCodes, HeimdallError } from '../../errors/index.ts';
 import { createLogger } from '../../logging/index.ts';
-import { connectRuntime } from '../../pipeline/nats/runtime.ts';
-import { startWorkers } from '../../pipeline/nats/workers.ts';
 import { STAGES, type StageName } from '../../pipeline/stage.ts';
 import { parseCommandArgs } from '../args.ts';
 import { eventLine } from '../event-line.ts';
 import type { CliEnvironment } from '../main.ts';
 import { ProgressLine } from '../progress.ts';
+import { startServing } from '../serving.ts';
 
-export const serveUsage = `heimdall serve [--stages ${STAGES.join(',')}]`;
+export const serveUsage = `heimdall serve [--stages ${STAGES.join(',')}] [--http] [--dashboard [--port N] [--host H]]`;
+
+const DEFAULT_DASHBOARD_PORT = 8400;
 
 /**
  * Runs stages as workers on NATS (NATS_URL) until SIGTERM or SIGINT, then drains: no new message is
  * taken, the in-flight one finishes (or is handed back after the ack wait) and the connection is
- * flushed. Several processes may serve the same stage; they share its durable consumer.
+ * flushed. Several processes may serve the same stage; they share its durable consumer. `--http`
+ * runs each stage as an HTTP function behind a local broker instead; `--dashboard` adds the status
+ * page (alone, without NATS, over the embedded default's runs).
  */
 export async function serveCommand(argv: string[], env: CliEnvironment): Promise<number> {
-  const { values, positionals } = parseCommandArgs(argv, serveUsage, { stages: { type: 'string' } });
+  const { values, positionals } = parseCommandArgs(argv, serveUsage, {
+    stages: { type: 'string' },
+    http: { type: 'boolean' },
+    dashboard: { type: 'boolean' },
+    port: { type: 'string' },
+    host: { type: 'string' },
+  });
   if (positionals.length > 0) throw new HeimdallError(ErrorCodes.USAGE, `usage: ${serveUsage}`);
-  const names = parseStages(values.stages);
   const config = loadConfig();
+  if (!config.nats && !values.dashboard) throw new HeimdallError(ErrorCodes.USAGE, 'NATS_URL is not set: serve runs workers on NATS (the embedded default is `heimdall run`; `serve --dashboard` alone shows its runs)');
+  const names = config.nats ? parseStages(values.stages) : [];
+  const port = values.port === undefined ? DEFAULT_DASHBOARD_PORT : Number(values.port);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new HeimdallError(ErrorCodes.USAGE, `--port ${values.port} is not a port number`);
   const logger = createLogger(config.logLevel);
-  const runtime = await connectRuntime(config, logger, `heimdall-serve-${process.pid}`);
   const progress = new Map<StageName, ProgressLine>();
-  const workers = await startWorkers({
-    runtime,
+  const serving = await startServing({
+    config,
+    logger,
     stages: env.stages,
     ingest: env.ingest,
+    subscribers: env.subscribers,
     names,
-    logger,
+    http: Boolean(values.http),
+    ...(values.dashboard ? { dashboard: { port, ...(values.host ? { host: values.host } : {}) } } : {}),
+    ...(process.env.K_SINK ? { sink: process.env.K_SINK } : {}),
     onProgress: (stage, message) => {
       if (!progress.has(stage)) progress.set(stage, new ProgressLine(stage.padEnd(9)));
       progress.get(stage)!.update(message);
@@ -40,14 +55,17 @@ export async function serveCommand(argv: string[], env: CliEnvironment): Promise
       env.io.stdout(eventLine(event));
     },
   });
-  env.io.stderr(`serving ${names.join(', ')} on ${config.nats!.url}; SIGTERM or Ctrl-C drains and stops`);
+  const parts = [
+    names.length > 0 ? `serving ${names.join(', ')}${values.http ? ` as HTTP functions (${Object.entries(serving.functionPorts).map(([s, p]) => `${s}:${p}`).join(' ')}) behind a local broker` : ''} on ${config.nats!.url}` : '',
+    serving.dashboardUrl ? `status page ${serving.dashboardUrl}` : '',
+  ].filter(Boolean);
+  env.io.stderr(`${parts.join('; ')}; SIGTERM or Ctrl-C drains and stops`);
   await new Promise<void>((resolve) => {
     process.once('SIGTERM', resolve);
     process.once('SIGINT', resolve);
   });
   env.io.stderr('draining: finishing in-flight work');
-  await workers.stop();
-  await runtime.close();
+  await serving.stop();
   return 0;
 }
 

@@ -24,12 +24,12 @@ const ACK: Disposition = { kind: 'ack' };
 export const retryDelayMs = (attempt: number) => Math.min(30_000, 1000 * 2 ** (attempt - 1));
 
 /** A failure is retried while attempts remain and it can succeed on retry (I/O, registry, benchmark). */
-function shouldRetry(result: AnyCloudEvent, delivery: Delivery): boolean {
+export function shouldRetry(result: AnyCloudEvent, delivery: Delivery): boolean {
   return result.type === 'heimdall.pipeline.failed' && result.data.retriable && delivery.attempt < delivery.maxDeliver;
 }
 
 /** Publishes, then records (a run-state hiccup must not lose the result: the event stream is the truth). */
-async function announce(event: AnyCloudEvent, env: ProcessorEnvironment): Promise<void> {
+export async function announce(event: AnyCloudEvent, env: ProcessorEnvironment): Promise<void> {
   await env.publish(event);
   await recordEvent(env.runState, event).catch((error: unknown) => env.logger.warn({ err: error, event: event.id }, 'run state not updated'));
 }
@@ -112,7 +112,7 @@ export function ingestProcessor(ingest: IngestFunction, seen: KV, env: Processor
 }
 
 /** The run id in a message body that may not be a valid event (for filing its failure). */
-function runIdIn(body: string): string | undefined {
+export function runIdIn(body: string): string | undefined {
   try {
     const json = JSON.parse(body) as { runId?: unknown; data?: { runId?: unknown } };
     const runId = json.runId ?? json.data?.runId;

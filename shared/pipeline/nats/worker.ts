@@ -32,6 +32,8 @@ export interface WorkerOptions {
   /** Called when JetStream gave up on a message after MaxDeliver deliveries (worker crashes, timeouts). */
   readonly onExhausted?: (delivery: Pick<Delivery, 'headers' | 'body' | 'attempt'>) => Promise<void>;
   readonly onProgress?: (message: string) => void;
+  /** Another durable consumer on the same input as the named one (the local broker's HTTP delivery). */
+  readonly durable?: string;
 }
 
 export interface Worker {
@@ -47,7 +49,7 @@ export interface Worker {
  * sends `working()` heartbeats, so AckWait bounds a hung worker, not a long step.
  */
 export async function startWorker(name: ConsumerName, process: Processor, options: WorkerOptions): Promise<Worker> {
-  const { stream, durable } = await provisionConsumer(options.jsm, name, options.limits);
+  const { stream, durable } = await provisionConsumer(options.jsm, name, options.limits, options.durable);
   const logger = options.logger.child({ worker: name });
   const consumer = await jetstream(options.nc).consumers.get(stream, durable);
   const messages = await consumer.consume({ max_messages: 1 });

@@ -4,7 +4,13 @@ import type { Logger } from '../../logging/index.ts';
 import type { AnyStage, IngestFunction, StageName } from '../stage.ts';
 import { exhaustedHandler, ingestProcessor, stageProcessor, type ProcessorEnvironment } from './processors.ts';
 import type { NatsRuntime } from './runtime.ts';
-import { startWorker, type Worker } from './worker.ts';
+import { startWorker, type Worker, type WorkerOptions } from './worker.ts';
+
+/** Worker settings from configuration: delivery limits, and a grace period on stop as long as the ack wait. */
+export function workerOptions(runtime: NatsRuntime, logger: Logger): WorkerOptions {
+  const { ackWaitSeconds, maxDeliver } = runtime.environment.config.nats!;
+  return { nc: runtime.nc, jsm: runtime.jsm, limits: { ackWaitSeconds, maxDeliver }, logger, graceMs: ackWaitSeconds * 1000 };
+}
 
 export interface WorkerSetOptions {
   readonly runtime: NatsRuntime;
@@ -19,12 +25,10 @@ export interface WorkerSetOptions {
   readonly onProgress?: (stage: StageName, message: string) => void;
 }
 
-/** Starts one worker per named stage on its durable consumer; `stop` drains them all. */
-export async function startWorkers(options: WorkerSetOptions): Promise<{ stop(): Promise<void> }> {
-  const { runtime, logger } = options;
-  const config = runtime.environment.config;
+/** Results go to `publish` (JetStream by default), then to `onEvent` (the terminal). */
+export function processorEnvironment(runtime: NatsRuntime, logger: Logger, options: Pick<WorkerSetOptions, 'publish' | 'onEvent'>): ProcessorEnvironment {
   const publish = options.publish ?? ((event: AnyCloudEvent) => runtime.bus.publish(event));
-  const env: ProcessorEnvironment = {
+  return {
     environment: runtime.environment,
     runState: runtime.runState,
     logger,
@@ -33,13 +37,13 @@ export async function startWorkers(options: WorkerSetOptions): Promise<{ stop():
       options.onEvent?.(event);
     },
   };
-  const common = {
-    nc: runtime.nc,
-    jsm: runtime.jsm,
-    limits: { ackWaitSeconds: config.nats!.ackWaitSeconds, maxDeliver: config.nats!.maxDeliver },
-    logger,
-    graceMs: config.nats!.ackWaitSeconds * 1000,
-  };
+}
+
+/** Starts one worker per named stage on its durable consumer; `stop` drains them all. */
+export async function startWorkers(options: WorkerSetOptions): Promise<{ stop(): Promise<void> }> {
+  const { runtime, logger } = options;
+  const env = processorEnvironment(runtime, logger, options);
+  const common = workerOptions(runtime, logger);
   const workers: Worker[] = [];
   for (const name of options.names) {
     const onProgress = (message: string) => options.onProgress?.(name, message);

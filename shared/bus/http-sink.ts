@@ -1,0 +1,14 @@
+import { toBinary, type AnyCloudEvent } from '../events/index.ts';
+
+/**
+ * Publishing to a CloudEvents HTTP sink in binary mode: how the ingest adapter hands its events to
+ * the Knative Broker (a SinkBinding injects the Broker's address as K_SINK). A non-2xx answer
+ * throws, so the notification is not acknowledged and comes again.
+ */
+export function httpSink(url: string): (event: AnyCloudEvent) => Promise<void> {
+  return async (event) => {
+    const { headers, body } = toBinary(event);
+    const response = await fetch(url, { method: 'POST', headers, body });
+    if (!response.ok) throw new Error(`sink ${url} answered ${response.status} for ${event.id}`);
+  };
+}

@@ -1,0 +1,92 @@
+import { httpSink } from '../bus/http-sink.ts';
+import type { Config } from '../config/index.ts';
+import type { AnyCloudEvent } from '../events/index.ts';
+import type { Logger } from '../logging/index.ts';
+import { startDashboard } from '../dashboard/index.ts';
+import { startLocalBroker } from '../pipeline/http/broker.ts';
+import { serveFunction } from '../pipeline/http/server.ts';
+import { connectRuntime } from '../pipeline/nats/runtime.ts';
+import { startSubscribers } from '../pipeline/nats/subscribers.ts';
+import { processorEnvironment, startWorkers, workerOptions } from '../pipeline/nats/workers.ts';
+import { FsRunStateStore } from '../pipeline/run-state/fs.ts';
+import type { AnyStage, IngestFunction, StageName } from '../pipeline/stage.ts';
+import type { SubscriberFactory } from '../pipeline/subscriber.ts';
+
+export interface ServeOptions {
+  readonly config: Config;
+  readonly logger: Logger;
+  readonly stages: readonly AnyStage[];
+  readonly ingest: IngestFunction;
+  readonly subscribers: readonly SubscriberFactory[];
+  /** The stages to run here; none with only the status page. */
+  readonly names: readonly StageName[];
+  /** Each stage as an HTTP function on its own port, fed by a local broker (Knative's path, on one machine). */
+  readonly http: boolean;
+  readonly dashboard?: { readonly port: number; readonly host?: string };
+  /** The Knative Broker's address when this process is the ingest adapter (a SinkBinding sets K_SINK). */
+  readonly sink?: string;
+  readonly onEvent?: (event: AnyCloudEvent) => void;
+  readonly onProgress?: (stage: StageName, message: string) => void;
+}
+
+export interface Serving {
+  readonly dashboardUrl?: string;
+  /** Ports of the HTTP functions (with `http`). */
+  readonly functionPorts: Readonly<Partial<Record<StageName, number>>>;
+  /** Drains everything: workers finish their in-flight message, functions their requests. */
+  stop(): Promise<void>;
+}
+
+/**
+ * The composition root of `heimdall serve`: stage workers on NATS (or HTTP functions behind a local broker),
+ * event subscribers (alerts) on one shared consumer, and the status page. Without NATS only the
+ * status page can run, over the embedded default's run records.
+ */
+export async function startServing(options: ServeOptions): Promise<Serving> {
+  const { config, logger } = options;
+  const stops: Array<() => Promise<unknown>> = [];
+  const stopAll = async () => {
+    for (const stop of stops.reverse()) await stop();
+  };
+  try {
+    if (!config.nats) {
+      const dashboard = options.dashboard && (await startDashboard({ runState: new FsRunStateStore(config.dataDir), logger, ...options.dashboard }));
+      if (dashboard) stops.push(() => dashboard.close());
+      return { ...(dashboard ? { dashboardUrl: dashboard.url } : {}), functionPorts: {}, stop: stopAll };
+    }
+    const runtime = await connectRuntime(config, logger, `heimdall-serve-${process.pid}`);
+    stops.push(() => runtime.close());
+    const publish = options.sink ? httpSink(options.sink) : undefined;
+    const viaHttp: StageName[] = options.http ? options.names.filter((n) => n !== 'ingest') : [];
+    const workers = await startWorkers({ ...options, runtime, names: options.names.filter((n) => !viaHttp.includes(n)), ...(publish ? { publish } : {}) });
+    stops.push(() => workers.stop());
+
+    const functionPorts: Partial<Record<StageName, number>> = {};
+    if (viaHttp.length > 0) {
+      const routes = [];
+      for (const name of viaHttp) {
+        const stage = options.stages.find((s) => s.name === name)!;
+        const running = await serveFunction(stage, { env: { ...process.env, PORT: '0' } });
+        stops.push(() => running.stop());
+        functionPorts[name] = running.port;
+        routes.push({ stage, url: `http://127.0.0.1:${running.port}/` });
+      }
+      const broker = await startLocalBroker(routes, processorEnvironment(runtime, logger, options), workerOptions(runtime, logger));
+      // Stopped before the functions: no new deliveries to a draining function.
+      stops.push(() => broker.stop());
+    }
+
+    const subscribers = options.subscribers.map((factory) => factory(config, logger)).filter((s) => s !== undefined);
+    if (subscribers.length > 0) {
+      const running = await startSubscribers(subscribers, logger, workerOptions(runtime, logger));
+      stops.push(() => running.stop());
+    }
+
+    const dashboard = options.dashboard && (await startDashboard({ runState: runtime.runState, logger, ...options.dashboard }));
+    if (dashboard) stops.push(() => dashboard.close());
+    return { ...(dashboard ? { dashboardUrl: dashboard.url } : {}), functionPorts, stop: stopAll };
+  } catch (error) {
+    await stopAll();
+    throw error;
+  }
+}

@@ -1,0 +1,64 @@
+import { decodeEvent } from '../../bus/nats/codec.ts';
+import { ErrorCodes, HeimdallError } from '../../errors/index.ts';
+import { fromMessage, toBinary, type AnyCloudEvent } from '../../events/index.ts';
+import { failureEvent } from '../failure.ts';
+import { announce, retryDelayMs, runIdIn, type ProcessorEnvironment } from '../nats/processors.ts';
+import { startWorker, type Processor, type WorkerOptions } from '../nats/worker.ts';
+import { recordStageStart } from '../run-state/run-state.ts';
+import type { AnyStage } from '../stage.ts';
+
+/** A Trigger: events of the stage's input type go to its function's `POST /`. */
+export interface Route {
+  readonly stage: AnyStage;
+  readonly url: string;
+}
+
+/**
+ * A local stand-in for Knative's NATS JetStream Broker (`heimdall serve --http`): for each Trigger a
+ * durable consumer on the stage's input posts the event to the function and publishes its reply,
+ * with the Broker's reading of status codes (reply.ts): 200 delivered (reply published), 400 not
+ * retried, anything else retried with backoff; on the last delivery the function's failure event
+ * (or one of our own when it sent none) is published, as a dead-letter sink would receive it.
+ */
+export async function startLocalBroker(routes: readonly Route[], env: ProcessorEnvironment, options: WorkerOptions) {
+  const workers = await Promise.all(routes.map((route) => startWorker(route.stage.name, deliverTo(route, env), { ...options, durable: `heimdall-http-${route.stage.name}` })));
+  return { stop: () => Promise.all(workers.map((w) => w.stop())).then(() => undefined) };
+}
+
+function deliverTo(route: Route, env: ProcessorEnvironment): Processor {
+  const { stage, url } = route;
+  return async (delivery) => {
+    let event: AnyCloudEvent;
+    try {
+      event = decodeEvent(delivery.headers, delivery.body);
+    } catch (error) {
+      env.logger.warn({ err: error, runId: runIdIn(delivery.body) }, `broker: undeliverable message for ${stage.name} dropped`);
+      return { kind: 'term', reason: (error as Error).message };
+    }
+    await recordStageStart(env.runState, event.data.runId, stage.name).catch(() => undefined);
+    const { headers, body } = toBinary(event);
+    let reply: AnyCloudEvent | undefined;
+    let status: number;
+    try {
+      const response = await fetch(url, { method: 'POST', headers, body, signal: delivery.signal });
+      status = response.status;
+      const text = await response.text();
+      if (response.headers.has('ce-specversion')) reply = fromMessage(response.headers, text);
+    } catch (error) {
+      status = 0;
+      env.logger.warn({ err: error, url }, `broker: ${stage.name} unreachable`);
+    }
+    if (status === 200 && reply) {
+      await announce(reply, env);
+      return { kind: 'ack' };
+    }
+    if (status === 400) {
+      env.logger.warn({ event: event.id, stage: stage.name }, 'broker: function rejected the event (400); not retried');
+      return { kind: 'term', reason: 'rejected with 400' };
+    }
+    if (delivery.attempt < delivery.maxDeliver) return { kind: 'retry', delayMs: retryDelayMs(delivery.attempt) };
+    const failure = reply ?? failureEvent(event.data.runId, stage.name, new HeimdallError(ErrorCodes.DELIVERY_EXHAUSTED, `${stage.name} answered ${status || 'nothing'} on ${delivery.attempt} deliveries`), delivery.attempt);
+    await announce(failure, env);
+    return { kind: 'ack' };
+  };
+}
