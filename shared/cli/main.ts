@@ -1,24 +1,37 @@
 import { asHeimdallError, ErrorCodes } from '../errors/index.ts';
 import { demoCommand, demoUsage } from './commands/demo.ts';
 import { exportCommand, exportUsage } from './commands/export.ts';
+import { functionCommand, functionUsage } from './commands/function.ts';
 import { sampleCommand, sampleUsage } from './commands/sample.ts';
 import { runCommand, runUsage } from './commands/run.ts';
 import { processIO, type CommandIO } from './io.ts';
-import type { AnyStage } from '../pipeline/stage.ts';
+import type { AnyStage, IngestFunction } from '../pipeline/stage.ts';
+import { serveCommand, serveUsage } from './commands/serve.ts';
+import { statusCommand, statusUsage } from './commands/status.ts';
+import { watchCommand, watchUsage } from './commands/watch.ts';
+import type { SubscriberFactory } from '../pipeline/subscriber.ts';
 
 /** What the entry point provides: where output goes, and the stage functions (functions/ is wired in by bin/). */
 export interface CliEnvironment {
   readonly io: CommandIO;
   readonly stages: readonly AnyStage[];
+  /** Functions that listen to the events a run publishes (alerts). */
+  readonly subscribers: readonly SubscriberFactory[];
+  /** The pipeline's source (serve's ingest worker). */
+  readonly ingest: IngestFunction;
 }
 
 type Command = (argv: string[], env: CliEnvironment) => Promise<number>;
 
 const commands: Record<string, { run: Command; usage: string; summary: string }> = {
-  run: { run: (argv, env) => runCommand(argv, env.io, env.stages), usage: runUsage, summary: 'take a checkpoint through export, validate, parity, benchmark and register' },
+  run: { run: (argv, env) => runCommand(argv, env.io, env.stages, env.subscribers), usage: runUsage, summary: 'take a checkpoint through export, validate, parity, benchmark and register' },
   export: { run: (argv, env) => exportCommand(argv, env.io), usage: exportUsage, summary: 'convert a checkpoint to ONNX' },
   sample: { run: (argv, env) => sampleCommand(argv, env.io), usage: sampleUsage, summary: 'write a LocalizationNet checkpoint with random weights' },
+  serve: { run: serveCommand, usage: serveUsage, summary: 'run stages as workers on NATS (NATS_URL)' },
+  status: { run: statusCommand, usage: statusUsage, summary: 'list runs, or show one run stage by stage' },
+  watch: { run: watchCommand, usage: watchUsage, summary: 'tail pipeline events live' },
   demo: { run: (argv, env) => demoCommand(argv, env), usage: demoUsage, summary: 'make a sample checkpoint and run the pipeline on it' },
+  function: { run: (argv, env) => functionCommand(argv, env.io, env.stages), usage: functionUsage, summary: 'serve one stage as an HTTP CloudEvent function on $PORT (default 8080): what a Knative container runs' },
 };
 
 export function helpText(): string {
@@ -44,10 +57,12 @@ export async function runCli(argv: string[], env: Partial<CliEnvironment> = {}):
     return 2;
   }
   try {
-    return await command.run(rest, { io, stages: env.stages ?? [] });
+    return await command.run(rest, { io, stages: env.stages ?? [], subscribers: env.subscribers ?? [], ingest: env.ingest ?? missingIngest });
   } catch (error) {
     const failure = asHeimdallError(error);
     io.stderr(`error: ${failure.toLine()}`);
     return failure.code === ErrorCodes.USAGE ? 2 : 1;
   }
 }
+
+const missingIngest: IngestFunction = () => Promise.reject(new Error('no ingest function wired in'));
