@@ -32,7 +32,9 @@ export const parityHandler: StageHandler<'heimdall.model.validated', 'heimdall.m
   const model = await fetchUri(ctx.store, onnx.uri);
   let actual: ort.InferenceSession.OnnxValueMapType;
   try {
-    const { session } = await openSession(model.path, { threads: ctx.config.benchmark.threads });
+    // On the provider the model will serve on (a GPU pod runs parity on CUDA): its numerics are what must match.
+    const { session, warnings } = await openSession(model.path, { provider: ctx.config.benchmark.provider, threads: ctx.config.benchmark.threads });
+    for (const warning of warnings) ctx.logger.warn({ runId }, warning);
     try {
       actual = await session.run({ [INPUT_NAME]: new ort.Tensor('float32', expected.inputs, [expected.samples, ...INPUT_SHAPE]) });
     } finally {
