@@ -5,5 +5,5 @@ import { register } from 'tsx/esm/api';
 register();
 const { runCli } = await import('../shared/cli/main.ts');
 // The stage functions are wired in here: shared/ never imports functions/ (DESIGN §2).
-const { stageFunctions } = await import('../functions/index.ts');
-process.exitCode = await runCli(process.argv.slice(2), { stages: stageFunctions });
+const { stageFunctions, subscriberFunctions, ingestFunction } = await import('../functions/index.ts');
+process.exitCode = await runCli(process.argv.slice(2), { stages: stageFunctions, subscribers: subscriberFunctions, ingest: ingestFunction });

@@ -1,6 +1,9 @@
-import { defineStage, type AnyStage } from '../shared/pipeline/stage.ts';
+import { defineStage, type AnyStage, type IngestFunction } from '../shared/pipeline/stage.ts';
+import type { SubscriberFactory } from '../shared/pipeline/subscriber.ts';
+import { alertsSubscriber } from './alerts/index.ts';
 import { benchmarkHandler } from './benchmark/handler.ts';
 import { exportHandler } from './export/handler.ts';
+import { ingestHandler } from './ingest/handler.ts';
 import { parityHandler } from './parity/handler.ts';
 import { registerHandler } from './register/handler.ts';
 import { validateHandler } from './validate/handler.ts';
@@ -13,3 +16,9 @@ export const stageFunctions: readonly AnyStage[] = [
   defineStage({ name: 'benchmark', input: 'heimdall.model.parity-checked', output: 'heimdall.model.benchmarked', handler: benchmarkHandler }),
   defineStage({ name: 'register', input: 'heimdall.model.benchmarked', output: 'heimdall.model.registered', handler: registerHandler }),
 ];
+
+/** The functions that only listen to events (alerts), each active when configured. */
+export const subscriberFunctions: readonly SubscriberFactory[] = [alertsSubscriber];
+
+/** The pipeline's source: a created object in, the event that starts its run out. */
+export const ingestFunction: IngestFunction = ingestHandler;

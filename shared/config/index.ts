@@ -47,6 +47,19 @@ const Environment = z.object({
   MLFLOW_TRACKING_USERNAME: optional(z.string().min(1)),
   MLFLOW_TRACKING_PASSWORD: optional(z.string().min(1)),
   MLFLOW_EXPERIMENT_NAME: z.string().min(1).default('heimdall-localization'),
+  /** Alerts (functions/alerts): webhook URLs separated by commas; unset, no alerts are sent. */
+  HEIMDALL_ALERT_WEBHOOKS: optional(
+    z
+      .string()
+      .transform((v) => v.split(',').map((u) => u.trim()).filter(Boolean))
+      .pipe(z.array(z.url({ protocol: /^https?$/, error: 'must be http(s) URLs separated by commas' })).min(1, 'must name at least one URL')),
+  ),
+  /** Alerts sent per minute at most (a token bucket: bursts up to this many); the rest are dropped and counted. */
+  HEIMDALL_ALERT_RATE_LIMIT: z.coerce.number().int().min(1).default(20),
+  HEIMDALL_ALERT_RETRIES: z.coerce.number().int().min(0).max(10).default(3),
+  /** First retry delay; it doubles with each retry. */
+  HEIMDALL_ALERT_BACKOFF_MS: z.coerce.number().int().min(1).default(1000),
+  HEIMDALL_ALERT_TIMEOUT_MS: z.coerce.number().int().min(100).default(5000),
 })
   .refine((e) => !e.S3_ENDPOINT || (e.S3_ACCESS_KEY && e.S3_SECRET_KEY), { message: 'S3_ACCESS_KEY and S3_SECRET_KEY are required with S3_ENDPOINT', path: ['S3_ACCESS_KEY'] })
   .refine((e) => !e.MLFLOW_TRACKING_USERNAME === !e.MLFLOW_TRACKING_PASSWORD, { message: 'MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD go together', path: ['MLFLOW_TRACKING_USERNAME'] });
@@ -62,6 +75,15 @@ export interface Config {
   readonly nats?: { readonly url: string; readonly ackWaitSeconds: number; readonly maxDeliver: number };
   readonly s3?: { readonly endpoint: string; readonly accessKey: string; readonly secretKey: string; readonly region: string };
   readonly mlflow?: { readonly trackingUri: string; readonly experimentName: string; readonly token?: string; readonly username?: string; readonly password?: string };
+  readonly alerts?: AlertsConfig;
+}
+
+export interface AlertsConfig {
+  readonly webhooks: readonly string[];
+  readonly ratePerMinute: number;
+  readonly retries: number;
+  readonly backoffMs: number;
+  readonly timeoutMs: number;
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -95,6 +117,17 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
             experimentName: e.MLFLOW_EXPERIMENT_NAME,
             ...(e.MLFLOW_TRACKING_TOKEN ? { token: e.MLFLOW_TRACKING_TOKEN } : {}),
             ...(e.MLFLOW_TRACKING_USERNAME ? { username: e.MLFLOW_TRACKING_USERNAME, password: e.MLFLOW_TRACKING_PASSWORD! } : {}),
+          },
+        }
+      : {}),
+    ...(e.HEIMDALL_ALERT_WEBHOOKS
+      ? {
+          alerts: {
+            webhooks: e.HEIMDALL_ALERT_WEBHOOKS,
+            ratePerMinute: e.HEIMDALL_ALERT_RATE_LIMIT,
+            retries: e.HEIMDALL_ALERT_RETRIES,
+            backoffMs: e.HEIMDALL_ALERT_BACKOFF_MS,
+            timeoutMs: e.HEIMDALL_ALERT_TIMEOUT_MS,
           },
         }
       : {}),

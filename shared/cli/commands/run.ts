@@ -5,6 +5,7 @@ import { createAdapters } from '../../pipeline/adapters.ts';
 import { runInProcess } from '../../pipeline/in-process.ts';
 import { FsRunStateStore } from '../../pipeline/run-state/fs.ts';
 import type { AnyStage } from '../../pipeline/stage.ts';
+import type { SubscriberFactory } from '../../pipeline/subscriber.ts';
 import { parseCommandArgs } from '../args.ts';
 import { eventLine } from '../event-line.ts';
 import { formatSeconds } from '../format.ts';
@@ -13,14 +14,17 @@ import { ProgressLine } from '../progress.ts';
 import { ErrorCodes, HeimdallError } from '../../errors/index.ts';
 
 export const runUsage = 'heimdall run <checkpoint> [--workdir DIR] [--json]';
+/** How long the end of a run waits for subscribers (alerts still being delivered). */
+const SUBSCRIBERS_DRAIN_MS = 10_000;
 
 /** The main job: one checkpoint through every stage, in this process, on the embedded default. */
-export async function runCommand(argv: string[], io: CommandIO, stages: readonly AnyStage[]): Promise<number> {
+export async function runCommand(argv: string[], io: CommandIO, stages: readonly AnyStage[], subscriberFactories: readonly SubscriberFactory[] = []): Promise<number> {
   const { positionals, values } = parseCommandArgs(argv, runUsage, { workdir: { type: 'string' }, json: { type: 'boolean' } });
   const [checkpoint] = positionals;
   if (!checkpoint || positionals.length > 1) throw new HeimdallError(ErrorCodes.USAGE, `usage: ${runUsage}`);
   const config = loadConfig(values.workdir ? { ...process.env, HEIMDALL_DATA_DIR: values.workdir } : process.env);
   const logger = createLogger(config.logLevel);
+  const subscribers = subscriberFactories.flatMap((create) => create(config, logger) ?? []);
   const started = performance.now();
   let progress: ProgressLine | undefined;
   let current = '';
@@ -41,6 +45,7 @@ export async function runCommand(argv: string[], io: CommandIO, stages: readonly
     onEvent: (event) => {
       progress?.done();
       io.stdout(eventLine(event));
+      for (const subscriber of subscribers) subscriber.accept(event);
     },
   });
   progress?.done();
@@ -52,5 +57,6 @@ export async function runCommand(argv: string[], io: CommandIO, stages: readonly
     io.stderr(`error: ${report.error!.code}: run ${report.runId} failed at ${report.error!.stage}: ${report.error!.message}`);
   }
   if (values.json) io.stdout(JSON.stringify(report));
+  await Promise.all(subscribers.map((s) => s.close(SUBSCRIBERS_DRAIN_MS)));
   return report.status === 'registered' ? 0 : 1;
 }

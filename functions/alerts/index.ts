@@ -1,0 +1,22 @@
+import type { AlertsConfig } from '../../shared/config/index.ts';
+import type { Logger } from '../../shared/logging/index.ts';
+import type { EventSubscriber, SubscriberFactory } from '../../shared/pipeline/subscriber.ts';
+import { ALERT_EVENT_TYPES, alertFor } from './handler.ts';
+import { WebhookNotifier } from './notifier.ts';
+
+/** The alerts function: pipeline failures and latency regressions, posted to webhooks. */
+export function createAlerts(config: AlertsConfig, logger: Logger): EventSubscriber & { readonly notifier: WebhookNotifier } {
+  const notifier = new WebhookNotifier(config, logger.child({ function: 'alerts' }));
+  return {
+    types: ALERT_EVENT_TYPES,
+    notifier,
+    accept: (event) => {
+      const alert = alertFor(event);
+      if (alert) notifier.notify(alert);
+    },
+    close: (timeoutMs) => notifier.close(timeoutMs),
+  };
+}
+
+/** Alerts when HEIMDALL_ALERT_WEBHOOKS is set, else none. */
+export const alertsSubscriber: SubscriberFactory = (config, logger) => (config.alerts ? createAlerts(config.alerts, logger) : undefined);
