@@ -1,5 +1,5 @@
 import { defineStage, type AnyStage, type IngestFunction } from '../shared/pipeline/stage.ts';
-import type { SubscriberFactory } from '../shared/pipeline/subscriber.ts';
+import type { SubscriberFunction } from '../shared/pipeline/subscriber.ts';
 import { alertsSubscriber } from './alerts/index.ts';
 import { benchmarkHandler } from './benchmark/handler.ts';
 import { exportHandler } from './export/handler.ts';
@@ -18,7 +18,7 @@ export const stageFunctions: readonly AnyStage[] = [
 ];
 
 /** The functions that only listen to events (alerts), each active when configured. */
-export const subscriberFunctions: readonly SubscriberFactory[] = [alertsSubscriber];
+export const subscriberFunctions: readonly SubscriberFunction[] = [alertsSubscriber];
 
 /** The pipeline's source: a created object in, the event that starts its run out. */
 export const ingestFunction: IngestFunction = ingestHandler;

@@ -1,6 +1,6 @@
 import type { AlertsConfig } from '../../shared/config/index.ts';
 import type { Logger } from '../../shared/logging/index.ts';
-import type { EventSubscriber, SubscriberFactory } from '../../shared/pipeline/subscriber.ts';
+import type { EventSubscriber, SubscriberFunction } from '../../shared/pipeline/subscriber.ts';
 import { ALERT_EVENT_TYPES, alertFor } from './handler.ts';
 import { WebhookNotifier } from './notifier.ts';
 
@@ -19,4 +19,4 @@ export function createAlerts(config: AlertsConfig, logger: Logger): EventSubscri
 }
 
 /** Alerts when HEIMDALL_ALERT_WEBHOOKS is set, else none. */
-export const alertsSubscriber: SubscriberFactory = (config, logger) => (config.alerts ? createAlerts(config.alerts, logger) : undefined);
+export const alertsSubscriber: SubscriberFunction = { name: 'alerts', create: (config, logger) => (config.alerts ? createAlerts(config.alerts, logger) : undefined) };

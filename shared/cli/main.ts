@@ -9,14 +9,14 @@ import type { AnyStage, IngestFunction } from '../pipeline/stage.ts';
 import { serveCommand, serveUsage } from './commands/serve.ts';
 import { statusCommand, statusUsage } from './commands/status.ts';
 import { watchCommand, watchUsage } from './commands/watch.ts';
-import type { SubscriberFactory } from '../pipeline/subscriber.ts';
+import type { SubscriberFunction } from '../pipeline/subscriber.ts';
 
 /** What the entry point provides: where output goes, and the stage functions (functions/ is wired in by bin/). */
 export interface CliEnvironment {
   readonly io: CommandIO;
   readonly stages: readonly AnyStage[];
   /** Functions that listen to the events a run publishes (alerts). */
-  readonly subscribers: readonly SubscriberFactory[];
+  readonly subscribers: readonly SubscriberFunction[];
   /** The pipeline's source (serve's ingest worker). */
   readonly ingest: IngestFunction;
 }
@@ -31,7 +31,7 @@ const commands: Record<string, { run: Command; usage: string; summary: string }>
   status: { run: statusCommand, usage: statusUsage, summary: 'list runs, or show one run stage by stage' },
   watch: { run: watchCommand, usage: watchUsage, summary: 'tail pipeline events live' },
   demo: { run: (argv, env) => demoCommand(argv, env), usage: demoUsage, summary: 'make a sample checkpoint and run the pipeline on it' },
-  function: { run: (argv, env) => functionCommand(argv, env.io, env.stages), usage: functionUsage, summary: 'serve one stage as an HTTP CloudEvent function on $PORT (default 8080): what a Knative container runs' },
+  function: { run: functionCommand, usage: functionUsage, summary: 'serve one stage as an HTTP CloudEvent function on $PORT (default 8080): what a Knative container runs' },
 };
 
 export function helpText(): string {

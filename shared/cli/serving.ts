@@ -10,14 +10,14 @@ import { startSubscribers } from '../pipeline/nats/subscribers.ts';
 import { processorEnvironment, startWorkers, workerOptions } from '../pipeline/nats/workers.ts';
 import { FsRunStateStore } from '../pipeline/run-state/fs.ts';
 import type { AnyStage, IngestFunction, StageName } from '../pipeline/stage.ts';
-import type { SubscriberFactory } from '../pipeline/subscriber.ts';
+import type { SubscriberFunction } from '../pipeline/subscriber.ts';
 
 export interface ServeOptions {
   readonly config: Config;
   readonly logger: Logger;
   readonly stages: readonly AnyStage[];
   readonly ingest: IngestFunction;
-  readonly subscribers: readonly SubscriberFactory[];
+  readonly subscribers: readonly SubscriberFunction[];
   /** The stages to run here; none with only the status page. */
   readonly names: readonly StageName[];
   /** Each stage as an HTTP function on its own port, fed by a local broker (Knative's path, on one machine). */
@@ -76,7 +76,7 @@ export async function startServing(options: ServeOptions): Promise<Serving> {
       stops.push(() => broker.stop());
     }
 
-    const subscribers = options.subscribers.map((factory) => factory(config, logger)).filter((s) => s !== undefined);
+    const subscribers = options.subscribers.map((f) => f.create(config, logger)).filter((s) => s !== undefined);
     if (subscribers.length > 0) {
       const running = await startSubscribers(subscribers, logger, workerOptions(runtime, logger));
       stops.push(() => running.stop());

@@ -17,8 +17,12 @@ export interface EventSubscriber {
   close(timeoutMs: number): Promise<void>;
 }
 
-/** Builds a subscriber from configuration; undefined when it is not configured (e.g. no webhook URL). */
-export type SubscriberFactory = (config: Config, logger: Logger) => EventSubscriber | undefined;
+/** A subscriber function: its name (`heimdall function <name>`) and how to build it from configuration. */
+export interface SubscriberFunction {
+  readonly name: string;
+  /** Undefined when it is not configured (e.g. no webhook URL). */
+  create(config: Config, logger: Logger): EventSubscriber | undefined;
+}
 
 /** Feeds a subscriber from an event bus (the NATS runner's way; `heimdall run` feeds it from onEvent). */
 export function attachSubscriber(bus: EventBus, subscriber: EventSubscriber): Subscription {

@@ -21,6 +21,9 @@ import { ingestLocalFile } from '../../shared/pipeline/local-ingest.ts';
 import type { StageName } from '../../shared/pipeline/stage.ts';
 import { MODELS_BUCKET } from '../../shared/storage/object-store.ts';
 import { writeSmallCheckpoint } from '../support/small-model.ts';
+import { startWebhookReceiver } from '../support/webhook-receiver.ts';
+import { failureEvent } from '../../shared/pipeline/failure.ts';
+import { HeimdallError } from '../../shared/errors/index.ts';
 import { tempDir } from '../support/temp.ts';
 
 const heimdall = join(import.meta.dirname, '../../bin/heimdall.js');
@@ -233,11 +236,31 @@ describe('heimdall function <stage>, the process a container runs', () => {
     expect(await exited).toEqual([0, null]);
   });
 
-  it('refuses an unknown stage with a usage error (exit 2)', async () => {
+  it('alerts is a function too: any event in (202 at once), the alert out to the webhook; 400 for what is not an event', async () => {
+    const receiver = await startWebhookReceiver();
+    try {
+      const { child, base } = await start([heimdall, 'function', 'alerts'], { HEIMDALL_ALERT_WEBHOOKS: `${receiver.url}/hook` });
+      const exited = once(child, 'exit');
+      const failed = failureEvent(created.data.runId, 'export', new HeimdallError('UNSAFE_PICKLE', 'refused global posix.system'));
+      const response = await fetch(base, { method: 'POST', ...toBinary(failed) });
+      expect(response.status).toBe(202);
+      expect((await fetch(base, { method: 'POST', ...toBinary(created) })).status).toBe(202);
+      expect((await fetch(base, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' })).status).toBe(400);
+      await receiver.waitForRequests(1);
+      expect(receiver.accepted()[0]).toMatch(new RegExp(`${created.data.runId}.*export.*UNSAFE_PICKLE|UNSAFE_PICKLE.*${created.data.runId}`, 's'));
+      child.kill('SIGTERM');
+      expect(await exited).toEqual([0, null]);
+      expect(receiver.requests).toHaveLength(1);
+    } finally {
+      await receiver.close();
+    }
+  });
+
+  it('refuses an unknown function with a usage error (exit 2)', async () => {
     const child = spawn(process.execPath, [heimdall, 'function', 'transmogrify']);
     let stderr = '';
     child.stderr.on('data', (chunk) => (stderr += chunk));
     expect(await once(child, 'exit')).toEqual([2, null]);
-    expect(stderr).toMatch(/^error: USAGE: unknown stage transmogrify; one of: export, validate, parity, benchmark, register/);
+    expect(stderr).toMatch(/^error: USAGE: unknown function transmogrify; one of: export, validate, parity, benchmark, register, alerts/);
   });
 });

@@ -20,5 +20,5 @@ export async function demoCommand(argv: string[], env: CliEnvironment): Promise<
   await mkdir(dir, { recursive: true });
   const checkpoint = join(dir, `localization-${request.variant}.pth`);
   await writeSample(checkpoint, request, env.io);
-  return runCommand([checkpoint, '--workdir', workdir, ...(values.json ? ['--json'] : [])], env.io, env.stages);
+  return runCommand([checkpoint, '--workdir', workdir, ...(values.json ? ['--json'] : [])], env.io, env.stages, env.subscribers);
 }

@@ -1,22 +1,23 @@
 import { ErrorCodes, HeimdallError } from '../../errors/index.ts';
-import { serveFunction } from '../../pipeline/http/server.ts';
-import type { AnyStage } from '../../pipeline/stage.ts';
+import { serveFunction, serveSubscriber } from '../../pipeline/http/server.ts';
 import { parseCommandArgs } from '../args.ts';
-import type { CommandIO } from '../io.ts';
+import type { CliEnvironment } from '../main.ts';
 
-export const functionUsage = 'heimdall function <stage>';
+export const functionUsage = 'heimdall function <stage|alerts>   (HTTP on $PORT, default 8080)';
 
-/** One stage as an HTTP CloudEvent function: what a Knative Service's container runs. Exits 0 after a SIGTERM drain. */
-export async function functionCommand(argv: string[], io: CommandIO, stages: readonly AnyStage[]): Promise<number> {
+/** One function as an HTTP CloudEvent service: what a Knative Service's container runs. Exits 0 after a SIGTERM drain. */
+export async function functionCommand(argv: string[], env: CliEnvironment): Promise<number> {
   const { positionals } = parseCommandArgs(argv, functionUsage, {});
   const [name] = positionals;
-  const stage = stages.find((s) => s.name === name);
-  if (!stage || positionals.length > 1) {
-    const known = stages.map((s) => s.name).join(', ');
-    throw new HeimdallError(ErrorCodes.USAGE, `${name ? `unknown stage ${name}` : 'no stage given'}; one of: ${known}\nusage: ${functionUsage}`);
+  const stage = env.stages.find((s) => s.name === name);
+  const subscriber = env.subscribers.find((s) => s.name === name);
+  if ((!stage && !subscriber) || positionals.length > 1) {
+    const known = [...env.stages, ...env.subscribers].map((s) => s.name).join(', ');
+    throw new HeimdallError(ErrorCodes.USAGE, `${name ? `unknown function ${name}` : 'no function given'}; one of: ${known}\nusage: ${functionUsage}`);
   }
-  const running = await serveFunction(stage, { signals: ['SIGTERM', 'SIGINT'] });
-  io.stdout(`heimdall function ${stage.name} listening on port ${running.port} (consumes ${stage.input})`);
+  const options = { signals: ['SIGTERM', 'SIGINT'] as NodeJS.Signals[] };
+  const running = stage ? await serveFunction(stage, options) : await serveSubscriber(subscriber!, options);
+  env.io.stdout(`heimdall function ${name} listening on port ${running.port} (consumes ${stage ? stage.input : 'any event'})`);
   await running.stopped;
   return 0;
 }

@@ -5,7 +5,7 @@ import { createAdapters } from '../../pipeline/adapters.ts';
 import { runInProcess } from '../../pipeline/in-process.ts';
 import { FsRunStateStore } from '../../pipeline/run-state/fs.ts';
 import type { AnyStage } from '../../pipeline/stage.ts';
-import type { SubscriberFactory } from '../../pipeline/subscriber.ts';
+import type { SubscriberFunction } from '../../pipeline/subscriber.ts';
 import { parseCommandArgs } from '../args.ts';
 import { eventLine } from '../event-line.ts';
 import { formatSeconds } from '../format.ts';
@@ -18,13 +18,13 @@ export const runUsage = 'heimdall run <checkpoint> [--workdir DIR] [--json]';
 const SUBSCRIBERS_DRAIN_MS = 10_000;
 
 /** The main job: one checkpoint through every stage, in this process, on the embedded default. */
-export async function runCommand(argv: string[], io: CommandIO, stages: readonly AnyStage[], subscriberFactories: readonly SubscriberFactory[] = []): Promise<number> {
+export async function runCommand(argv: string[], io: CommandIO, stages: readonly AnyStage[], subscriberFunctions: readonly SubscriberFunction[] = []): Promise<number> {
   const { positionals, values } = parseCommandArgs(argv, runUsage, { workdir: { type: 'string' }, json: { type: 'boolean' } });
   const [checkpoint] = positionals;
   if (!checkpoint || positionals.length > 1) throw new HeimdallError(ErrorCodes.USAGE, `usage: ${runUsage}`);
   const config = loadConfig(values.workdir ? { ...process.env, HEIMDALL_DATA_DIR: values.workdir } : process.env);
   const logger = createLogger(config.logLevel);
-  const subscribers = subscriberFactories.flatMap((create) => create(config, logger) ?? []);
+  const subscribers = subscriberFunctions.flatMap((f) => f.create(config, logger) ?? []);
   const started = performance.now();
   let progress: ProgressLine | undefined;
   let current = '';

@@ -9,7 +9,10 @@ import { loadConfig } from '../../config/index.ts';
 import { ErrorCodes, HeimdallError } from '../../errors/index.ts';
 import { createLogger } from '../../logging/index.ts';
 import { createAdapters } from '../adapters.ts';
+import type { StageEnvironment } from '../execute.ts';
 import type { AnyStage } from '../stage.ts';
+import type { SubscriberFunction } from '../subscriber.ts';
+import { createSubscriberApp } from './subscriber-app.ts';
 import { createFunctionApp } from './app.ts';
 import { FunctionLifecycle } from './lifecycle.ts';
 
@@ -36,19 +39,49 @@ const Port = z.preprocess((v) => (v === '' ? undefined : v), z.coerce.number().i
  * readiness 503) -> ready once onnxruntime and the adapters are up -> on SIGTERM/SIGINT draining
  * (Knative gives the pod its revision timeout as termination grace period) -> stopped.
  */
-export async function serveFunction(stage: AnyStage, options: ServeOptions = {}): Promise<RunningFunction> {
+export function serveFunction(stage: AnyStage, options: ServeOptions = {}): Promise<RunningFunction> {
+  return serveApp(stage.name, (environment, lifecycle) => ({ app: createFunctionApp(stage, environment, lifecycle) }), options);
+}
+
+/**
+ * A subscriber (alerts) as a Knative function: it takes any Heimdall event (it is also the
+ * pipeline's dead-letter sink) and answers 202 at once; USAGE when it is not configured.
+ */
+export function serveSubscriber(subscriber: SubscriberFunction, options: ServeOptions = {}): Promise<RunningFunction> {
+  return serveApp(
+    subscriber.name,
+    (environment, lifecycle) => {
+      const running = subscriber.create(environment.config, environment.logger);
+      if (!running) throw new HeimdallError(ErrorCodes.USAGE, `function ${subscriber.name} is not configured (see README: Status page and alerts)`);
+      return { app: createSubscriberApp(subscriber.name, running, environment.logger, lifecycle), close: () => running.close(SUBSCRIBER_DRAIN_MS) };
+    },
+    options,
+  );
+}
+
+/** How long a stopping subscriber function waits for deliveries in flight (alerts being retried). */
+const SUBSCRIBER_DRAIN_MS = 10_000;
+
+type AppBuilder = (environment: StageEnvironment, lifecycle: FunctionLifecycle) => { app: Hono; close?: () => Promise<void> };
+
+async function serveApp(name: string, build: AppBuilder, options: ServeOptions): Promise<RunningFunction> {
   const env = options.env ?? process.env;
   const port = Port.safeParse(env.PORT);
   if (!port.success) throw new HeimdallError(ErrorCodes.USAGE, `invalid configuration: PORT: ${port.error.issues[0]!.message}`);
   const config = loadConfig(env);
-  const logger = createLogger(config.logLevel, `heimdall-${stage.name}`);
-  const scratchDir = await mkdtemp(join(tmpdir(), `heimdall-${stage.name}-`));
+  const logger = createLogger(config.logLevel, `heimdall-${name}`);
+  const scratchDir = await mkdtemp(join(tmpdir(), `heimdall-${name}-`));
   const lifecycle = new FunctionLifecycle();
-  const app = createFunctionApp(stage, { ...createAdapters(config), config, logger, scratchDir }, lifecycle);
-  const server = await listen(app, port.data).catch(async (error: unknown) => {
-    await rm(scratchDir, { recursive: true, force: true });
+  const removeScratch = () => rm(scratchDir, { recursive: true, force: true });
+  let built: ReturnType<AppBuilder>;
+  let server: Awaited<ReturnType<typeof listen>>;
+  try {
+    built = build({ ...createAdapters(config), config, logger, scratchDir }, lifecycle);
+    server = await listen(built.app, port.data);
+  } catch (error) {
+    await removeScratch();
     throw error;
-  });
+  }
 
   let stopping: Promise<void> | undefined;
   let stopRequested!: () => void;
@@ -58,7 +91,8 @@ export async function serveFunction(stage: AnyStage, options: ServeOptions = {})
       for (const signal of options.signals ?? []) process.off(signal, onSignal);
       await lifecycle.drain();
       await close(server.server);
-      await rm(scratchDir, { recursive: true, force: true });
+      await built.close?.();
+      await removeScratch();
       logger.info('stopped');
     })();
     stopRequested();
