@@ -69,7 +69,11 @@ export async function startWorker(name: ConsumerName, process: Processor, option
     const heartbeatMs = (options.limits.ackWaitSeconds * 1000) / 3;
     let lastBeat = Date.now();
     const beat = () => {
-      message.working();
+      try {
+        message.working();
+      } catch {
+        // Connection closed: nothing to keep alive; the message is redelivered if it is not acked.
+      }
       lastBeat = Date.now();
     };
     const timer = setInterval(beat, heartbeatMs);
