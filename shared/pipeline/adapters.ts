@@ -1,8 +1,10 @@
 import type { Config } from '../config/index.ts';
 import type { ModelRegistry } from '../registry/model-registry.ts';
 import { LocalModelRegistry } from '../registry/local.ts';
+import { MlflowModelRegistry } from '../registry/mlflow/registry.ts';
 import { FsObjectStore } from '../storage/fs.ts';
 import type { ObjectStore } from '../storage/object-store.ts';
+import { S3ObjectStore } from '../storage/s3.ts';
 
 export interface Adapters {
   readonly store: ObjectStore;
@@ -16,7 +18,7 @@ export interface Adapters {
  */
 export function createAdapters(config: Config): Adapters {
   return {
-    store: new FsObjectStore(config.dataDir),
-    registry: new LocalModelRegistry(config.dataDir),
+    store: config.s3 ? new S3ObjectStore(config.s3) : new FsObjectStore(config.dataDir),
+    registry: config.mlflow ? new MlflowModelRegistry(config.mlflow) : new LocalModelRegistry(config.dataDir),
   };
 }
