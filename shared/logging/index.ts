@@ -8,7 +8,8 @@ export function createLogger(level: string, name = 'heimdall'): Logger {
     {
       name,
       level,
-      redact: { paths: ['*.password', '*.secretKey', '*.token', '*.authorization', 'config.s3.secretKey'], censor: '[redacted]' },
+      // One and two levels deep: a logged object, or a config section inside one (config.mlflow.password).
+      redact: { paths: ['*.password', '*.secretKey', '*.token', '*.authorization', '*.*.password', '*.*.secretKey', '*.*.token', '*.*.authorization'], censor: '[redacted]' },
     },
     pino.destination(2),
   );

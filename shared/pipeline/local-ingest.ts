@@ -20,6 +20,8 @@ export async function ingestLocalFile(path: string, store: ObjectStore, onProgre
   const key = `${runId}/${basename(path)}`;
   onProgress(`storing ${key}`);
   const object = await store.putFile(CHECKPOINTS_BUCKET, key, path, { sha256 }).catch((error: Error) => {
+    // The store's own errors (STORAGE_AUTH, ...) say more than a generic I/O failure.
+    if (error instanceof HeimdallError) throw error;
     throw new HeimdallError(ErrorCodes.IO_ERROR, `cannot store the checkpoint: ${error.message}`, { cause: error });
   });
   const sidecar = `${path}${PARITY_SIDECAR_SUFFIX}`;

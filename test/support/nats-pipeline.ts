@@ -6,7 +6,7 @@ import { jetstream } from '@nats-io/jetstream';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { NatsEventBus } from '../../shared/bus/nats/event-bus.ts';
 import { MINIO_SUBJECT } from '../../shared/bus/nats/subjects.ts';
-import type { AnyCloudEvent } from '../../shared/events/index.ts';
+import type { AnyCloudEvent, CloudEvent, EventType } from '../../shared/events/index.ts';
 import { createLogger } from '../../shared/logging/index.ts';
 import type { ObjectInfo } from '../../shared/storage/object-store.ts';
 
@@ -77,8 +77,8 @@ export class PipelineObserver {
     await jetstream(this.nc).publish(MINIO_SUBJECT, body);
   }
 
-  of(type: AnyCloudEvent['type'], runId?: string): AnyCloudEvent[] {
-    return this.events.filter((e) => e.type === type && (!runId || e.data.runId === runId));
+  of<T extends EventType>(type: T, runId?: string): CloudEvent<T>[] {
+    return this.events.filter((e): e is CloudEvent<T> & AnyCloudEvent => e.type === type && (!runId || e.data.runId === runId));
   }
 
   async close(): Promise<void> {
