@@ -71,8 +71,8 @@ const registeredRun = (observer: PipelineObserver, key: string) =>
   });
 
 describe('heimdall serve on NATS JetStream', () => {
-  it('takes a MinIO notification through all six stages, with run state in KV for status and watch', async () => {
-    const { env, upload, observer } = await pipeline('full');
+  it('takes a MinIO notification through all six stages, with run state in KV for status, watch and the status page', async () => {
+    const { env, upload, observer, first } = await pipeline('full', { args: ['--dashboard', '--port', '0'] });
     await upload('runs/2026-11-27/epoch 12.pth', 1);
     const runId = await registeredRun(observer, 'runs/2026-11-27/epoch 12.pth');
     expect(observer.events.filter((e) => e.data.runId === runId).map((e) => e.type)).toEqual(SIX_EVENTS);
@@ -81,6 +81,10 @@ describe('heimdall serve on NATS JetStream', () => {
     const run = promisify(execFile);
     const status = await run(process.execPath, [heimdall, 'status', runId.slice(0, 8), '--json'], { env: { ...process.env, ...env } });
     expect(JSON.parse(status.stdout)).toMatchObject({ runId, status: 'registered', checkpoint: { key: 'runs/2026-11-27/epoch 12.pth' }, stages: { export: { status: 'done', attempts: 1 }, register: { status: 'done' } } });
+
+    const page = /status page (http:\/\/\S+?);/.exec(first.stderr())![1]!;
+    const { runs } = (await (await fetch(new URL('api/runs', page))).json()) as { runs: Array<{ runId: string; status: string }> };
+    expect(runs).toEqual([expect.objectContaining({ runId, status: 'registered' })]);
 
     // watch --all replays the stream: six lines, each readable on an 80-column terminal.
     const watch = run(process.execPath, [heimdall, 'watch', '--all', '--run', runId], { env: { ...process.env, ...env }, timeout: 8000, killSignal: 'SIGINT' });
