@@ -58,6 +58,10 @@ export function latencyChart(versions: readonly VersionPoint[]) {
 
 /** Ticks at 1, 2 and 5 times powers of ten spanning the values (powers of ten only when that is too many). */
 export function logTicks(values: readonly number[]): number[] {
+  const finite = values.filter((v) => Number.isFinite(v) && v > 0);
+  // Without a positive finite value there is no range (and the loop below would not end).
+  if (finite.length === 0) return [];
+  values = finite;
   const low = Math.max(Math.min(...values), 1e-3);
   const high = Math.max(...values, low);
   const steps: Array<{ value: number; decade: boolean }> = [];

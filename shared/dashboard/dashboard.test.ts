@@ -58,6 +58,8 @@ describe('status page data', () => {
   it('spans the latency axis with 1-2-5 ticks', () => {
     expect(logTicks([0.9, 27])).toEqual([0.5, 1, 2, 5, 10, 20, 50]);
     expect(logTicks([3, 3])).toEqual([2, 5]);
+    expect(logTicks([])).toEqual([]);
+    expect(logTicks([Number.NaN, 0])).toEqual([]);
     expect(logTicks([0.04, 900])).toEqual([0.02, 0.1, 1, 10, 100, 1000]);
   });
 });

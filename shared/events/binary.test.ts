@@ -12,9 +12,17 @@ const event = createEvent('heimdall.checkpoint.created', {
 describe('CloudEvents in message headers', () => {
   it('binary mode: attributes as ce-* headers, data as the JSON body, and back', () => {
     const { headers, body } = toBinary(event);
-    expect(headers).toMatchObject({ 'ce-specversion': '1.0', 'ce-id': event.id, 'ce-type': event.type, 'ce-source': 'heimdall/ingest', 'ce-subject': 'runs/a b.pth', 'content-type': 'application/json' });
+    expect(headers).toMatchObject({ 'ce-specversion': '1.0', 'ce-id': event.id, 'ce-type': event.type, 'ce-source': 'heimdall/ingest', 'ce-subject': 'runs/a%20b.pth', 'content-type': 'application/json' });
     expect(JSON.parse(body)).toEqual(event.data);
     expect(fromMessage(Object.entries(headers), body)).toEqual(event);
+  });
+
+  it('percent-encodes attribute values that are not printable ASCII (a key with accents and spaces)', () => {
+    const accented = { ...event, subject: 'runs/épreuve 3 "final" 100%.pth' };
+    const { headers, body } = toBinary(accented);
+    expect(headers['ce-subject']).toBe('runs/%C3%A9preuve%203%20%22final%22%20100%25.pth');
+    expect(() => new Headers(headers)).not.toThrow();
+    expect(fromMessage(new Headers(headers), body)).toEqual(accented);
   });
 
   it('header names in any case (HTTP lowercases, other transports may not)', () => {

@@ -17,9 +17,26 @@ export function toBinary(event: AnyCloudEvent): { headers: Record<string, string
   const headers: Record<string, string> = { 'content-type': event.datacontenttype };
   for (const name of ATTRIBUTES) {
     const value = event[name];
-    if (value !== undefined) headers[`ce-${name}`] = value;
+    if (value !== undefined) headers[`ce-${name}`] = encodeValue(value);
   }
   return { headers, body: JSON.stringify(event.data) };
+}
+
+/**
+ * Header values are percent-encoded as the HTTP binding requires (§3.1.3.2: space, `"`, `%` and
+ * anything outside printable ASCII, as UTF-8): an object key like `runs/épreuve 3.pth` is a valid
+ * subject but not a valid HTTP header value.
+ */
+function encodeValue(value: string): string {
+  return value.replace(/[^\x21\x23\x24\x26-\x7e]/gu, (c) => [...Buffer.from(c, 'utf8')].map((b) => `%${b.toString(16).toUpperCase().padStart(2, '0')}`).join(''));
+}
+
+function decodeValue(name: string, value: string): string {
+  try {
+    return decodeURIComponent(value);
+  } catch {
+    throw new HeimdallError(ErrorCodes.INVALID_EVENT, `header ce-${name} is not valid percent-encoding`);
+  }
 }
 
 /**
@@ -38,7 +55,7 @@ export function fromMessage(headers: Iterable<readonly [string, string]>, body: 
   const envelope: Record<string, unknown> = { datacontenttype: 'application/json', data: parseJson(body, 'event data') };
   for (const name of ATTRIBUTES) {
     const value = lower.get(`ce-${name}`);
-    if (value !== undefined) envelope[name] = value;
+    if (value !== undefined) envelope[name] = decodeValue(name, value);
   }
   return parseEvent(envelope);
 }

@@ -94,7 +94,7 @@ export const ModelBenchmarked = z.object({
   provider: z.string(),
   threads: z.number().int().positive(),
   sessionCreateMs: z.number(),
-  perBatch: z.array(LatencyStats),
+  perBatch: z.array(LatencyStats).min(1),
   baseline: Baseline.optional(),
   /** The parity figures, carried to register for the registry's tags and metrics. */
   parity: ModelParityChecked.pick({ reference: true, samples: true, perOutput: true, tolerance: true, passed: true }),

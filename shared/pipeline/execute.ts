@@ -1,3 +1,5 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { Adapters } from './adapters.ts';
 import type { Config } from '../config/index.ts';
 import type { AnyCloudEvent } from '../events/index.ts';
@@ -27,20 +29,29 @@ export interface Execution {
 export async function executeStage(stage: AnyStage, event: AnyCloudEvent, environment: StageEnvironment, execution: Execution = {}): Promise<AnyCloudEvent> {
   const runId = event.data.runId;
   try {
-    return await stage.handler(event, stageContext(stage.name, runId, environment, execution));
+    return await withStageContext(stage.name, runId, environment, execution, (ctx) => stage.handler(event, ctx));
   } catch (error) {
     return failureEvent(runId, stage.name, error, execution.attempt);
   }
 }
 
-export function stageContext(stage: StageName, runId: string, environment: StageEnvironment, execution: Execution = {}): StageContext {
-  return {
-    store: environment.store,
-    registry: environment.registry,
-    config: environment.config,
-    logger: environment.logger.child({ stage, runId }),
-    signal: execution.signal ?? new AbortController().signal,
-    scratchDir: environment.scratchDir,
-    progress: execution.progress ?? (() => undefined),
-  };
+/**
+ * Runs work with a stage's context; its scratch dir is its own and is removed afterwards, so a
+ * long-lived worker never accumulates what handlers leave behind.
+ */
+export async function withStageContext<T>(stage: StageName, runId: string, environment: StageEnvironment, execution: Execution, work: (ctx: StageContext) => Promise<T>): Promise<T> {
+  const scratchDir = await mkdtemp(join(environment.scratchDir, `${stage}-`));
+  try {
+    return await work({
+      store: environment.store,
+      registry: environment.registry,
+      config: environment.config,
+      logger: environment.logger.child({ stage, runId }),
+      signal: execution.signal ?? new AbortController().signal,
+      scratchDir,
+      progress: execution.progress ?? (() => undefined),
+    });
+  } finally {
+    await rm(scratchDir, { recursive: true, force: true });
+  }
 }

@@ -163,6 +163,14 @@ describe('health and metrics', () => {
     expect(await status()).toEqual([200, 503, 503]);
   });
 
+  it('refuses an oversized body with 413 before reading it whole', async () => {
+    const app = createFunctionApp(stage('export'), environment);
+    const { headers } = toBinary(created);
+    const response = await app.request('/', { method: 'POST', headers: { ...headers, 'content-length': String(2 << 20) }, body: 'x'.repeat(2 << 20) });
+    expect(response.status).toBe(413);
+    expect(await response.json()).toEqual({ error: { code: 'INVALID_EVENT', message: expect.stringMatching(/larger than/) } });
+  });
+
   it('counts events handled and failed per type, times the stage, and exposes the benchmark latency', async () => {
     const app = createFunctionApp(stage('benchmark'), environment);
     const handled = () => metric(app, 'heimdall_events_handled_total', { function: 'benchmark', type: 'heimdall.model.parity-checked' });

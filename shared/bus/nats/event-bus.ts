@@ -33,7 +33,7 @@ export class NatsEventBus implements EventBus {
     const wanted = types === '*' ? undefined : new Set<string>(types);
     let stopped = false;
     let stopConsumer: (() => void) | undefined;
-    const loop = (async () => {
+    const loop = (async (): Promise<void> => {
       const consumer = await this.js.consumers.get(EVENTS_STREAM, { deliver_policy: options.fromStart ? DeliverPolicy.All : DeliverPolicy.New });
       const messages = await consumer.consume();
       stopConsumer = () => void messages.stop();
@@ -46,7 +46,7 @@ export class NatsEventBus implements EventBus {
           this.logger.warn({ err: error, subject: message.subject }, 'skipped an event');
         }
       }
-    })();
+    })().catch((error: unknown) => this.logger.error({ err: error }, 'event subscription stopped'));
     const stop = async () => {
       stopped = true;
       stopConsumer?.();

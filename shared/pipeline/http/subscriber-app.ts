@@ -6,6 +6,7 @@ import type { Logger } from '../../logging/index.ts';
 import type { EventSubscriber } from '../subscriber.ts';
 import type { FunctionLifecycle } from './lifecycle.ts';
 import { invalidEventReply } from './reply.ts';
+import { onlyPost, operationalRoutes } from './routes.ts';
 
 /**
  * A subscriber behind Knative's HTTP delivery: `POST /` takes any valid Heimdall event, hands it to
@@ -19,11 +20,8 @@ export function createSubscriberApp(name: string, subscriber: EventSubscriber, l
   collectDefaultMetrics({ register: registry });
   const received = new Counter({ name: 'heimdall_events_received_total', help: 'Events handed to the subscriber, by type', labelNames: ['type'], registers: [registry] });
   const app = new Hono();
-  app.get('/health/liveness', (c) => c.json({ status: lifecycle.state }));
-  app.get('/health/readiness', (c) => c.json({ status: lifecycle.state }, lifecycle.state === 'ready' ? 200 : 503));
-  app.get('/metrics', async (c) => c.body(await registry.metrics(), 200, { 'content-type': registry.contentType }));
+  operationalRoutes(app, lifecycle, registry);
   app.post('/', async (c) => {
-    if (lifecycle.state !== 'ready') return c.json({ status: lifecycle.state }, 503);
     try {
       const event = fromMessage(c.req.raw.headers, await c.req.text());
       subscriber.accept(event);
@@ -35,6 +33,6 @@ export function createSubscriberApp(name: string, subscriber: EventSubscriber, l
       return invalidEventReply(failure);
     }
   });
-  app.all('/', (c) => c.body(null, 405, { allow: 'POST' }));
+  onlyPost(app);
   return app;
 }

@@ -4,7 +4,7 @@ import { ErrorCodes, HeimdallError } from '../../errors/index.ts';
 import type { AnyCloudEvent } from '../../events/index.ts';
 import { kindOf, parseNotification, uploadId } from '../../events/minio.ts';
 import type { Logger } from '../../logging/index.ts';
-import { executeStage, stageContext, type StageEnvironment } from '../execute.ts';
+import { executeStage, withStageContext, type StageEnvironment } from '../execute.ts';
 import { failureEvent } from '../failure.ts';
 import { recordEvent, recordStageStart, type RunStateStore } from '../run-state/run-state.ts';
 import type { AnyStage, IngestFunction } from '../stage.ts';
@@ -99,7 +99,7 @@ export function ingestProcessor(ingest: IngestFunction, seen: KV, env: Processor
       const uploadRun = upload.slice(0, 16);
       let result: AnyCloudEvent;
       try {
-        result = await ingest(object, stageContext('ingest', uploadRun, env.environment, { signal: delivery.signal, progress: delivery.progress, attempt: delivery.attempt }));
+        result = await withStageContext('ingest', uploadRun, env.environment, { signal: delivery.signal, progress: delivery.progress, attempt: delivery.attempt }, (ctx) => ingest(object, ctx));
       } catch (error) {
         result = failureEvent(uploadRun, 'ingest', error, delivery.attempt);
       }

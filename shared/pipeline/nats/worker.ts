@@ -22,6 +22,9 @@ export type Disposition = { readonly kind: 'ack' } | { readonly kind: 'retry'; r
 
 export type Processor = (delivery: Delivery) => Promise<Disposition>;
 
+/** How soon a message whose result could not be published is tried again. */
+const PUBLISH_RETRY_MS = 5000;
+
 export interface WorkerOptions {
   readonly nc: NatsConnection;
   readonly jsm: JetStreamManager;
@@ -52,6 +55,8 @@ export async function startWorker(name: ConsumerName, process: Processor, option
   const { stream, durable } = await provisionConsumer(options.jsm, name, options.limits, options.durable);
   const logger = options.logger.child({ worker: name });
   const consumer = await jetstream(options.nc).consumers.get(stream, durable);
+  // Heartbeats follow the consumer's AckWait as the server has it (another process may have set it).
+  const heartbeatMs = ((await consumer.info()).config.ack_wait ?? options.limits.ackWaitSeconds * 1e9) / 1e6 / 3;
   const messages = await consumer.consume({ max_messages: 1 });
   const abort = new AbortController();
   let inFlight: Promise<void> = Promise.resolve();
@@ -63,10 +68,9 @@ export async function startWorker(name: ConsumerName, process: Processor, option
       inFlight = handle(message);
       await inFlight;
     }
-  })();
+  })().catch((error: unknown) => logger.error({ err: error }, 'consumer stopped'));
 
   async function handle(message: JsMsg): Promise<void> {
-    const heartbeatMs = (options.limits.ackWaitSeconds * 1000) / 3;
     let lastBeat = Date.now();
     const beat = () => {
       try {
@@ -98,8 +102,14 @@ export async function startWorker(name: ConsumerName, process: Processor, option
         message.term();
       }
     } catch (error) {
-      // Publishing failed (NATS unreachable, say): no ack, so JetStream redelivers after AckWait.
-      logger.error({ err: error }, 'message left for redelivery');
+      // Publishing failed (NATS unreachable, say): handed back for a retry soon; if even that cannot
+      // reach the server, JetStream redelivers after AckWait.
+      logger.error({ err: error }, 'message handed back for redelivery');
+      try {
+        message.nak(PUBLISH_RETRY_MS);
+      } catch {
+        // Not connected: AckWait brings it back.
+      }
     } finally {
       clearInterval(timer);
     }
@@ -108,11 +118,12 @@ export async function startWorker(name: ConsumerName, process: Processor, option
   return {
     name,
     async stop() {
-      await messages.close();
+      // The grace period starts now: past it, the in-flight message is aborted and handed back.
       const grace = setTimeout(() => abort.abort(), options.graceMs);
+      messages.stop();
       await inFlight;
+      await loop;
       clearTimeout(grace);
-      await loop.catch(() => undefined);
       advisories?.unsubscribe();
     },
   };
