@@ -4,7 +4,7 @@ import { readModelSummary } from '../../shared/onnx/reader.ts';
 import { source, type StageContext } from '../../shared/pipeline/stage.ts';
 import { sha256File } from '../../shared/runtime/sha256.ts';
 import { MODELS_BUCKET, modelKey } from '../../shared/storage/object-store.ts';
-import { kindOf, type ObjectCreated } from '../../shared/events/minio.ts';
+import { kindOf, type ObjectRecord } from '../../shared/events/minio.ts';
 
 export type IngestResult = CloudEvent<'heimdall.checkpoint.created'> | CloudEvent<'heimdall.model.exported'>;
 
@@ -15,7 +15,7 @@ export type IngestResult = CloudEvent<'heimdall.checkpoint.created'> | CloudEven
  * and announced as `model.exported`, so the run goes straight to validate. Callers filter with
  * `kindOf` first.
  */
-export async function ingestHandler(object: ObjectCreated, ctx: StageContext): Promise<IngestResult> {
+export async function ingestHandler(object: ObjectRecord, ctx: StageContext): Promise<IngestResult> {
   const file = await ctx.store.fetchFile(object.bucket, object.key);
   try {
     ctx.progress(`hashing ${object.key} (${formatBytes(object.size)})`);
@@ -33,7 +33,7 @@ export async function ingestHandler(object: ObjectCreated, ctx: StageContext): P
   }
 }
 
-async function announceModel(object: ObjectCreated, path: string, sha256: string, ctx: StageContext): Promise<CloudEvent<'heimdall.model.exported'>> {
+async function announceModel(object: ObjectRecord, path: string, sha256: string, ctx: StageContext): Promise<CloudEvent<'heimdall.model.exported'>> {
   const runId = runIdOf(sha256);
   const summary = await readModelSummary(path);
   const opset = summary.opsets.get('') ?? summary.opsets.get('ai.onnx') ?? 0;

@@ -7,7 +7,8 @@ import type { EventType } from '../events/schemas.ts';
  * never announce a result twice.
  */
 export interface EventBus {
-  publish(event: AnyCloudEvent): Promise<void>;
+  /** True when the event was new; false when it was dropped as a duplicate of one already published. */
+  publish(event: AnyCloudEvent): Promise<boolean>;
   /** Handlers run one event at a time per subscription, in publication order. */
   subscribe(types: readonly EventType[] | '*', handler: (event: AnyCloudEvent) => Promise<void>): Subscription;
   close(): Promise<void>;

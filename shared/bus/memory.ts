@@ -17,9 +17,9 @@ export class MemoryEventBus implements EventBus {
 
   constructor(private readonly onHandlerError: (error: unknown, event: AnyCloudEvent) => void = () => undefined) {}
 
-  async publish(event: AnyCloudEvent): Promise<void> {
+  async publish(event: AnyCloudEvent): Promise<boolean> {
     if (this.closed) throw new Error('event bus is closed');
-    if (this.seen.has(event.id)) return;
+    if (this.seen.has(event.id)) return false;
     this.seen.add(event.id);
     for (const subscriber of this.subscribers) {
       if (subscriber.types !== '*' && !subscriber.types.has(event.type)) continue;
@@ -32,6 +32,7 @@ export class MemoryEventBus implements EventBus {
         }
       });
     }
+    return true;
   }
 
   subscribe(types: readonly EventType[] | '*', handler: (event: AnyCloudEvent) => Promise<void>): Subscription {

@@ -12,6 +12,11 @@ describe('event lines', () => {
     expect(eventLine(created)).toBe('09:00:01 efefefef ingest    checkpoint runs/epoch-3.pth (113.2 MB)');
   });
 
+  it('never pass terminal escapes through from a key', () => {
+    const created = createEvent('heimdall.checkpoint.created', { stage: 'ingest', source: 'heimdall/ingest', data: { bucket: 'b', key: 'runs/\u001b[2Jevil\n.pth', size: 1, etag: 'e', runId } });
+    expect(eventLine(created)).toMatch(/checkpoint runs\/\?\[2Jevil\?\.pth/);
+  });
+
   it('fit an 80-column terminal even with a long key or error message', () => {
     const created = createEvent('heimdall.checkpoint.created', { stage: 'ingest', source: 'heimdall/ingest', data: { bucket: 'b', key: `runs/${'very-long-experiment-name/'.repeat(5)}epoch-3.pth`, size: 1, etag: 'e', runId } });
     const failed = failureEvent(runId, 'export', new HeimdallError('UNSAFE_PICKLE', `refused global posix.system in ${'data.pkl '.repeat(20)}`));

@@ -11,7 +11,8 @@ export function eventLine(event: AnyCloudEvent): string {
   const time = event.time.slice(11, 19);
   const run = event.data.runId.slice(0, 8);
   const [stage, figure] = describeEvent(event);
-  const line = `${time} ${run} ${stage.padEnd(9)} ${figure}`;
+  // Keys and messages come from uploads: control characters (terminal escapes) are shown as `?`.
+  const line = `${time} ${run} ${stage.padEnd(9)} ${figure}`.replace(/[\u0000-\u001f\u007f-\u009f]/g, '?');
   return line.length <= COLUMNS ? line : `${line.slice(0, COLUMNS - 1)}…`;
 }
 

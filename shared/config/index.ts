@@ -46,6 +46,8 @@ const Environment = z.object({
   MLFLOW_TRACKING_TOKEN: optional(z.string().min(1)),
   MLFLOW_TRACKING_USERNAME: optional(z.string().min(1)),
   MLFLOW_TRACKING_PASSWORD: optional(z.string().min(1)),
+  /** The Knative Broker's address, injected by a SinkBinding into the ingest adapter. */
+  K_SINK: optional(z.url()),
   MLFLOW_EXPERIMENT_NAME: z.string().min(1).default('heimdall-localization'),
   /** Alerts (functions/alerts): webhook URLs separated by commas; unset, no alerts are sent. */
   HEIMDALL_ALERT_WEBHOOKS: optional(
@@ -72,6 +74,8 @@ export interface Config {
   readonly parity: { readonly tolerance: number; readonly samples: number };
   readonly benchmark: { readonly provider: 'cpu' | 'cuda'; readonly batches: readonly number[]; readonly threads: number; readonly warmup: number; readonly runs: number; readonly regressionThreshold: number };
   readonly logLevel: string;
+  /** Where the ingest adapter sends its events instead of JetStream (Knative). */
+  readonly sink?: string;
   readonly nats?: { readonly url: string; readonly ackWaitSeconds: number; readonly maxDeliver: number };
   readonly s3?: { readonly endpoint: string; readonly accessKey: string; readonly secretKey: string; readonly region: string };
   readonly mlflow?: { readonly trackingUri: string; readonly experimentName: string; readonly token?: string; readonly username?: string; readonly password?: string };
@@ -108,6 +112,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       regressionThreshold: e.HEIMDALL_REGRESSION_THRESHOLD,
     },
     logLevel: e.HEIMDALL_LOG_LEVEL,
+    ...(e.K_SINK ? { sink: e.K_SINK } : {}),
     ...(e.NATS_URL ? { nats: { url: e.NATS_URL, ackWaitSeconds: e.HEIMDALL_ACK_WAIT_SECONDS, maxDeliver: e.HEIMDALL_MAX_DELIVER } } : {}),
     ...(e.S3_ENDPOINT ? { s3: { endpoint: e.S3_ENDPOINT, accessKey: e.S3_ACCESS_KEY!, secretKey: e.S3_SECRET_KEY!, region: e.S3_REGION } } : {}),
     ...(e.MLFLOW_TRACKING_URI

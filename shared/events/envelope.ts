@@ -25,9 +25,18 @@ const Envelope = z.object({
   id: z.string().min(1),
   type: z.string().min(1),
   source: z.string().min(1),
-  time: z.string().datetime({ offset: true }),
+  // Optional in CloudEvents 1.0: an event from another producer without one is stamped on arrival.
+  time: z
+    .string()
+    .datetime({ offset: true })
+    .default(() => new Date().toISOString()),
   subject: z.string().optional(),
-  datacontenttype: z.literal('application/json').default('application/json'),
+  // JSON data, with or without parameters (`application/json; charset=utf-8`).
+  datacontenttype: z
+    .string()
+    .regex(/^application\/json\s*(;.*)?$/, 'must be application/json')
+    .default('application/json')
+    .transform(() => 'application/json' as const),
   data: z.unknown(),
 });
 

@@ -26,6 +26,14 @@ describe('CloudEvents', () => {
     expect(() => parseEvent(event)).toThrowError(expect.objectContaining({ code: 'INVALID_EVENT', message: expect.stringMatching(/size/) }));
   });
 
+  it('accept what other producers may send: no time (stamped on arrival), JSON with a charset', () => {
+    const { time: _time, ...untimed } = created();
+    const parsed = parseEvent({ ...untimed, datacontenttype: 'application/json; charset=utf-8' });
+    expect(Date.parse(parsed.time)).toBeGreaterThan(Date.now() - 60_000);
+    expect(parsed.datacontenttype).toBe('application/json');
+    expect(() => parseEvent({ ...created(), datacontenttype: 'text/plain' })).toThrowError(expect.objectContaining({ code: 'INVALID_EVENT' }));
+  });
+
   it('reject unknown types and bad envelopes', () => {
     expect(() => parseEvent({ ...created(), type: 'heimdall.nope' })).toThrowError(expect.objectContaining({ code: 'INVALID_EVENT', message: 'unknown event type heimdall.nope' }));
     expect(() => parseEvent({ ...created(), specversion: '0.3' })).toThrowError(expect.objectContaining({ code: 'INVALID_EVENT', message: expect.stringMatching(/specversion/) }));

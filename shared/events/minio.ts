@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
 import { ErrorCodes, HeimdallError } from '../errors/index.ts';
-import { PARITY_SIDECAR_SUFFIX } from '../storage/object-store.ts';
+import { isBucketName, PARITY_SIDECAR_SUFFIX } from '../storage/object-store.ts';
 
 /**
  * MinIO bucket notifications (DESIGN §3; the S3 event message structure,
@@ -14,7 +14,7 @@ const Notification = z.object({
       z.object({
         eventName: z.string(),
         s3: z.object({
-          bucket: z.object({ name: z.string().min(1) }),
+          bucket: z.object({ name: z.string().refine(isBucketName, 'not a valid bucket name') }),
           object: z.object({ key: z.string().min(1), size: z.number().int().nonnegative().default(0), eTag: z.string().default(''), versionId: z.string().optional() }),
         }),
       }),
@@ -22,7 +22,7 @@ const Notification = z.object({
     .min(1),
 });
 
-export interface ObjectCreated {
+export interface ObjectRecord {
   readonly eventName: string;
   readonly bucket: string;
   readonly key: string;
@@ -45,12 +45,10 @@ export function kindOf(key: string): ObjectKind {
 }
 
 /**
- * The created objects a notification announces. Every `s3:ObjectCreated:*` counts (large uploads
- * arrive as CompleteMultipartUpload); other events (removals, tagging is `s3:ObjectCreated:PutTagging`
- * only on some servers and is deduped by etag later) are left out. Keys arrive URL-query-escaped.
- * INVALID_EVENT for what is not a notification at all.
+ * The object records of a notification, keys URL-decoded (they arrive query-escaped); callers keep
+ * the creations (`isObjectCreated`) and log the rest. INVALID_EVENT for what is not a notification.
  */
-export function parseNotification(body: string): ObjectCreated[] {
+export function parseNotification(body: string): ObjectRecord[] {
   let json: unknown;
   try {
     json = JSON.parse(body);
@@ -62,7 +60,7 @@ export function parseNotification(body: string): ObjectCreated[] {
     const issues = parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
     throw new HeimdallError(ErrorCodes.INVALID_EVENT, `not a bucket notification: ${issues}`);
   }
-  return parsed.data.Records.filter((r) => r.eventName.startsWith('s3:ObjectCreated:')).map((r) => ({
+  return parsed.data.Records.map((r) => ({
     eventName: r.eventName,
     bucket: r.s3.bucket.name,
     key: decodeKey(r.s3.object.key),
@@ -81,10 +79,15 @@ function decodeKey(key: string): string {
   }
 }
 
+/** Every `s3:ObjectCreated:*` counts (large uploads arrive as CompleteMultipartUpload). */
+export function isObjectCreated(record: ObjectRecord): boolean {
+  return record.eventName.startsWith('s3:ObjectCreated:');
+}
+
 /**
  * The identity of one upload: bucket, key and etag. A re-fired notification (tagging, MinIO
  * retries) has the same identity; a new upload to the same key has a new etag.
  */
-export function uploadId(object: Pick<ObjectCreated, 'bucket' | 'key' | 'etag'>): string {
+export function uploadId(object: Pick<ObjectRecord, 'bucket' | 'key' | 'etag'>): string {
   return createHash('sha256').update(`${object.bucket}\0${object.key}\0${object.etag}`).digest('hex').slice(0, 32);
 }

@@ -1,6 +1,6 @@
 import type { Config } from '../config/index.ts';
 import type { AnyCloudEvent, CloudEvent } from '../events/index.ts';
-import type { ObjectCreated } from '../events/minio.ts';
+import type { ObjectRecord } from '../events/minio.ts';
 import type { EventType } from '../events/schemas.ts';
 import type { Logger } from '../logging/index.ts';
 import type { ModelRegistry } from '../registry/model-registry.ts';
@@ -51,4 +51,4 @@ export function defineStage<In extends EventType, Out extends EventType>(definit
  * Ingest is the pipeline's source: its input is an object-store notification, not a CloudEvent, and
  * its output is the event that starts the run (checkpoint.created, or model.exported for an ONNX upload).
  */
-export type IngestFunction = (object: ObjectCreated, ctx: StageContext) => Promise<AnyCloudEvent>;
+export type IngestFunction = (object: ObjectRecord, ctx: StageContext) => Promise<AnyCloudEvent>;

@@ -23,8 +23,9 @@ describe('FsObjectStore', () => {
 
   it('reports a missing object as OBJECT_NOT_FOUND and refuses keys that escape the bucket', async () => {
     const store = new FsObjectStore(join(dir, 'data'));
-    expect(await store.stat('b', 'nope')).toBeUndefined();
-    await expect(store.fetchFile('b', 'nope')).rejects.toMatchObject({ code: 'OBJECT_NOT_FOUND' });
-    await expect(store.putFile('b', '../../escape', join(dir, 'source.bin'))).rejects.toMatchObject({ code: 'OBJECT_NOT_FOUND' });
+    expect(await store.stat('bucket-b', 'nope')).toBeUndefined();
+    await expect(store.fetchFile('bucket-b', 'nope')).rejects.toMatchObject({ code: 'OBJECT_NOT_FOUND' });
+    await expect(store.putFile('bucket-b', '../../escape', join(dir, 'source.bin'))).rejects.toMatchObject({ code: 'OBJECT_NOT_FOUND' });
+    await expect(store.putFile('..', 'x', join(dir, 'source.bin'))).rejects.toMatchObject({ code: 'OBJECT_NOT_FOUND', message: expect.stringMatching(/invalid bucket/) });
   });
 });

@@ -3,7 +3,7 @@ import { copyFile, link, mkdir, readFile, rename, rm, stat, writeFile } from 'no
 import { dirname, relative, resolve, sep } from 'node:path';
 import { pathToFileURL, fileURLToPath } from 'node:url';
 import { ErrorCodes, HeimdallError } from '../errors/index.ts';
-import type { ObjectInfo, ObjectStore } from './object-store.ts';
+import { isBucketName, type ObjectInfo, type ObjectStore } from './object-store.ts';
 
 /**
  * The embedded ObjectStore: bucket `b`, key `k` is the file `<dataDir>/buckets/<b>/<k>`; its user
@@ -66,6 +66,8 @@ export class FsObjectStore implements ObjectStore {
   }
 
   private pathOf(bucket: string, key: string): string {
+    // Bucket names come from notifications: only S3-valid names, so none can climb out of the root.
+    if (!isBucketName(bucket)) throw new HeimdallError(ErrorCodes.OBJECT_NOT_FOUND, `invalid bucket name ${JSON.stringify(bucket)}`);
     const path = resolve(this.root, bucket, key);
     if (!path.startsWith(resolve(this.root, bucket) + sep)) throw new HeimdallError(ErrorCodes.OBJECT_NOT_FOUND, `key ${key} escapes bucket ${bucket}`);
     return path;

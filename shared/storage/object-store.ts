@@ -32,6 +32,11 @@ export function fetchUri(store: ObjectStore, uri: string): Promise<{ path: strin
 /** Golden samples beside a checkpoint (`<key>.parity.safetensors`), read by parity (DESIGN §5). */
 export const PARITY_SIDECAR_SUFFIX = '.parity.safetensors';
 
+/** S3 bucket naming rules: 3-63 of [a-z0-9.-], starting and ending alphanumeric, no `..`. */
+export function isBucketName(name: string): boolean {
+  return /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(name) && !name.includes('..');
+}
+
 export const MODELS_BUCKET = 'heimdall-models';
 export const CHECKPOINTS_BUCKET = 'heimdall-checkpoints';
 

@@ -22,7 +22,7 @@ const SENT_AT = 'heimdall-bench-sent-at';
 
 const logger = createLogger('warn');
 const server = await startNatsServer();
-const nc = await connectNats(server.url, 'bench-events', logger);
+const nc = await connectNats(server.url, 'bench-events', logger, { waitForServer: false });
 try {
   const jsm = await provisionStreams(nc);
   const js = jetstream(nc);

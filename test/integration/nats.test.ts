@@ -12,7 +12,7 @@ import { KvRunStateStore } from '../../shared/pipeline/run-state/kv.ts';
 import { CHECKPOINTS_BUCKET } from '../../shared/storage/object-store.ts';
 import { FsObjectStore } from '../../shared/storage/fs.ts';
 import { startNatsServer, type NatsServer } from '../support/nats-server.ts';
-import { minioNotification, PipelineObserver, registryVersions, startServe, stopServe, waitFor, type WorkerProcess } from '../support/nats-pipeline.ts';
+import { minioNotification, PipelineObserver, registryVersions, startServe, startWatch, stopServe, waitFor, type WorkerProcess } from '../support/nats-pipeline.ts';
 import { writeSmallCheckpoint } from '../support/small-model.ts';
 import { tempDir } from '../support/temp.ts';
 
@@ -64,10 +64,14 @@ async function pipeline(name: string, options: { ackWaitSeconds?: number; maxDel
   return { env, dataDir, store, first, spawnWorker, upload, observer: observer! };
 }
 
+/** The run id once the run of `key` is registered; on a timeout, what the workers said (for CI logs). */
 const registeredRun = (observer: PipelineObserver, key: string) =>
   waitFor(`the run of ${key} to be registered`, () => {
-    const created = observer.of('heimdall.checkpoint.created').find((e) => e.type === 'heimdall.checkpoint.created' && e.data.key === key);
+    const created = observer.of('heimdall.checkpoint.created').find((e) => e.data.key === key);
     return created && observer.of('heimdall.model.registered', created.data.runId).length > 0 && created.data.runId;
+  }).catch((error: Error) => {
+    const said = workers.map((w, i) => `worker ${i} (exit ${w.child.exitCode ?? w.child.signalCode ?? 'running'}):\n${w.stderr().slice(-3000)}`).join('\n');
+    throw new Error(`${error.message}; events: ${observer.events.map((e) => e.id).join(', ')}\n${said}`);
   });
 
 describe('heimdall serve on NATS JetStream', () => {
@@ -87,9 +91,11 @@ describe('heimdall serve on NATS JetStream', () => {
     expect(runs).toEqual([expect.objectContaining({ runId, status: 'registered' })]);
 
     // watch --all replays the stream: six lines, each readable on an 80-column terminal.
-    const watch = run(process.execPath, [heimdall, 'watch', '--all', '--run', runId], { env: { ...process.env, ...env }, timeout: 8000, killSignal: 'SIGINT' });
-    const { stdout } = await watch.catch((e: { stdout: string }) => e);
-    const lines = stdout.trim().split('\n');
+    const watch = startWatch(['--all', '--run', runId], env);
+    await waitFor('six watch lines', () => watch.stdout.length >= 6, 60_000);
+    watch.child.kill('SIGINT');
+    expect(await watch.exited).toBe(0);
+    const lines = watch.stdout;
     expect(lines.map((l) => l.split(/\s+/)[2])).toEqual(['ingest', 'export', 'validate', 'parity', 'benchmark', 'register']);
     expect(Math.max(...lines.map((l) => l.length))).toBeLessThanOrEqual(80);
   });
@@ -102,7 +108,8 @@ describe('heimdall serve on NATS JetStream', () => {
     await observer.notify(minioNotification(CHECKPOINTS_BUCKET, 'runs/dup.pth', info, 's3:ObjectCreated:PutTagging'));
     const runId = await registeredRun(observer, 'runs/dup.pth');
     // Give the duplicates time to be (not) processed.
-    await new Promise((r) => setTimeout(r, 3000));
+    await waitFor('ingest to take all four notifications', () => observer.idle('HEIMDALL_MINIO', 'heimdall-ingest'));
+    await waitFor('the pipeline to be idle', () => observer.idle('HEIMDALL_EVENTS', 'heimdall-register'));
     expect(observer.of('heimdall.checkpoint.created')).toHaveLength(1);
     expect(observer.of('heimdall.model.registered', runId)).toHaveLength(1);
     expect(await registryVersions(dataDir)).toHaveLength(1);
@@ -149,15 +156,43 @@ describe('heimdall serve on NATS JetStream', () => {
     const versions = await registryVersions(dataDir);
     expect(versions).toHaveLength(20);
     expect(new Set(versions.map((v) => v.tags.sha256)).size).toBe(20);
-    // Both processes did work.
-    expect(workers.every((w) => w.stdout.length > 0)).toBe(true);
+  });
+
+  it('starts a run for each record of a notification (several objects, a multipart upload among them)', async () => {
+    const { store, observer, dataDir } = await pipeline('records');
+    const records = [];
+    for (const [i, eventName] of ['s3:ObjectCreated:Put', 's3:ObjectCreated:CompleteMultipartUpload'].entries()) {
+      const path = join(dir, `records-${i}.pth`);
+      await writeSmallCheckpoint(path, { seed: 40 + i });
+      const key = `runs/record ${i}.pth`;
+      records.push(JSON.parse(minioNotification(CHECKPOINTS_BUCKET, key, await store.putFile(CHECKPOINTS_BUCKET, key, path), eventName)).Records[0]);
+    }
+    await observer.notify(JSON.stringify({ EventName: 's3:ObjectCreated:Put', Key: 'several', Records: records }));
+    await registeredRun(observer, 'runs/record 0.pth');
+    await registeredRun(observer, 'runs/record 1.pth');
+    expect(await registryVersions(dataDir)).toHaveLength(2);
+  });
+
+  it('sends an uploaded .onnx model straight to validate; without golden samples parity says so', async () => {
+    const { store, observer } = await pipeline('onnx');
+    const checkpoint = join(dir, 'onnx-source.pth');
+    await writeSmallCheckpoint(checkpoint, { seed: 50 });
+    const model = join(dir, 'uploaded.onnx');
+    await promisify(execFile)(process.execPath, [heimdall, 'export', checkpoint, '--out', model]);
+    const info = await store.putFile(CHECKPOINTS_BUCKET, 'models/uploaded.onnx', model);
+    await observer.notify(minioNotification(CHECKPOINTS_BUCKET, 'models/uploaded.onnx', info));
+    const failed = await waitFor('the parity verdict', () => observer.of('heimdall.pipeline.failed')[0]);
+    const runId = failed.data.runId;
+    expect(observer.events.filter((e) => e.data.runId === runId).map((e) => e.type)).toEqual(['heimdall.model.exported', 'heimdall.model.validated', 'heimdall.pipeline.failed']);
+    expect(observer.of('heimdall.model.exported')[0]!).toMatchObject({ source: 'heimdall/ingest', data: { checkpoint: { format: 'onnx' }, architecture: { variant: 'custom' } } });
+    expect(failed.data).toMatchObject({ stage: 'parity', error: { code: 'PARITY_UNAVAILABLE' }, retriable: false });
   });
 
   it('acknowledges malformed notifications without a crash or endless redelivery; a missing object fails clearly once', async () => {
     const { observer, first, upload } = await pipeline('malformed');
     await observer.notify('not json at all');
     await observer.notify(JSON.stringify({ EventName: 's3:ObjectCreated:Put', Key: 'x' }));
-    await observer.notify(JSON.stringify({ Records: [{ eventName: 's3:ObjectRemoved:Delete', s3: { bucket: { name: 'b' }, object: { key: 'gone.pth' } } }] }));
+    await observer.notify(JSON.stringify({ Records: [{ eventName: 's3:ObjectRemoved:Delete', s3: { bucket: { name: 'training' }, object: { key: 'gone.pth' } } }] }));
     await observer.notify(minioNotification(CHECKPOINTS_BUCKET, 'runs/never-uploaded.pth', { size: 10, etag: 'abc' }));
     await observer.notify(minioNotification(CHECKPOINTS_BUCKET, 'runs/notes.txt', { size: 10, etag: 'abd' }));
     const failed = await waitFor('the failure of the missing object', () => observer.of('heimdall.pipeline.failed')[0]);
@@ -178,7 +213,7 @@ describe('heimdall serve on NATS JetStream', () => {
     await upload('runs/too-big-batch.pth', 6);
     const failed = await waitFor('the benchmark failure', () => observer.of('heimdall.pipeline.failed')[0]);
     expect(failed.data).toMatchObject({ stage: 'benchmark', error: { code: 'BENCHMARK_FAILED' }, retriable: true, attempt: 2 });
-    await new Promise((r) => setTimeout(r, 3000));
+    await waitFor('benchmark to be done with it', () => observer.idle('HEIMDALL_EVENTS', 'heimdall-benchmark'));
     expect(observer.of('heimdall.pipeline.failed')).toHaveLength(1);
     expect(observer.of('heimdall.model.registered')).toHaveLength(0);
   });
@@ -199,12 +234,16 @@ describe('heimdall serve on NATS JetStream', () => {
     expect(consumers.filter((c) => c.config.durable_name).map((c) => c.name).sort()).toEqual(['heimdall-http-benchmark', 'heimdall-http-export', 'heimdall-http-parity', 'heimdall-http-register', 'heimdall-http-validate']);
   });
 
-  it('drains on SIGTERM: the in-flight message finishes, then the process exits 0', async () => {
-    const { first, upload, observer } = await pipeline('drain');
+  it('drains on SIGTERM: the in-flight message finishes, the process exits 0, and the next worker completes the run once', async () => {
+    const { first, upload, observer, spawnWorker, dataDir } = await pipeline('drain');
     await upload('runs/drain.pth', 5);
     await waitFor('work in flight', () => observer.of('heimdall.checkpoint.created').length > 0);
     first.child.kill('SIGTERM');
     expect(await first.exited).toBe(0);
     expect(first.stderr()).toContain('draining');
+    spawnWorker();
+    const runId = await registeredRun(observer, 'runs/drain.pth');
+    for (const type of SIX_EVENTS) expect(observer.of(type as 'heimdall.model.exported', runId), type).toHaveLength(1);
+    expect(await registryVersions(dataDir)).toHaveLength(1);
   });
 });

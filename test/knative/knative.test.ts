@@ -185,6 +185,9 @@ describe('knative.yaml routing', () => {
     expect(binding!.spec.sink.ref).toEqual({ apiVersion: 'eventing.knative.dev/v1', kind: 'Broker', name: 'heimdall' });
     const container = ingest!.spec.template.spec.containers[0];
     expect([...container.command, ...container.args]).toEqual(['node', 'bin/heimdall.js', 'serve', '--stages', 'ingest']);
+    // Its drain (up to its ack wait) fits in the pod's grace period.
+    const ackWait = Number(container.env.find((e: { name: string }) => e.name === 'HEIMDALL_ACK_WAIT_SECONDS').value);
+    expect(ackWait).toBeLessThan(ingest!.spec.template.spec.terminationGracePeriodSeconds);
   });
 });
 

@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { jetstream } from '@nats-io/jetstream';
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { NatsEventBus } from '../../shared/bus/nats/event-bus.ts';
 import { MINIO_SUBJECT } from '../../shared/bus/nats/subjects.ts';
@@ -25,7 +25,16 @@ export interface WorkerProcess {
 }
 
 export function startServe(env: Record<string, string>, args: readonly string[] = []): WorkerProcess {
-  const child = spawn(process.execPath, [heimdall, 'serve', ...args], {
+  return startHeimdall(env, ['serve', ...args]);
+}
+
+/** `heimdall watch` as a person runs it; stop it with SIGINT. */
+export function startWatch(args: readonly string[], env: Record<string, string>): WorkerProcess {
+  return startHeimdall(env, ['watch', ...args]);
+}
+
+function startHeimdall(env: Record<string, string>, argv: readonly string[]): WorkerProcess {
+  const child = spawn(process.execPath, [heimdall, ...argv], {
     env: { ...process.env, ...QUICK_ENV, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -79,6 +88,12 @@ export class PipelineObserver {
 
   of<T extends EventType>(type: T, runId?: string): CloudEvent<T>[] {
     return this.events.filter((e): e is CloudEvent<T> & AnyCloudEvent => e.type === type && (!runId || e.data.runId === runId));
+  }
+
+  /** A durable consumer has nothing left to deliver and nothing unacknowledged (the work is over, not just slow). */
+  async idle(stream: string, durable: string): Promise<boolean> {
+    const info = await (await jetstreamManager(this.nc)).consumers.info(stream, durable);
+    return info.num_pending === 0 && info.num_ack_pending === 0;
   }
 
   async close(): Promise<void> {

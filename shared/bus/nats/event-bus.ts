@@ -24,9 +24,10 @@ export class NatsEventBus implements EventBus {
     this.js = jetstream(nc);
   }
 
-  async publish(event: AnyCloudEvent): Promise<void> {
+  async publish(event: AnyCloudEvent): Promise<boolean> {
     const { headers, body } = encodeEvent(event);
-    await this.js.publish(subjectOf(event.type), body, { msgID: event.id, headers });
+    const ack = await this.js.publish(subjectOf(event.type), body, { msgID: event.id, headers });
+    return !ack.duplicate;
   }
 
   subscribe(types: readonly EventType[] | '*', handler: (event: AnyCloudEvent) => Promise<void>, options: { fromStart?: boolean } = {}): Subscription {

@@ -1,3 +1,4 @@
+import { withoutCredentials } from '../../bus/nats/connection.ts';
 import { loadConfig } from '../../config/index.ts';
 import { ErrorCodes, HeimdallError } from '../../errors/index.ts';
 import { createLogger } from '../../logging/index.ts';
@@ -44,7 +45,7 @@ export async function serveCommand(argv: string[], env: CliEnvironment): Promise
     names,
     http: Boolean(values.http),
     ...(values.dashboard ? { dashboard: { port, ...(values.host ? { host: values.host } : {}) } } : {}),
-    ...(process.env.K_SINK ? { sink: process.env.K_SINK } : {}),
+    ...(config.sink ? { sink: config.sink } : {}),
     onProgress: (stage, message) => {
       if (!progress.has(stage)) progress.set(stage, new ProgressLine(stage.padEnd(9)));
       progress.get(stage)!.update(message);
@@ -56,7 +57,7 @@ export async function serveCommand(argv: string[], env: CliEnvironment): Promise
     },
   });
   const parts = [
-    names.length > 0 ? `serving ${names.join(', ')}${values.http ? ` as HTTP functions (${Object.entries(serving.functionPorts).map(([s, p]) => `${s}:${p}`).join(' ')}) behind a local broker` : ''} on ${config.nats!.url}` : '',
+    names.length > 0 ? `serving ${names.join(', ')}${values.http ? ` as HTTP functions (${Object.entries(serving.functionPorts).map(([s, p]) => `${s}:${p}`).join(' ')}) behind a local broker` : ''} on ${withoutCredentials(config.nats!.url)}` : '',
     serving.dashboardUrl ? `status page ${serving.dashboardUrl}` : '',
   ].filter(Boolean);
   env.io.stderr(`${parts.join('; ')}; SIGTERM or Ctrl-C drains and stops`);

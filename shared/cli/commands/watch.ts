@@ -44,7 +44,7 @@ export async function watchCommand(argv: string[], env: CliEnvironment): Promise
 
 async function followNats(config: Config, logger: Logger, show: (event: AnyCloudEvent) => void, all: boolean, stopped: Promise<void>): Promise<void> {
   const { connectRuntime } = await import('../../pipeline/nats/runtime.ts');
-  const runtime = await connectRuntime(config, logger, `heimdall-watch-${process.pid}`);
+  const runtime = await connectRuntime(config, logger, `heimdall-watch-${process.pid}`, 'client');
   runtime.bus.subscribe('*', async (event) => show(event), { fromStart: all });
   await stopped;
   await runtime.close();

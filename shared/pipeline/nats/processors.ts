@@ -1,8 +1,9 @@
+import { createHash } from 'node:crypto';
 import type { KV } from '@nats-io/kv';
 import { decodeEvent } from '../../bus/nats/codec.ts';
 import { ErrorCodes, HeimdallError } from '../../errors/index.ts';
 import type { AnyCloudEvent } from '../../events/index.ts';
-import { kindOf, parseNotification, uploadId } from '../../events/minio.ts';
+import { isObjectCreated, kindOf, parseNotification, uploadId } from '../../events/minio.ts';
 import type { Logger } from '../../logging/index.ts';
 import { executeStage, withStageContext, type StageEnvironment } from '../execute.ts';
 import { failureEvent } from '../failure.ts';
@@ -13,7 +14,7 @@ import type { Delivery, Disposition, Processor } from './worker.ts';
 export interface ProcessorEnvironment {
   readonly environment: StageEnvironment;
   /** Where results go: JetStream, or the Knative Broker (K_SINK) for the ingest adapter. */
-  readonly publish: (event: AnyCloudEvent) => Promise<void>;
+  readonly publish: (event: AnyCloudEvent) => Promise<boolean>;
   readonly runState: RunStateStore;
   readonly logger: Logger;
 }
@@ -59,6 +60,15 @@ export function stageProcessor(stage: AnyStage, env: ProcessorEnvironment): Proc
   };
 }
 
+/** JetStream gave up on a notification (ingest crashed or hung on every delivery): filed under the message's hash. */
+export function ingestExhaustedHandler(env: ProcessorEnvironment) {
+  return async (delivery: Pick<Delivery, 'body' | 'attempt'>) => {
+    const messageRun = createHash('sha256').update(delivery.body).digest('hex').slice(0, 16);
+    const error = new HeimdallError(ErrorCodes.DELIVERY_EXHAUSTED, `ingest did not finish a notification in ${delivery.attempt} deliveries (worker crashed or exceeded the ack wait each time)`);
+    await announce(failureEvent(messageRun, 'ingest', error, delivery.attempt), env);
+  };
+}
+
 /** JetStream gave up on a stage's message (crashes or timeouts on every delivery): the run fails. */
 export function exhaustedHandler(stage: AnyStage, env: ProcessorEnvironment) {
   return async (delivery: Pick<Delivery, 'headers' | 'body' | 'attempt'>) => {
@@ -85,6 +95,10 @@ export function ingestProcessor(ingest: IngestFunction, seen: KV, env: Processor
       return { kind: 'term', reason: (error as Error).message };
     }
     for (const object of objects) {
+      if (!isObjectCreated(object)) {
+        env.logger.info({ event: object.eventName, bucket: object.bucket, key: object.key }, 'ingest: not an object creation; ignored');
+        continue;
+      }
       const kind = kindOf(object.key);
       if (kind === 'ignored') {
         env.logger.info({ bucket: object.bucket, key: object.key }, 'ingest: not a checkpoint or model; ignored');
@@ -105,7 +119,9 @@ export function ingestProcessor(ingest: IngestFunction, seen: KV, env: Processor
       }
       if (shouldRetry(result, delivery)) return { kind: 'retry', delayMs: retryDelayMs(delivery.attempt) };
       await announce(result, env);
-      await seen.put(upload, result.data.runId);
+      // Only a started run marks the upload: the same object announced again after a failure (fixed
+      // permissions, a late upload) is tried again.
+      if (result.type !== 'heimdall.pipeline.failed') await seen.put(upload, result.data.runId);
     }
     return ACK;
   };

@@ -2,7 +2,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/transport-node';
-import type { JetStreamManager } from '@nats-io/jetstream';
+import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
+import { Kvm } from '@nats-io/kv';
 import { connectNats } from '../../bus/nats/connection.ts';
 import { NatsEventBus } from '../../bus/nats/event-bus.ts';
 import { openKv, provisionStreams } from '../../bus/nats/provision.ts';
@@ -24,11 +25,15 @@ export interface NatsRuntime {
   close(): Promise<void>;
 }
 
-export async function connectRuntime(config: Config, logger: Logger, name: string): Promise<NatsRuntime> {
+/**
+ * Workers provision streams and buckets and wait for a server; clients (`status`, `watch`) only
+ * read what is there and fail at once when no server answers.
+ */
+export async function connectRuntime(config: Config, logger: Logger, name: string, role: 'worker' | 'client' = 'worker'): Promise<NatsRuntime> {
   if (!config.nats) throw new HeimdallError(ErrorCodes.USAGE, 'NATS_URL is not set: the NATS pipeline needs a server (the embedded default is `heimdall run`)');
-  const nc = await connectNats(config.nats.url, name, logger);
-  const jsm = await provisionStreams(nc);
-  const runState = new KvRunStateStore(await openKv(nc, 'heimdall_runs'));
+  const nc = await connectNats(config.nats.url, name, logger, { waitForServer: role === 'worker' });
+  const jsm = role === 'worker' ? await provisionStreams(nc) : await jetstreamManager(nc);
+  const runState = new KvRunStateStore(role === 'worker' ? await openKv(nc, 'heimdall_runs') : await new Kvm(nc).open('heimdall_runs'));
   const scratchDir = await mkdtemp(join(tmpdir(), 'heimdall-worker-'));
   const bus = new NatsEventBus(nc, logger);
   return {

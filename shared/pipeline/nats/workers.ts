@@ -2,7 +2,7 @@ import type { AnyCloudEvent } from '../../events/index.ts';
 import { openKv } from '../../bus/nats/provision.ts';
 import type { Logger } from '../../logging/index.ts';
 import type { AnyStage, IngestFunction, StageName } from '../stage.ts';
-import { exhaustedHandler, ingestProcessor, stageProcessor, type ProcessorEnvironment } from './processors.ts';
+import { exhaustedHandler, ingestExhaustedHandler, ingestProcessor, stageProcessor, type ProcessorEnvironment } from './processors.ts';
 import type { NatsRuntime } from './runtime.ts';
 import { startWorker, type Worker, type WorkerOptions } from './worker.ts';
 
@@ -20,7 +20,7 @@ export interface WorkerSetOptions {
   readonly names: readonly StageName[];
   readonly logger: Logger;
   /** Where results go; JetStream unless the process is a Knative source (K_SINK). */
-  readonly publish?: (event: AnyCloudEvent) => Promise<void>;
+  readonly publish?: (event: AnyCloudEvent) => Promise<boolean>;
   readonly onEvent?: (event: AnyCloudEvent) => void;
   readonly onProgress?: (stage: StageName, message: string) => void;
 }
@@ -33,8 +33,10 @@ export function processorEnvironment(runtime: NatsRuntime, logger: Logger, optio
     runState: runtime.runState,
     logger,
     publish: async (event) => {
-      await publish(event);
-      options.onEvent?.(event);
+      const accepted = await publish(event);
+      // A duplicate was announced before (by this worker before a crash, or another one): not news.
+      if (accepted) options.onEvent?.(event);
+      return accepted;
     },
   };
 }
@@ -48,7 +50,7 @@ export async function startWorkers(options: WorkerSetOptions): Promise<{ stop():
   for (const name of options.names) {
     const onProgress = (message: string) => options.onProgress?.(name, message);
     if (name === 'ingest') {
-      workers.push(await startWorker('ingest', ingestProcessor(options.ingest, await openKv(runtime.nc, 'heimdall_ingest'), env), { ...common, onProgress }));
+      workers.push(await startWorker('ingest', ingestProcessor(options.ingest, await openKv(runtime.nc, 'heimdall_ingest'), env), { ...common, onProgress, onExhausted: ingestExhaustedHandler(env) }));
       continue;
     }
     const stage = options.stages.find((s) => s.name === name)!;

@@ -10,7 +10,7 @@ import type { RunStateStore } from './run-state.ts';
 export async function openRunState(config: Config, logger: Logger): Promise<{ runState: RunStateStore; close(): Promise<void> }> {
   if (!config.nats) return { runState: new FsRunStateStore(config.dataDir), close: async () => undefined };
   const { connectRuntime } = await import('../nats/runtime.ts');
-  const runtime = await connectRuntime(config, logger, `heimdall-cli-${process.pid}`);
+  const runtime = await connectRuntime(config, logger, `heimdall-cli-${process.pid}`, 'client');
   return { runState: runtime.runState, close: () => runtime.close() };
 }
 
