@@ -14,6 +14,7 @@ import { FsObjectStore } from '../../shared/storage/fs.ts';
 import { startNatsServer, type NatsServer } from '../support/nats-server.ts';
 import { minioNotification, PipelineObserver, registryVersions, startServe, startWatch, stopServe, waitFor, type WorkerProcess } from '../support/nats-pipeline.ts';
 import { writeSmallCheckpoint } from '../support/small-model.ts';
+import { startWebhookReceiver } from '../support/webhook-receiver.ts';
 import { tempDir } from '../support/temp.ts';
 
 const heimdall = join(import.meta.dirname, '../../bin/heimdall.js');
@@ -188,8 +189,9 @@ describe('heimdall serve on NATS JetStream', () => {
     expect(failed.data).toMatchObject({ stage: 'parity', error: { code: 'PARITY_UNAVAILABLE' }, retriable: false });
   });
 
-  it('acknowledges malformed notifications without a crash or endless redelivery; a missing object fails clearly once', async () => {
-    const { observer, first, upload } = await pipeline('malformed');
+  it('acknowledges malformed notifications without a crash or endless redelivery; a missing object fails clearly once, with one alert', async () => {
+    const webhook = await startWebhookReceiver();
+    const { observer, first, upload } = await pipeline('malformed', { env: { HEIMDALL_ALERT_WEBHOOKS: `${webhook.url}/alerts` } });
     await observer.notify('not json at all');
     await observer.notify(JSON.stringify({ EventName: 's3:ObjectCreated:Put', Key: 'x' }));
     await observer.notify(JSON.stringify({ Records: [{ eventName: 's3:ObjectRemoved:Delete', s3: { bucket: { name: 'training' }, object: { key: 'gone.pth' } } }] }));
@@ -206,6 +208,10 @@ describe('heimdall serve on NATS JetStream', () => {
     expect(ingest.num_redelivered).toBe(0);
     expect(observer.of('heimdall.pipeline.failed')).toHaveLength(1);
     expect(first.child.exitCode).toBeNull();
+    // The alerts subscriber on its shared consumer: one alert, naming the run, stage and code.
+    await webhook.waitForRequests(1);
+    expect(webhook.accepted()).toEqual([expect.stringMatching(new RegExp(`${failed.data.runId}[\\s\\S]*ingest[\\s\\S]*OBJECT_NOT_FOUND`))]);
+    await webhook.close();
   });
 
   it('retries a retriable failure, then after MaxDeliver publishes pipeline.failed and stops', async () => {
