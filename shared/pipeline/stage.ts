@@ -35,6 +35,15 @@ export interface StageDefinition<In extends EventType = EventType, Out extends E
 
 export const source = (stage: StageName) => `heimdall/${stage}`;
 
+/** Which stage consumes each event type (DESIGN §1): what a Trigger routes, and who failed when one is dead-lettered. */
+export const CONSUMER_OF: Readonly<Partial<Record<EventType, StageName>>> = {
+  'heimdall.checkpoint.created': 'export',
+  'heimdall.model.exported': 'validate',
+  'heimdall.model.validated': 'parity',
+  'heimdall.model.parity-checked': 'benchmark',
+  'heimdall.model.benchmarked': 'register',
+};
+
 /** A stage as runners see it: any event in, any event out (they dispatch on `input`, so the types line up). */
 export interface AnyStage {
   readonly name: StageName;

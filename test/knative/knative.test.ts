@@ -175,6 +175,8 @@ describe('knative.yaml routing', () => {
       if (trigger.spec.subscriber.ref.name === 'heimdall-alerts') continue;
       expect(delivery.deadLetterSink.ref).toMatchObject({ apiVersion: 'serving.knative.dev/v1', kind: 'Service' });
       expect(service(delivery.deadLetterSink.ref.name), trigger.metadata.name).toBeDefined();
+      // The alerts function's dead-letter endpoint, which files the stage's failure.
+      expect(delivery.deadLetterSink).toMatchObject({ ref: { name: 'heimdall-alerts' }, uri: '/dead-letter' });
     }
   });
 

@@ -1,6 +1,8 @@
 import { Hono } from 'hono';
 import { Counter, collectDefaultMetrics, Registry } from 'prom-client';
-import { asHeimdallError, ErrorCodes } from '../../errors/index.ts';
+import { asHeimdallError, ErrorCodes, HeimdallError } from '../../errors/index.ts';
+import { failureEvent } from '../failure.ts';
+import { CONSUMER_OF } from '../stage.ts';
 import { fromMessage } from '../../events/index.ts';
 import type { Logger } from '../../logging/index.ts';
 import type { EventSubscriber } from '../subscriber.ts';
@@ -31,6 +33,26 @@ export function createSubscriberApp(name: string, subscriber: EventSubscriber, l
       const failure = asHeimdallError(error, ErrorCodes.INVALID_EVENT);
       logger.warn({ err: failure }, `${name}: invalid event rejected`);
       return invalidEventReply(failure);
+    }
+  });
+  // Knative's dead-letter sink (a Trigger's `deadLetterSink` with `uri: /dead-letter`): the event a
+  // stage never answered successfully, after the Trigger's retries. It becomes that stage's failure.
+  app.post('/dead-letter', async (c) => {
+    try {
+      const event = fromMessage(c.req.raw.headers, await c.req.text());
+      const stage = CONSUMER_OF[event.type];
+      received.inc({ type: `dead-letter:${event.type}` });
+      if (!stage) {
+        logger.warn({ event: event.id }, `${name}: dead letter of ${event.type}, which no stage consumes`);
+        return c.body(null, 202);
+      }
+      const destination = c.req.header('ce-knativeerrordest') ?? `the ${stage} function`;
+      const status = c.req.header('ce-knativeerrorcode');
+      const error = new HeimdallError(ErrorCodes.DELIVERY_EXHAUSTED, `${event.type} ${event.id} was not handled by ${destination}${status ? ` (HTTP ${status})` : ''} after the Trigger's retries`);
+      subscriber.accept(failureEvent(event.data.runId, stage, error));
+      return c.body(null, 202);
+    } catch (error) {
+      return invalidEventReply(asHeimdallError(error, ErrorCodes.INVALID_EVENT));
     }
   });
   onlyPost(app);
