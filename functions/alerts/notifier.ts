@@ -1,4 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
+import { backoffDelayMs } from '../../shared/errors/retry.ts';
 import type { AlertsConfig } from '../../shared/config/index.ts';
 import type { Logger } from '../../shared/logging/index.ts';
 import type { Alert } from './handler.ts';
@@ -104,7 +105,7 @@ export class WebhookNotifier {
         this.logger.error({ webhook: hostOf(url), runId: alert.runId, stage: alert.stage, attempts: attempt, reason: outcome.reason }, 'alert not delivered');
         return;
       }
-      const backoff = this.options.backoffMs * 2 ** (attempt - 1);
+      const backoff = backoffDelayMs(attempt, this.options.backoffMs, MAX_RETRY_DELAY_MS);
       await sleep(Math.min(MAX_RETRY_DELAY_MS, Math.max(backoff, outcome.retryAfterMs ?? 0)), undefined, { signal: this.stop.signal }).catch(() => undefined);
     }
   }

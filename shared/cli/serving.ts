@@ -9,7 +9,7 @@ import { connectRuntime } from '../pipeline/nats/runtime.ts';
 import { startSubscribers } from '../pipeline/nats/subscribers.ts';
 import { processorEnvironment, startWorkers, workerOptions } from '../pipeline/nats/workers.ts';
 import { FsRunStateStore } from '../pipeline/run-state/fs.ts';
-import type { AnyStage, IngestFunction, StageName } from '../pipeline/stage.ts';
+import { stageNamed, type AnyStage, type IngestFunction, type StageName } from '../pipeline/stage.ts';
 import type { SubscriberFunction } from '../pipeline/subscriber.ts';
 
 export interface ServeOptions {
@@ -65,7 +65,7 @@ export async function startServing(options: ServeOptions): Promise<Serving> {
     if (viaHttp.length > 0) {
       const routes = [];
       for (const name of viaHttp) {
-        const stage = options.stages.find((s) => s.name === name)!;
+        const stage = stageNamed(options.stages, name);
         const running = await serveFunction(stage, { env: { ...process.env, PORT: '0' } });
         stops.push(() => running.stop());
         functionPorts[name] = running.port;

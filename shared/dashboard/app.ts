@@ -1,6 +1,6 @@
 import { Hono } from 'hono';
 import type { Logger } from '../logging/index.ts';
-import type { RunStateStore } from '../pipeline/run-state/run-state.ts';
+import { isRunKey, type RunStateStore } from '../pipeline/run-state/run-state.ts';
 import { gatherDashboard } from './data.ts';
 import { content, page } from './views.ts';
 
@@ -10,9 +10,6 @@ export interface DashboardAppOptions {
   /** How often the open page re-renders itself. */
   readonly refreshSeconds: number;
 }
-
-/** Run ids are 16 hex digits (`unknown` when a file could not even be hashed); nothing else reaches the store. */
-const RUN_ID = /^[0-9a-z]{1,64}$/;
 
 /**
  * The status page's routes: `/` the page, `/fragment` what it refreshes, `/api/runs` and
@@ -30,7 +27,7 @@ export function dashboardApp(options: DashboardAppOptions): Hono {
   app.get('/api/runs', async (c) => c.json({ runs: await options.runState.list() }));
   app.get('/api/runs/:runId', async (c) => {
     const runId = c.req.param('runId');
-    const run = RUN_ID.test(runId) ? await options.runState.get(runId) : undefined;
+    const run = isRunKey(runId) ? await options.runState.get(runId) : undefined;
     return run ? c.json(run) : c.json({ error: `no run ${runId}` }, 404);
   });
   app.onError((error, c) => {

@@ -19,6 +19,11 @@ export function isNetworkError(error: unknown): boolean {
   return (typeof code === 'string' && NETWORK_ERRORS.has(code)) || (error instanceof Error && error.message === 'socket hang up');
 }
 
+/** Exponential backoff: `baseMs` before the second attempt, doubling, capped at `maxMs`. */
+export function backoffDelayMs(attempt: number, baseMs: number, maxMs: number): number {
+  return Math.min(maxMs, baseMs * 2 ** (attempt - 1));
+}
+
 /**
  * Runs `operation` until it succeeds, fails with an error `transient` does not accept, or the
  * attempts run out (then the last error is thrown). Exponential backoff with jitter (half fixed,
@@ -30,7 +35,7 @@ export async function withRetry<T>(operation: (attempt: number) => Promise<T>, t
       return await operation(attempt);
     } catch (error) {
       if (attempt >= policy.attempts || !transient(error)) throw error;
-      const delay = Math.min(policy.maxDelayMs, policy.baseDelayMs * 2 ** (attempt - 1));
+      const delay = backoffDelayMs(attempt, policy.baseDelayMs, policy.maxDelayMs);
       await sleep(delay / 2 + Math.random() * (delay / 2));
     }
   }

@@ -52,6 +52,13 @@ export interface AnyStage {
   readonly handler: (event: AnyCloudEvent, ctx: StageContext) => Promise<AnyCloudEvent>;
 }
 
+/** The stage of that name among those wired in (a programming error when it is missing). */
+export function stageNamed(stages: readonly AnyStage[], name: StageName): AnyStage {
+  const stage = stages.find((s) => s.name === name);
+  if (!stage) throw new Error(`stage ${name} is not wired in`);
+  return stage;
+}
+
 export function defineStage<In extends EventType, Out extends EventType>(definition: StageDefinition<In, Out>): AnyStage {
   return definition as unknown as AnyStage;
 }

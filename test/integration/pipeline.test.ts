@@ -2,20 +2,18 @@
  * `heimdall run` end to end on the embedded default, as a user runs it: the real CLI, checkpoints
  * written by real torch, and every failure ending as a `pipeline.failed` event with nothing registered.
  */
-import { execFile, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { copyFile, mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { openCheckpoint, type LazyTensor } from '../../shared/checkpoint/index.ts';
 import { pyDict, pyOrderedDict, tensor } from '../../shared/checkpoint/pickle-writer.ts';
 import { writeTorchCheckpoint } from '../../shared/checkpoint/torch-writer.ts';
-import type { RunReport } from '../../shared/pipeline/report.ts';
+import { heimdallRun } from '../support/heimdall-cli.ts';
 import { ensureFixtures, readSafetensorsF32 } from '../support/oracle.ts';
 import { writeSmallCheckpoint } from '../support/small-model.ts';
 import { tempDir } from '../support/temp.ts';
 
-const heimdall = join(import.meta.dirname, '../../bin/heimdall.js');
 const SIX_EVENTS = [
   'heimdall.checkpoint.created',
   'heimdall.model.exported',
@@ -24,21 +22,6 @@ const SIX_EVENTS = [
   'heimdall.model.benchmarked',
   'heimdall.model.registered',
 ];
-/** Fewer timed runs than the default: these tests check behaviour, `npm run bench:pipeline` measures. */
-const QUICK = { HEIMDALL_BENCHMARK_RUNS: '3', HEIMDALL_BENCHMARK_WARMUP: '1' };
-
-async function run(checkpoint: string, workdir: string, env: Record<string, string> = {}) {
-  const result = await promisify(execFile)(process.execPath, [heimdall, 'run', checkpoint, '--workdir', workdir, '--json'], {
-    env: { ...process.env, ...QUICK, ...env },
-    maxBuffer: 64 << 20,
-  }).then(
-    (r) => ({ code: 0, ...r }),
-    (e: { code: number; stdout: string; stderr: string }) => e,
-  );
-  const lines = result.stdout.trim().split('\n');
-  return { code: result.code, stdout: lines, stderr: result.stderr, report: JSON.parse(lines.at(-1)!) as RunReport };
-}
-
 async function registryVersions(workdir: string): Promise<number> {
   const registry = JSON.parse(await readFile(join(workdir, 'registry/registry.json'), 'utf8').catch(() => '{"models":{}}'));
   return registry.models['heimdall-localization']?.versions.length ?? 0;
@@ -55,7 +38,7 @@ describe('heimdall run on checkpoints written by real torch', () => {
       const fixtures = await ensureFixtures(variant);
       const workdir = join(dir, `run-${variant}`);
       const samples = variant === 'large' ? '1' : '4';
-      const { code, report, stdout } = await run(fixtures.files.find((f) => f.name === 'full.pth')!.path, workdir, { HEIMDALL_PARITY_SAMPLES: samples });
+      const { code, report, stdout } = await heimdallRun(fixtures.files.find((f) => f.name === 'full.pth')!.path, workdir, { HEIMDALL_PARITY_SAMPLES: samples });
       expect(report.error).toBeUndefined();
       expect(code).toBe(0);
       expect(report.events.map((e) => e.type)).toEqual(SIX_EVENTS);
@@ -78,7 +61,7 @@ describe('heimdall run on checkpoints written by real torch', () => {
     await mkdir(join(dir, 'sidecar'), { recursive: true });
     await copyFile(bare.path, checkpoint);
     await copyFile(bare.golden, `${checkpoint}.parity.safetensors`);
-    const { code, report } = await run(checkpoint, join(dir, 'run-sidecar'));
+    const { code, report } = await heimdallRun(checkpoint, join(dir, 'run-sidecar'));
     expect(code).toBe(0);
     expect(report.parity).toMatchObject({ reference: 'golden', samples: 16, passed: true });
   });
@@ -94,7 +77,7 @@ describe('heimdall run on checkpoints written by real torch', () => {
     const parity = pyDict(['inputs', 'positions', 'uncertainties'].map((k) => [k, tensor('float32', golden.get(k)!.shape, golden.get(k)!.data)] as const));
     const checkpoint = join(dir, 'with-parity.pth');
     await writeTorchCheckpoint(checkpoint, pyDict({ model_state_dict: pyOrderedDict(weights), parity }));
-    const { code, report } = await run(checkpoint, join(dir, 'run-parity-entry'));
+    const { code, report } = await heimdallRun(checkpoint, join(dir, 'run-parity-entry'));
     expect(report.error).toBeUndefined();
     expect(code).toBe(0);
     expect(report.parity).toMatchObject({ reference: 'golden', samples: 16, passed: true });
@@ -105,9 +88,9 @@ describe('heimdall run on checkpoints written by real torch', () => {
     const [a, b] = [join(dir, 'baseline-a.pth'), join(dir, 'baseline-b.pth')];
     await writeSmallCheckpoint(a, { seed: 11 });
     await writeSmallCheckpoint(b, { seed: 12 });
-    const first = await run(a, workdir);
+    const first = await heimdallRun(a, workdir);
     expect(first.report.benchmark!.baseline).toBeUndefined();
-    const second = await run(b, workdir, { HEIMDALL_EXECUTION_PROVIDER: 'cuda', HEIMDALL_REGRESSION_THRESHOLD: '0' });
+    const second = await heimdallRun(b, workdir, { HEIMDALL_EXECUTION_PROVIDER: 'cuda', HEIMDALL_REGRESSION_THRESHOLD: '0' });
     expect(second.code).toBe(0);
     const { baseline, provider, warnings, perBatch } = second.report.benchmark!;
     expect(provider).toBe('cpu');
@@ -122,8 +105,8 @@ describe('heimdall run on checkpoints written by real torch', () => {
     const fixtures = await ensureFixtures('tiny');
     const workdir = join(dir, 'twice');
     const checkpoint = fixtures.files.find((f) => f.name === 'lightning.ckpt')!.path;
-    const first = await run(checkpoint, workdir);
-    const second = await run(checkpoint, workdir);
+    const first = await heimdallRun(checkpoint, workdir);
+    const second = await heimdallRun(checkpoint, workdir);
     expect(first.report.registry).toMatchObject({ version: '1', created: true });
     expect(second.code).toBe(0);
     expect(second.report.registry).toMatchObject({ version: '1', created: false });
@@ -135,7 +118,7 @@ describe('heimdall run on checkpoints written by real torch', () => {
 describe('heimdall run on bad input', () => {
   /** Every failure: a pipeline.failed event naming stage and code, exit 1, a one-line message, nothing registered. */
   async function expectFailure(checkpoint: string, stage: string, code: string, env: Record<string, string> = {}, workdir = join(dir, `bad-${stage}-${code}`)) {
-    const result = await run(checkpoint, workdir, env);
+    const result = await heimdallRun(checkpoint, workdir, env);
     expect(result.code).toBe(1);
     expect(result.report).toMatchObject({ status: 'failed', error: { stage, code } });
     expect(result.report.events.at(-1)).toMatchObject({ type: 'heimdall.pipeline.failed', data: { stage, error: { code } } });

@@ -1,8 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { freePort } from './services/service-process.ts';
 
 /** A real nats-server with JetStream on a free loopback port and its own store dir (DESIGN §7). */
 export interface NatsServer {
@@ -10,17 +10,6 @@ export interface NatsServer {
   /** Stops the server (SIGTERM) and starts it again on the same port and store: a server restart. */
   restart(): Promise<void>;
   stop(): Promise<void>;
-}
-
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
 }
 
 export async function startNatsServer(): Promise<NatsServer> {

@@ -8,6 +8,7 @@ import { eventLine } from '../event-line.ts';
 import type { CliEnvironment } from '../main.ts';
 import { ProgressLine } from '../progress.ts';
 import { startServing } from '../serving.ts';
+import { untilStopSignal } from '../signals.ts';
 
 export const serveUsage = `heimdall serve [--stages ${STAGES.join(',')}] [--http] [--dashboard [--port N] [--host H]]`;
 
@@ -61,10 +62,7 @@ export async function serveCommand(argv: string[], env: CliEnvironment): Promise
     serving.dashboardUrl ? `status page ${serving.dashboardUrl}` : '',
   ].filter(Boolean);
   env.io.stderr(`${parts.join('; ')}; SIGTERM or Ctrl-C drains and stops`);
-  await new Promise<void>((resolve) => {
-    process.once('SIGTERM', resolve);
-    process.once('SIGINT', resolve);
-  });
+  await untilStopSignal();
   env.io.stderr('draining: finishing in-flight work');
   await serving.stop();
   return 0;

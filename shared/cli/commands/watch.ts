@@ -7,6 +7,7 @@ import { FsRunStateStore } from '../../pipeline/run-state/fs.ts';
 import { parseCommandArgs } from '../args.ts';
 import { eventLine } from '../event-line.ts';
 import type { CliEnvironment } from '../main.ts';
+import { untilStopSignal } from '../signals.ts';
 
 export const watchUsage = 'heimdall watch [--run ID] [--type TYPE] [--all] [--json]';
 
@@ -34,10 +35,7 @@ export async function watchCommand(argv: string[], env: CliEnvironment): Promise
     if (values.type && !event.type.includes(values.type)) return;
     env.io.stdout(values.json ? JSON.stringify(event) : colored(eventLine(event), event, color));
   };
-  const stopped = new Promise<void>((resolve) => {
-    process.once('SIGINT', resolve);
-    process.once('SIGTERM', resolve);
-  });
+  const stopped = untilStopSignal().then(() => undefined);
   await (config.nats ? followNats(config, logger, show, Boolean(values.all), stopped) : followFiles(config, show, Boolean(values.all), stopped));
   return 0;
 }

@@ -1,10 +1,8 @@
-import { decodeEvent } from '../../bus/nats/codec.ts';
 import { ErrorCodes, HeimdallError } from '../../errors/index.ts';
 import { fromMessage, toBinary, type AnyCloudEvent } from '../../events/index.ts';
 import { failureEvent } from '../failure.ts';
-import { announce, retryDelayMs, runIdIn, type ProcessorEnvironment } from '../nats/processors.ts';
+import { announce, retryDelayMs, startStage, type ProcessorEnvironment } from '../nats/processors.ts';
 import { startWorker, type Processor, type WorkerOptions } from '../nats/worker.ts';
-import { recordStageStart } from '../run-state/run-state.ts';
 import type { AnyStage } from '../stage.ts';
 
 /** A Trigger: events of the stage's input type go to its function's `POST /`. */
@@ -28,14 +26,8 @@ export async function startLocalBroker(routes: readonly Route[], env: ProcessorE
 function deliverTo(route: Route, env: ProcessorEnvironment): Processor {
   const { stage, url } = route;
   return async (delivery) => {
-    let event: AnyCloudEvent;
-    try {
-      event = decodeEvent(delivery.headers, delivery.body);
-    } catch (error) {
-      env.logger.warn({ err: error, runId: runIdIn(delivery.body) }, `broker: undeliverable message for ${stage.name} dropped`);
-      return { kind: 'term', reason: (error as Error).message };
-    }
-    await recordStageStart(env.runState, event.data.runId, stage.name).catch(() => undefined);
+    const event = await startStage(stage, delivery, env);
+    if ('kind' in event) return event;
     const { headers, body } = toBinary(event);
     let reply: AnyCloudEvent | undefined;
     let status: number;

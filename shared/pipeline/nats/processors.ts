@@ -2,7 +2,8 @@ import { createHash } from 'node:crypto';
 import type { KV } from '@nats-io/kv';
 import { decodeEvent } from '../../bus/nats/codec.ts';
 import { ErrorCodes, HeimdallError } from '../../errors/index.ts';
-import type { AnyCloudEvent } from '../../events/index.ts';
+import { backoffDelayMs } from '../../errors/retry.ts';
+import { RunId, type AnyCloudEvent } from '../../events/index.ts';
 import { isObjectCreated, kindOf, parseNotification, uploadId } from '../../events/minio.ts';
 import type { Logger } from '../../logging/index.ts';
 import { executeStage, withStageContext, type StageEnvironment } from '../execute.ts';
@@ -22,7 +23,7 @@ export interface ProcessorEnvironment {
 const ACK: Disposition = { kind: 'ack' };
 
 /** Backoff between attempts of a retriable failure: 1 s, 2 s, 4 s ... capped at 30 s. */
-export const retryDelayMs = (attempt: number) => Math.min(30_000, 1000 * 2 ** (attempt - 1));
+export const retryDelayMs = (attempt: number) => backoffDelayMs(attempt, 1000, 30_000);
 
 /** A failure is retried while attempts remain and it can succeed on retry (I/O, registry, benchmark). */
 export function shouldRetry(result: AnyCloudEvent, delivery: Delivery): boolean {
@@ -38,18 +39,8 @@ export async function announce(event: AnyCloudEvent, env: ProcessorEnvironment):
 /** A stage on its input event: the result (or failure) is published before the message is acked. */
 export function stageProcessor(stage: AnyStage, env: ProcessorEnvironment): Processor {
   return async (delivery) => {
-    let event: AnyCloudEvent;
-    try {
-      event = decodeEvent(delivery.headers, delivery.body);
-      if (event.type !== stage.input) throw new HeimdallError(ErrorCodes.INVALID_EVENT, `${stage.name} consumes ${stage.input}, not ${event.type}`);
-    } catch (error) {
-      // Nothing to run: it can never succeed. Terminated, with a failure event when the run is known.
-      const runId = runIdIn(delivery.body);
-      env.logger.warn({ err: error, runId }, `${stage.name}: invalid event terminated`);
-      if (runId) await announce(failureEvent(runId, stage.name, error, delivery.attempt), env);
-      return { kind: 'term', reason: (error as Error).message };
-    }
-    await recordStageStart(env.runState, event.data.runId, stage.name).catch(() => undefined);
+    const event = await startStage(stage, delivery, env);
+    if ('kind' in event) return event;
     const result = await executeStage(stage, event, env.environment, { signal: delivery.signal, progress: delivery.progress, attempt: delivery.attempt });
     if (shouldRetry(result, delivery)) {
       env.logger.warn({ runId: event.data.runId, attempt: delivery.attempt, error: result.data }, `${stage.name}: retrying`);
@@ -58,6 +49,26 @@ export function stageProcessor(stage: AnyStage, env: ProcessorEnvironment): Proc
     await announce(result, env);
     return ACK;
   };
+}
+
+/**
+ * The input event of a stage's delivery, its start recorded; or, for a message that is not a valid
+ * event of the stage's input type, the verdict: it can never succeed, so it is terminated, with a
+ * failure event when the run is known.
+ */
+export async function startStage(stage: AnyStage, delivery: Delivery, env: ProcessorEnvironment): Promise<AnyCloudEvent | Disposition> {
+  let event: AnyCloudEvent;
+  try {
+    event = decodeEvent(delivery.headers, delivery.body);
+    if (event.type !== stage.input) throw new HeimdallError(ErrorCodes.INVALID_EVENT, `${stage.name} consumes ${stage.input}, not ${event.type}`);
+  } catch (error) {
+    const runId = runIdIn(delivery.body);
+    env.logger.warn({ err: error, runId }, `${stage.name}: invalid event terminated`);
+    if (runId) await announce(failureEvent(runId, stage.name, error, delivery.attempt), env);
+    return { kind: 'term', reason: (error as Error).message };
+  }
+  await recordStageStart(env.runState, event.data.runId, stage.name).catch(() => undefined);
+  return event;
 }
 
 /** JetStream gave up on a notification (ingest crashed or hung on every delivery): filed under the message's hash. */
@@ -132,7 +143,7 @@ export function runIdIn(body: string): string | undefined {
   try {
     const json = JSON.parse(body) as { runId?: unknown; data?: { runId?: unknown } };
     const runId = json.runId ?? json.data?.runId;
-    return typeof runId === 'string' && /^[0-9a-f]{16}$/.test(runId) ? runId : undefined;
+    return RunId.safeParse(runId).success ? (runId as string) : undefined;
   } catch {
     return undefined;
   }

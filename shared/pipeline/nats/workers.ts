@@ -1,7 +1,7 @@
 import type { AnyCloudEvent } from '../../events/index.ts';
 import { openKv } from '../../bus/nats/provision.ts';
 import type { Logger } from '../../logging/index.ts';
-import type { AnyStage, IngestFunction, StageName } from '../stage.ts';
+import { stageNamed, type AnyStage, type IngestFunction, type StageName } from '../stage.ts';
 import { exhaustedHandler, ingestExhaustedHandler, ingestProcessor, stageProcessor, type ProcessorEnvironment } from './processors.ts';
 import type { NatsRuntime } from './runtime.ts';
 import { startWorker, type Worker, type WorkerOptions } from './worker.ts';
@@ -53,7 +53,7 @@ export async function startWorkers(options: WorkerSetOptions): Promise<{ stop():
       workers.push(await startWorker('ingest', ingestProcessor(options.ingest, await openKv(runtime.nc, 'heimdall_ingest'), env), { ...common, onProgress, onExhausted: ingestExhaustedHandler(env) }));
       continue;
     }
-    const stage = options.stages.find((s) => s.name === name)!;
+    const stage = stageNamed(options.stages, name);
     workers.push(await startWorker(name, stageProcessor(stage, env), { ...common, onProgress, onExhausted: exhaustedHandler(stage, env) }));
   }
   logger.info({ stages: options.names }, 'workers started');

@@ -1,7 +1,7 @@
 import { readdir, readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { writeAtomically } from '../../storage/fs.ts';
-import type { RunState, RunStateStore } from './run-state.ts';
+import { isRunKey, type RunState, type RunStateStore } from './run-state.ts';
 
 /**
  * The embedded RunStateStore: `<dataDir>/runs/<runId>.json`. One process writes a data dir at a
@@ -41,8 +41,7 @@ export class FsRunStateStore implements RunStateStore {
   }
 
   private path(runId: string): string {
-    // Run ids are hex (or `unknown`); anything else must not escape the folder.
-    if (!/^[0-9a-z]+$/.test(runId)) throw new Error(`invalid run id ${runId}`);
+    if (!isRunKey(runId)) throw new Error(`invalid run id ${runId}`);
     return join(this.dir, `${runId}.json`);
   }
 }

@@ -75,6 +75,14 @@ export function applyEvent(state: RunState | undefined, event: AnyCloudEvent): R
   };
 }
 
+/**
+ * What may name a run record: run ids are 16 hex digits, `unknown` when a file could not even be
+ * hashed; anything else (from a URL or a file name) is refused before it reaches a store.
+ */
+export function isRunKey(id: string): boolean {
+  return /^[0-9a-z]{1,64}$/.test(id);
+}
+
 /** The RunStateStore port: KV bucket `heimdall_runs` on NATS, files in the data dir when embedded. */
 export interface RunStateStore {
   get(runId: string): Promise<RunState | undefined>;
