@@ -2,6 +2,13 @@ import type { AnyCloudEvent } from '../events/index.ts';
 import { formatBytes, formatCount, formatSeconds } from './format.ts';
 
 const COLUMNS = 80;
+/** Time, run and stage before the figure: `hh:mm:ss 01234567 stage     `. */
+const PREFIX = 28;
+
+/** A long key keeps its end (the file name), which says more than its first folders. */
+function keepEnd(text: string, room: number): string {
+  return text.length <= room ? text : `…${text.slice(text.length - room + 1)}`;
+}
 
 /**
  * One readable line per pipeline event, at most 80 columns: time, run, stage, outcome, key figure
@@ -19,8 +26,10 @@ export function eventLine(event: AnyCloudEvent): string {
 /** The stage an event speaks for and its key figure (size, parity error, p50, version, error). */
 export function describeEvent(event: AnyCloudEvent): [string, string] {
   switch (event.type) {
-    case 'heimdall.checkpoint.created':
-      return ['ingest', `checkpoint ${event.data.key} (${formatBytes(event.data.size)})`];
+    case 'heimdall.checkpoint.created': {
+      const size = formatBytes(event.data.size);
+      return ['ingest', `checkpoint ${keepEnd(event.data.key, COLUMNS - PREFIX - 'checkpoint  ()'.length - size.length)} (${size})`];
+    }
     case 'heimdall.model.exported': {
       const d = event.data;
       return ['export', `${d.architecture.variant}, ${formatCount(d.architecture.params)} params -> ${formatBytes(d.onnx.bytes)} opset ${d.onnx.opset} in ${formatSeconds(d.durationMs)}`];
