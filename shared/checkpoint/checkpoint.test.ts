@@ -2,6 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { copyFile, readFile, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { crc32 } from 'node:zlib';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { tempDir } from '../../test/support/temp.ts';
 import { SMALL_SPEC } from '../../test/support/small-model.ts';
@@ -132,6 +133,27 @@ pickle.loads(data)`;
     bytes[record.dataOffset + 5]! ^= 0xff;
     await writeFile(path, bytes);
     await expectCode(path, 'CHECKPOINT_CORRUPT', /CRC mismatch in .*data\/3/);
+  });
+
+  it('hands the CRC checks of the records it reads to a caller that checksums them itself', async () => {
+    const path = join(dir, 'crc-deferred.pth');
+    const bytes = await readFile(join(dir, 'bare.pth'));
+    const file = await RandomAccessFile.open(join(dir, 'bare.pth'));
+    const zip = await ZipReader.open(file);
+    const damaged = [...zip.entries.values()].find((e) => e.name.endsWith('/data/3'))!;
+    await file.close();
+    bytes[damaged.dataOffset + 5]! ^= 0xff;
+    await writeFile(path, bytes);
+
+    const checkpoint = await openCheckpoint(path);
+    const checks = checkpoint.deferRecordChecks!();
+    const crcs = checks.records.map((r) => crc32(bytes.subarray(r.offset, r.offset + r.length)));
+    expect(checks.records).toContainEqual({ offset: damaged.dataOffset, length: damaged.size });
+    // Nothing read yet: nothing to fail.
+    checks.verify(crcs);
+    for (const t of checkpoint.tensors.values()) await t.readFloat32();
+    expect(() => checks.verify(crcs)).toThrow(expect.objectContaining({ code: 'CHECKPOINT_CORRUPT', message: expect.stringMatching(/CRC mismatch in .*data\/3/) }));
+    await checkpoint.close();
   });
 
   it('reports a missing file as CHECKPOINT_NOT_FOUND', async () => {

@@ -1,7 +1,7 @@
 import { ErrorCodes, HeimdallError } from '../errors/index.ts';
 import { RandomAccessFile } from './random-access-file.ts';
 import { readSafetensors } from './safetensors.ts';
-import { readTorchArchive, TorchTensor } from './torch-zip.ts';
+import { readTorchArchive, storageEntries, TorchTensor } from './torch-zip.ts';
 import type { Checkpoint, CheckpointLayout, LazyTensor } from './types.ts';
 import { OpaqueObject, describe, type PickleValue } from './unpickler.ts';
 import { ZIP_MAGIC } from './zip-reader.ts';
@@ -35,17 +35,19 @@ async function fromSafetensors(file: RandomAccessFile): Promise<Checkpoint> {
 }
 
 async function fromTorchZip(file: RandomAccessFile): Promise<Checkpoint> {
-  const { root, placeholders } = await readTorchArchive(file);
+  const { root, placeholders, zip } = await readTorchArchive(file);
   const warnings = placeholders.map((g) => `unknown pickle global ${g} kept as an inert placeholder`);
   const { layout, stateDict, config } = locateStateDict(root);
   const parity = root instanceof Map && root.get('parity') instanceof Map ? tensorMap(root.get('parity') as Map<PickleValue, PickleValue>, 'parity') : undefined;
+  const tensors = stripWrapperPrefix(tensorMap(stateDict, 'state dict'));
   return {
     format: 'torch-zip',
     layout,
-    tensors: stripWrapperPrefix(tensorMap(stateDict, 'state dict')),
+    tensors,
     config,
     ...(parity ? { parity } : {}),
     warnings,
+    deferRecordChecks: () => zip.deferChecks(storageEntries(tensors.values())),
     close: () => file.close(),
   };
 }

@@ -4,7 +4,7 @@ import { gatherStrided, toFloat32 } from './tensor-data.ts';
 import { StorageType, torchGlobalPolicy } from './torch-globals.ts';
 import { DTYPE_BYTES, type DType, type LazyTensor } from './types.ts';
 import { describe, unpickle, type PickleValue } from './unpickler.ts';
-import { ZipReader } from './zip-reader.ts';
+import { ZipReader, type ZipEntry } from './zip-reader.ts';
 
 /**
  * torch.save's zip format (torch/serialization.py `_save`): `<root>/data.pkl` holds the object, each
@@ -16,11 +16,15 @@ import { ZipReader } from './zip-reader.ts';
 class LazyStorage {
   readonly kind = 'storage';
   constructor(
-    readonly record: string,
+    readonly entry: ZipEntry,
     readonly dtype: DType,
     readonly numel: number,
     private readonly zip: ZipReader,
   ) {}
+
+  get record(): string {
+    return this.entry.name;
+  }
 
   read(scratch?: Uint8Array): Promise<Uint8Array> {
     return this.zip.read(this.record, scratch);
@@ -54,6 +58,14 @@ export interface TorchArchive {
   readonly root: PickleValue;
   /** Globals that became inert placeholders. */
   readonly placeholders: readonly string[];
+  readonly zip: ZipReader;
+}
+
+/** The storage records behind `tensors`, each once. */
+export function storageEntries(tensors: Iterable<LazyTensor>): ZipEntry[] {
+  const entries = new Set<ZipEntry>();
+  for (const tensor of tensors) if (tensor instanceof TorchTensor) entries.add(tensor.storage.entry);
+  return [...entries];
 }
 
 export async function readTorchArchive(file: RandomAccessFile): Promise<TorchArchive> {
@@ -90,14 +102,14 @@ export async function readTorchArchive(file: RandomAccessFile): Promise<TorchArc
         `storage ${key} holds ${entry.size} bytes but declares ${numel} ${type.dtype} elements (${expected} bytes)`,
       );
     }
-    const storage = new LazyStorage(record, type.dtype, numel, zip);
+    const storage = new LazyStorage(entry, type.dtype, numel, zip);
     storages.set(key, storage);
     return storage;
   };
 
   const policy = torchGlobalPolicy((args, global) => rebuildTensor(args, global));
   const value = unpickle(await zip.read(pickles[0]!), { resolveGlobal: policy.resolve, persistentLoad });
-  return { root: value, placeholders: [...policy.placeholders] };
+  return { root: value, placeholders: [...policy.placeholders], zip };
 }
 
 /** `_rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, backward_hooks[, metadata])`. */

@@ -15,6 +15,12 @@ export const DTYPE_BYTES: Readonly<Record<DType, number>> = {
   bool: 1,
 };
 
+/** A byte range of the checkpoint file. */
+export interface FileRange {
+  readonly offset: number;
+  readonly length: number;
+}
+
 export interface LazyTensor {
   readonly dtype: DType;
   readonly shape: readonly number[];
@@ -43,5 +49,20 @@ export interface Checkpoint {
   readonly parity?: ReadonlyMap<string, LazyTensor>;
   /** Non-fatal findings: unknown pickle globals turned into placeholders, and the like. */
   readonly warnings: readonly string[];
+  /**
+   * Hands the CRC-32 checks of the tensors' storage records to a caller that streams the whole file
+   * anyway: records read from then on are not checked on read. Absent where the format has no checksums.
+   */
+  deferRecordChecks?(): DeferredRecordChecks;
   close(): Promise<void>;
+}
+
+export interface DeferredRecordChecks {
+  /** The records to checksum. */
+  readonly records: readonly FileRange[];
+  /**
+   * Takes the CRC-32 of each of `records` and throws CHECKPOINT_CORRUPT, as a checked read would have,
+   * for the first record read since the hand-over whose CRC does not match.
+   */
+  verify(crc32s: readonly number[]): void;
 }

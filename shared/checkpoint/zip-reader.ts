@@ -1,6 +1,7 @@
 import { crc32 } from 'node:zlib';
 import { ErrorCodes, HeimdallError } from '../errors/index.ts';
 import type { RandomAccessFile } from './random-access-file.ts';
+import type { DeferredRecordChecks } from './types.ts';
 import {
   CENTRAL_HEADER_SIZE,
   CENTRAL_SIGNATURE,
@@ -40,6 +41,10 @@ export const ZIP_MAGIC = [0x50, 0x4b, 0x03, 0x04] as const;
 const corrupt = (message: string) => new HeimdallError(ErrorCodes.CHECKPOINT_CORRUPT, message);
 
 export class ZipReader {
+  /** Entries whose CRC check was handed over (`deferChecks`), and which of them have been read since. */
+  private deferred = new Set<string>();
+  private readonly readUnchecked = new Set<string>();
+
   private constructor(
     private readonly file: RandomAccessFile,
     readonly entries: ReadonlyMap<string, ZipEntry>,
@@ -89,17 +94,37 @@ export class ZipReader {
     return new ZipReader(file, entries);
   }
 
-  /** The whole entry, CRC-checked (into `scratch` when it is large enough). */
+  /** The whole entry, CRC-checked unless the check was deferred (into `scratch` when it is large enough). */
   async read(name: string, scratch?: Uint8Array): Promise<Uint8Array> {
     const entry = this.entries.get(name);
     if (!entry) throw corrupt(`archive has no entry ${name}`);
     const data = await this.file.read(entry.dataOffset, entry.size, scratch);
-    const actual = crc32(data) >>> 0;
-    if (actual !== entry.crc32) {
-      throw corrupt(`CRC mismatch in ${name}: stored ${hex(entry.crc32)}, computed ${hex(actual)}`);
-    }
+    if (this.deferred.has(name)) this.readUnchecked.add(name);
+    else checkCrc(entry, crc32(data));
     return data;
   }
+
+  /**
+   * Stops CRC-checking `entries` on read, for a caller that checksums them while streaming the file
+   * anyway (a second pass over gigabytes on the reading thread costs more than the read itself);
+   * `verify` then fails as `read` would have.
+   */
+  deferChecks(entries: readonly ZipEntry[]): DeferredRecordChecks {
+    this.deferred = new Set(entries.map((e) => e.name));
+    return {
+      records: entries.map((e) => ({ offset: e.dataOffset, length: e.size })),
+      verify: (crc32s) => {
+        const computed = new Map(entries.map((e, i) => [e.name, crc32s[i]!]));
+        // In read order, so the error names the record a checked read would have failed on.
+        for (const name of this.readUnchecked) checkCrc(this.entries.get(name)!, computed.get(name)!);
+      },
+    };
+  }
+}
+
+function checkCrc(entry: ZipEntry, computed: number): void {
+  const actual = computed >>> 0;
+  if (actual !== entry.crc32) throw corrupt(`CRC mismatch in ${entry.name}: stored ${hex(entry.crc32)}, computed ${hex(actual)}`);
 }
 
 async function readEndOfCentralDirectory(file: RandomAccessFile) {

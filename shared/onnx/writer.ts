@@ -42,6 +42,8 @@ export interface WriteOptions {
   externalData?: boolean;
   /** Called with each initializer's bytes as they pass (e.g. to scan for NaN). */
   inspect?: (name: string, data: Uint8Array) => void;
+  /** Allocates the two buffers initializers are produced in (file readers want them aligned). */
+  scratchBuffer?: (byteLength: number) => Uint8Array;
 }
 
 export interface WrittenModel {
@@ -96,7 +98,8 @@ export async function writeModel(model: ModelDef, path: string, options: WriteOp
     // scratch buffers alternate, so weights land in memory that is already mapped instead of
     // gigabytes of fresh pages; a buffer is refilled only once the write holding it has finished.
     const largest = Math.max(0, ...graph.initializers.map((i) => i.byteLength));
-    const scratch = [new Uint8Array(largest), new Uint8Array(largest)];
+    const allocate = options.scratchBuffer ?? ((n: number) => new Uint8Array(n));
+    const scratch = [allocate(largest), allocate(largest)];
     const released: Promise<void>[] = [Promise.resolve(), Promise.resolve()];
     const fetch = async (i: number) => {
       await released[i % 2];
@@ -155,7 +158,9 @@ const align = (offset: number) => Math.ceil(offset / EXTERNAL_ALIGNMENT) * EXTER
  */
 class HashingFile {
   private readonly hash = createHash('sha256');
+  /** Two buffers, swapped on flush: the other one's write has finished by the time this one fills. */
   private buffer = new Uint8Array(WRITE_BUFFER);
+  private spare = new Uint8Array(WRITE_BUFFER);
   private buffered = 0;
   private position = 0;
   private inFlight: Promise<void> = Promise.resolve();
@@ -207,7 +212,7 @@ class HashingFile {
   private async flush(): Promise<void> {
     if (this.buffered === 0) return;
     const chunk = this.buffer.subarray(0, this.buffered);
-    this.buffer = new Uint8Array(WRITE_BUFFER);
+    [this.buffer, this.spare] = [this.spare, this.buffer];
     this.buffered = 0;
     await this.enqueue(chunk);
   }

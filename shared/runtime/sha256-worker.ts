@@ -1,18 +1,46 @@
-// Hashes a file in a worker thread, posting progress; a second core takes the work off the exporter.
+// Loaded as CommonJS (see startWorker): no top-level await, no import.meta.
+// Streams a file once in a worker thread: its sha256 and, on the way, the CRC-32 of some ranges (see
+// sha256.ts); a second core takes the work off the exporter.
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { closeSync, openSync, readSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
+import { crc32 } from 'node:zlib';
+import { alignedBuffer } from '../checkpoint/weight-buffers.ts';
+import type { ByteRange, ScanRequest } from './sha256.ts';
 
-const { path } = workerData as { path: string };
+const CHUNK = 4 * 1024 * 1024;
+
+const { path, crc32Ranges } = workerData as ScanRequest;
 const hash = createHash('sha256');
-let done = 0;
+const crc32s = crc32Ranges.map(() => 0);
+// One buffer, reused (no fresh pages to fault in for every chunk) and page-aligned (fast reads).
+const buffer = alignedBuffer(CHUNK);
 try {
-  for await (const chunk of createReadStream(path, { highWaterMark: 4 * 1024 * 1024 })) {
-    hash.update(chunk as Buffer);
-    done += (chunk as Buffer).byteLength;
-    parentPort!.postMessage({ kind: 'progress', done });
+  const fd = openSync(path, 'r');
+  try {
+    for (let position = 0; ; ) {
+      const length = readSync(fd, buffer, 0, CHUNK, position);
+      if (length === 0) break;
+      const chunk = buffer.subarray(0, length);
+      hash.update(chunk);
+      crc32Ranges.forEach((range, i) => {
+        const part = overlap(chunk, position, range);
+        if (part) crc32s[i] = crc32(part, crc32s[i]);
+      });
+      position += length;
+      parentPort!.postMessage({ kind: 'progress', done: position });
+    }
+  } finally {
+    closeSync(fd);
   }
-  parentPort!.postMessage({ kind: 'done', sha256: hash.digest('hex') });
+  parentPort!.postMessage({ kind: 'done', sha256: hash.digest('hex'), crc32s });
 } catch (error) {
   parentPort!.postMessage({ kind: 'error', message: (error as Error).message });
+}
+
+/** The part of `range` inside `chunk` (which starts at file offset `position`), if any. */
+function overlap(chunk: Uint8Array, position: number, range: ByteRange): Uint8Array | undefined {
+  const start = Math.max(range.offset, position);
+  const end = Math.min(range.offset + range.length, position + chunk.byteLength);
+  return start < end ? chunk.subarray(start - position, end - position) : undefined;
 }

@@ -2,15 +2,46 @@ import { stat } from 'node:fs/promises';
 import { ErrorCodes, HeimdallError } from '../errors/index.ts';
 import { startWorker } from './worker.ts';
 
+export interface ByteRange {
+  readonly offset: number;
+  readonly length: number;
+}
+
+export interface ScanRequest {
+  readonly path: string;
+  /** Ranges to CRC-32 on the way. */
+  readonly crc32Ranges: readonly ByteRange[];
+}
+
+export interface FileScan {
+  readonly sha256: string;
+  /** One per `crc32Ranges`. */
+  readonly crc32s: readonly number[];
+}
+
+type ScanMessage =
+  | { kind: 'progress'; done: number }
+  | ({ kind: 'done' } & FileScan)
+  | { kind: 'error'; message: string };
+
 /** The sha256 of a file, computed in a worker thread so that it runs beside the caller's own work. */
 export async function sha256File(path: string, onProgress?: (doneBytes: number, totalBytes: number) => void): Promise<string> {
+  return (await scanFile({ path, crc32Ranges: [] }, onProgress)).sha256;
+}
+
+/**
+ * The sha256 of a file and, on the way, the CRC-32 of ranges of it, in a worker thread: a reader that
+ * needs both makes one pass over the file, beside its own work.
+ */
+export async function scanFile(request: ScanRequest, onProgress?: (doneBytes: number, totalBytes: number) => void): Promise<FileScan> {
+  const { path } = request;
   const { size } = await stat(path);
-  const worker = startWorker(new URL('./sha256-worker.ts', import.meta.url), { path });
+  const worker = startWorker(new URL('./sha256-worker.ts', import.meta.url), request, { commonJs: true });
   try {
-    return await new Promise<string>((resolve, reject) => {
-      worker.on('message', (message: { kind: 'progress'; done: number } | { kind: 'done'; sha256: string } | { kind: 'error'; message: string }) => {
+    return await new Promise<FileScan>((resolve, reject) => {
+      worker.on('message', (message: ScanMessage) => {
         if (message.kind === 'progress') onProgress?.(message.done, size);
-        else if (message.kind === 'done') resolve(message.sha256);
+        else if (message.kind === 'done') resolve({ sha256: message.sha256, crc32s: message.crc32s });
         else reject(new HeimdallError(ErrorCodes.IO_ERROR, `cannot hash ${path}: ${message.message}`));
       });
       worker.on('error', (error) => reject(new HeimdallError(ErrorCodes.IO_ERROR, `cannot hash ${path}: ${error.message}`, { cause: error })));

@@ -6,7 +6,7 @@
  */
 import { execFile } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import * as ort from 'onnxruntime-node';
@@ -24,6 +24,11 @@ interface Measure {
   maxRssBytes: number;
 }
 
+interface Runs extends Measure {
+  /** Fastest and slowest run. */
+  spread: [number, number];
+}
+
 const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
 const percentile = (values: number[], p: number) => [...values].sort((a, b) => a - b)[Math.min(values.length - 1, Math.floor((p / 100) * values.length))]!;
 
@@ -35,13 +40,17 @@ async function weightBytes(path: string): Promise<number> {
   return bytes;
 }
 
-async function ours(checkpoint: string, out: string): Promise<Measure> {
+async function ours(checkpoint: string, out: string): Promise<Runs> {
   const runs: Measure[] = [];
   for (let i = 0; i < exportRuns; i++) {
+    // Each run writes a new file, as torch.onnx.export does: renaming over the previous run's output
+    // costs about a second of ext4 disk work on this machine (the new file's writeback starts first: auto_da_alloc).
+    await rm(out, { force: true });
     const { stdout } = await run(process.execPath, ['--import', 'tsx', join(here, 'export-child.ts'), checkpoint, out], { maxBuffer: 1 << 20 });
     runs.push(JSON.parse(stdout.trim().split('\n').at(-1)!));
   }
-  return { seconds: median(runs.map((r) => r.seconds)), maxRssBytes: Math.max(...runs.map((r) => r.maxRssBytes)) };
+  const seconds = runs.map((r) => r.seconds);
+  return { seconds: median(seconds), spread: [Math.min(...seconds), Math.max(...seconds)], maxRssBytes: Math.max(...runs.map((r) => r.maxRssBytes)) };
 }
 
 async function torchExport(python: string, checkpoint: string, out: string): Promise<Measure> {
@@ -68,6 +77,7 @@ async function latency(models: Record<string, string>, batch: number, runs: numb
   return Object.fromEntries(Object.entries(times).map(([n, t]) => [n, { p50: percentile(t, 50), p90: percentile(t, 90) }]));
 }
 
+const loadAtStart = loadavg();
 const { debianPython } = await ensureOracle();
 const work = await mkdtemp(join(tmpdir(), 'heimdall-bench-'));
 const report: Record<string, unknown> = {};
@@ -92,7 +102,7 @@ try {
     report[variant] = { weightBytes: weights, ours: our, torch, latency: { batch1: b1, batch8: b8 } };
     lines.push(
       `${variant} (weights ${formatBytes(weights)})`,
-      `  export   heimdall ${our.seconds.toFixed(2)} s   torch.onnx.export ${torch.seconds.toFixed(2)} s   speed-up x${(torch.seconds / our.seconds).toFixed(1)}` +
+      `  export   heimdall ${our.seconds.toFixed(2)} s (median of ${exportRuns}, ${our.spread.map((t) => t.toFixed(2)).join('-')})   torch.onnx.export ${torch.seconds.toFixed(2)} s   speed-up x${(torch.seconds / our.seconds).toFixed(1)}` +
         (variant === 'large' ? `   [${verdict(our.seconds <= 3)}: <= 3 s]` : ''),
       // The RSS target is about the weights (large); a small model's ratio is dominated by Node's own ~150 MB.
       `  peak RSS heimdall ${formatBytes(our.maxRssBytes)} (${rssRatio.toFixed(2)}x weights)   torch ${formatBytes(torch.maxRssBytes)} (${(torch.maxRssBytes / weights).toFixed(2)}x)` +
@@ -104,6 +114,9 @@ try {
       }),
     );
   }
+  // The machine is shared: the load says how much of it the runs had.
+  const load = (l: number[]) => l.map((x) => x.toFixed(2)).join(' ');
+  lines.push(`load average (1/5/15 min) at start ${load(loadAtStart)}, at end ${load(loadavg())} (${availableParallelism()} cores)`);
   console.log(lines.join('\n'));
   console.log(JSON.stringify(report));
 } finally {

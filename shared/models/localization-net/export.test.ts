@@ -1,8 +1,12 @@
+import { existsSync } from 'node:fs';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { tempDir } from '../../../test/support/temp.ts';
 import { SMALL_SPEC, writeSmallCheckpoint } from '../../../test/support/small-model.ts';
+import { RandomAccessFile } from '../../checkpoint/random-access-file.ts';
+import { ZipReader } from '../../checkpoint/zip-reader.ts';
 import { readModelSummary } from '../../onnx/reader.ts';
 import { structuralProblems } from '../../onnx/structure.ts';
 import { exportCheckpoint } from './export.ts';
@@ -72,6 +76,20 @@ describe('exportCheckpoint', () => {
     const inline = await run(join(dir, 'small-14.onnx'), 2);
     const external = await run(out, 2);
     expect(Array.from(external.positions.data as Float32Array)).toEqual(Array.from(inline.positions.data as Float32Array));
+  });
+
+  it('fails on a damaged weight record with CHECKPOINT_CORRUPT and leaves no model behind', async () => {
+    const path = join(dir, 'crc.pth');
+    const bytes = await readFile(checkpoint);
+    const file = await RandomAccessFile.open(checkpoint);
+    const zip = await ZipReader.open(file);
+    const record = [...zip.entries.values()].find((e) => e.name.endsWith('/data/7'))!;
+    await file.close();
+    bytes[record.dataOffset + 3]! ^= 0x40;
+    await writeFile(path, bytes);
+    const out = join(dir, 'crc.onnx');
+    await expect(exportCheckpoint(path, out)).rejects.toMatchObject({ code: 'CHECKPOINT_CORRUPT', message: expect.stringMatching(/CRC mismatch in .*data\/7/) });
+    expect(existsSync(out) || existsSync(`${out}.partial`)).toBe(false);
   });
 
   it('warns about NaN/Inf weights but still exports (validation fails them later)', async () => {

@@ -1,7 +1,8 @@
 import { stat } from 'node:fs/promises';
 import { openCheckpoint, type CheckpointFormat, type CheckpointLayout } from '../../checkpoint/index.ts';
+import { alignedBuffer, countNonFinite } from '../../checkpoint/weight-buffers.ts';
 import { writeModel, type WriteProgress, type WrittenModel } from '../../onnx/writer.ts';
-import { sha256File } from '../../runtime/sha256.ts';
+import { scanFile } from '../../runtime/sha256.ts';
 import type { LocalizationNetSpec } from './architecture.ts';
 import { buildLocalizationGraph, DEFAULT_OPSET, IR_VERSION, type Opset } from './graph.ts';
 import { inferArchitecture, parameterCount } from './infer.ts';
@@ -35,9 +36,14 @@ export async function exportCheckpoint(checkpointPath: string, outPath: string, 
   try {
     const spec = inferArchitecture(checkpoint.tensors, checkpoint.config);
     const parameters = parameterCount(spec);
-    // Hashed in a worker while the weights are written; the digest goes into the model's metadata, written last.
-    const hashing = sha256File(checkpointPath, (doneBytes, totalBytes) => options.onProgress?.({ phase: 'hash', doneBytes, totalBytes }));
-    hashing.catch(() => undefined);
+    // A worker hashes the checkpoint while the weights are written (the digest goes into the metadata,
+    // written last). It streams the whole file anyway, so it also checks the CRC-32 of the records we
+    // read, which would otherwise cost this thread a pass over every weight.
+    const records = checkpoint.deferRecordChecks?.();
+    const scanning = scanFile({ path: checkpointPath, crc32Ranges: records?.records ?? [] }, (doneBytes, totalBytes) =>
+      options.onProgress?.({ phase: 'hash', doneBytes, totalBytes }),
+    );
+    scanning.catch(() => undefined);
     const nonFinite = new Map<string, number>();
     const graph = buildLocalizationGraph(spec, checkpoint.tensors, opset);
     const onnx = await writeModel(
@@ -47,34 +53,41 @@ export async function exportCheckpoint(checkpointPath: string, outPath: string, 
         producerName: PRODUCER_NAME,
         producerVersion: PRODUCER_VERSION,
         docString: `LocalizationNet (ConvNeXt-${spec.variant}) exported by Heimdall from a ${checkpoint.format} checkpoint`,
-        metadata: async () => ({
-          model_type: 'LocalizationNet',
-          architecture: `convnext-${spec.variant}`,
-          variant: spec.variant,
-          source_sha256: await hashing,
-          parameters: String(parameters),
-          opset: String(opset),
-          dims: spec.dims.join(','),
-          depths: spec.depths.join(','),
-          position_head: spec.positionHidden.join(','),
-          uncertainty_head: spec.uncertaintyHidden.join(','),
-          uncertainty_min: String(spec.uncertaintyMin),
-          uncertainty_max: String(spec.uncertaintyMax),
-          checkpoint_layout: checkpoint.layout,
-        }),
+        metadata: async () => {
+          const scan = await scanning;
+          // Every weight has been read: a damaged record fails the export before the model is published.
+          records?.verify(scan.crc32s);
+          return {
+            model_type: 'LocalizationNet',
+            architecture: `convnext-${spec.variant}`,
+            variant: spec.variant,
+            source_sha256: scan.sha256,
+            parameters: String(parameters),
+            opset: String(opset),
+            dims: spec.dims.join(','),
+            depths: spec.depths.join(','),
+            position_head: spec.positionHidden.join(','),
+            uncertainty_head: spec.uncertaintyHidden.join(','),
+            uncertainty_min: String(spec.uncertaintyMin),
+            uncertainty_max: String(spec.uncertaintyMax),
+            checkpoint_layout: checkpoint.layout,
+          };
+        },
         graph,
       },
       outPath,
       {
         ...(options.externalData !== undefined ? { externalData: options.externalData } : {}),
         inspect: (name, data) => {
-          const count = countNonFinite(data);
+          const count = countNonFinite(new Float32Array(data.buffer, data.byteOffset, data.byteLength / 4));
           if (count > 0) nonFinite.set(name, count);
         },
         onProgress: (p: WriteProgress) => options.onProgress?.({ phase: 'write', doneBytes: p.writtenBytes, totalBytes: p.totalBytes }),
+        // Weights are read into these, and counted there at memory speed (weight-buffers.ts).
+        scratchBuffer: alignedBuffer,
       },
     );
-    const sha256 = await hashing;
+    const { sha256 } = await scanning;
     const warnings = [
       ...checkpoint.warnings,
       ...[...nonFinite].map(([name, count]) => `${count} NaN/Inf values in ${name}`),
@@ -93,15 +106,4 @@ export async function exportCheckpoint(checkpointPath: string, outPath: string, 
   } finally {
     await checkpoint.close();
   }
-}
-
-function countNonFinite(data: Uint8Array): number {
-  const values = new Float32Array(data.buffer, data.byteOffset, data.byteLength / 4);
-  // Fast path: x * 0 is NaN exactly when x is NaN or infinite, so one sum tells whether to count.
-  let probe = 0;
-  for (let i = 0; i < values.length; i++) probe += values[i]! * 0;
-  if (probe === 0) return 0;
-  let count = 0;
-  for (let i = 0; i < values.length; i++) if (!Number.isFinite(values[i]!)) count++;
-  return count;
 }

@@ -1,0 +1,40 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { crc32 } from 'node:zlib';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { tempDir } from '../../test/support/temp.ts';
+import { scanFile, sha256File } from './sha256.ts';
+
+let path: string;
+let bytes: Buffer;
+beforeAll(async () => {
+  // Past the worker's 4 MiB chunk, so ranges straddle chunk boundaries.
+  bytes = randomBytes(9 * 1024 * 1024 + 123);
+  path = join(await tempDir(), 'file.bin');
+  await writeFile(path, bytes);
+});
+
+describe('scanFile', () => {
+  it('gives the sha256 of the file and the CRC-32 of each range, in one pass', async () => {
+    const ranges = [
+      { offset: 0, length: 10 },
+      { offset: 4 * 1024 * 1024 - 7, length: 5 * 1024 * 1024 },
+      { offset: 100, length: 0 },
+      { offset: bytes.byteLength - 1000, length: 1000 },
+    ];
+    const progress: number[] = [];
+    const scan = await scanFile({ path, crc32Ranges: ranges }, (done, total) => {
+      expect(total).toBe(bytes.byteLength);
+      progress.push(done);
+    });
+    expect(scan.sha256).toBe(createHash('sha256').update(bytes).digest('hex'));
+    expect(scan.crc32s).toEqual(ranges.map((r) => crc32(bytes.subarray(r.offset, r.offset + r.length))));
+    expect(progress.at(-1)).toBe(bytes.byteLength);
+    expect(await sha256File(path)).toBe(scan.sha256);
+  });
+
+  it('rejects a missing file', async () => {
+    await expect(scanFile({ path: `${path}.missing`, crc32Ranges: [] })).rejects.toThrow();
+  });
+});
