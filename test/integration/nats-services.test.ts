@@ -3,7 +3,7 @@
  * MinIO-format notification on a real nats-server, worked by two `heimdall serve` processes, ends
  * registered in a real MLflow server, and Python MLflow loads `models:/heimdall-localization@staging`.
  */
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -11,6 +11,7 @@ import { MlflowClient } from '../../shared/registry/mlflow/client.ts';
 import { MODELS_BUCKET, modelKey } from '../../shared/storage/object-store.ts';
 import { S3ObjectStore } from '../../shared/storage/s3.ts';
 import { startNatsServer, type NatsServer } from '../support/nats-server.ts';
+import { ensureFixtures } from '../support/oracle.ts';
 import { minioNotification, PipelineObserver, startServe, stopServe, waitFor, type WorkerProcess } from '../support/nats-pipeline.ts';
 import { MLFLOW_OFFLINE_ENV, startMlflowServer, type MlflowServer } from '../support/services/mlflow-server.ts';
 import { startS3Server, type S3Server } from '../support/services/s3-server.ts';
@@ -84,5 +85,27 @@ describe('NATS workers with S3 and MLflow', () => {
     const api = new MlflowClient({ trackingUri: mlflow.url, username: mlflow.username, password: mlflow.password });
     const { model_versions = [] } = await api.get<{ model_versions?: unknown[] }>('model-versions/search', { filter: `name = '${MODEL}'` });
     expect(model_versions).toHaveLength(1);
+  });
+
+  it('stream a 1 GB checkpoint through ingest and export with the worker\'s peak RSS under 1.5x the weights', async () => {
+    // One measured worker alone on the consumers: the others stop first (they drain and exit).
+    await Promise.all(workers.splice(0).map(stopServe));
+    const env = { NATS_URL: nats.url, HEIMDALL_DATA_DIR: join(dir, 'data'), ...s3.env, ...mlflow.env, ...MLFLOW_OFFLINE_ENV };
+    const worker = startServe(env, ['--stages', 'ingest,export']);
+    workers.push(worker);
+    await waitFor('the measured worker', () => worker.stderr().includes('serving'), 60_000);
+
+    // ConvNeXt-base with its Adam state: 1.06 GB on disk, 352 MB of weights.
+    const fixture = (await ensureFixtures('base')).files.find((f) => f.name === 'full.pth')!;
+    const store = new S3ObjectStore(s3);
+    const info = await store.putFile(TRAINING_BUCKET, 'runs/base-with-optimizer.pth', fixture.path);
+    expect(info.size).toBeGreaterThan(1e9);
+    await observer.notify(minioNotification(TRAINING_BUCKET, 'runs/base-with-optimizer.pth', info));
+    const exported = await waitFor('the export', () => observer.of('heimdall.model.exported').find((e) => e.data.checkpoint.uri.endsWith('base-with-optimizer.pth')), 300_000);
+
+    const weightBytes = exported.data.architecture.params * 4;
+    const peak = Number(/VmHWM:\s+(\d+) kB/.exec(await readFile(`/proc/${worker.child.pid}/status`, 'utf8'))![1]) * 1024;
+    console.info(`1 GB checkpoint through ingest + export: worker peak RSS ${(peak / 1e6).toFixed(0)} MB = ${(peak / weightBytes).toFixed(2)}x the ${(weightBytes / 1e6).toFixed(0)} MB of weights`);
+    expect(peak / weightBytes, `peak RSS ${(peak / 1e6).toFixed(0)} MB for ${(weightBytes / 1e6).toFixed(0)} MB of weights`).toBeLessThan(1.5);
   });
 });
