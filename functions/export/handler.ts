@@ -7,18 +7,21 @@ import { source, type StageHandler } from '../../shared/pipeline/stage.ts';
 import { MODELS_BUCKET, modelKey } from '../../shared/storage/object-store.ts';
 
 /**
- * checkpoint.created -> model.exported: reads the checkpoint from the object store, writes the ONNX
+ * checkpoint.created -> model.exported: reads the checkpoint from the object store (the version and
+ * etag the event names: OBJECT_NOT_FOUND when that upload was replaced), writes the ONNX
  * model to `models/localization/<runId>/model.onnx` with its metadata. Idempotent: the export is
  * deterministic and the key content-addressed, so a redelivery rewrites the same bytes.
  */
 export const exportHandler: StageHandler<'heimdall.checkpoint.created', 'heimdall.model.exported'> = async (event, ctx) => {
-  const { bucket, key, runId } = event.data;
-  const checkpoint = await ctx.store.fetchFile(bucket, key);
+  const { bucket, key, runId, versionId, etag } = event.data;
+  // The version ingest hashed (the run id is its sha256), even when newer uploads replaced it since.
+  const checkpoint = await ctx.store.fetchFile(bucket, key, { ...(versionId ? { versionId } : {}), ...(etag ? { etag } : {}) });
   const out = join(ctx.scratchDir, `${runId}.onnx`);
   try {
     ctx.progress(`exporting ${key} (${formatBytes(event.data.size)})`);
     const result = await exportCheckpoint(checkpoint.path, out, {
       opset: ctx.config.opset,
+      signal: ctx.signal,
       onProgress: ({ phase, doneBytes, totalBytes }) =>
         ctx.progress(`${phase === 'hash' ? 'hashing checkpoint' : 'writing weights'} ${formatBytes(doneBytes)} / ${formatBytes(totalBytes)}`),
     });
@@ -29,6 +32,7 @@ export const exportHandler: StageHandler<'heimdall.checkpoint.created', 'heimdal
       sha256: result.onnx.sha256,
       'source-checkpoint': checkpointUri,
       'source-checkpoint-sha256': result.checkpoint.sha256,
+      ...(versionId ? { 'source-checkpoint-version': versionId } : {}),
       'run-id': runId,
       opset: String(result.opset),
       'export-date': new Date().toISOString(),
@@ -40,7 +44,7 @@ export const exportHandler: StageHandler<'heimdall.checkpoint.created', 'heimdal
       subject: key,
       data: {
         runId,
-        checkpoint: { uri: checkpointUri, sha256: result.checkpoint.sha256, format: result.checkpoint.format },
+        checkpoint: { uri: checkpointUri, sha256: result.checkpoint.sha256, format: result.checkpoint.format, ...(versionId ? { versionId } : {}) },
         onnx: { uri: ctx.store.uri(MODELS_BUCKET, modelKey(runId)), sha256: result.onnx.sha256, bytes: result.onnx.bytes, opset: result.opset, irVersion: result.irVersion },
         architecture: { name: 'LocalizationNet', variant: result.spec.variant, params: result.parameters },
         warnings: [...result.warnings],

@@ -3,7 +3,7 @@ import { formatBytes } from '../../shared/cli/format.ts';
 import { readModelSummary } from '../../shared/onnx/reader.ts';
 import { source, type StageContext } from '../../shared/pipeline/stage.ts';
 import { sha256File } from '../../shared/runtime/sha256.ts';
-import { MODELS_BUCKET, modelKey } from '../../shared/storage/object-store.ts';
+import { MODELS_BUCKET, modelKey, type ObjectVersion } from '../../shared/storage/object-store.ts';
 import { kindOf, type ObjectRecord } from '../../shared/events/minio.ts';
 
 export type IngestResult = CloudEvent<'heimdall.checkpoint.created'> | CloudEvent<'heimdall.model.exported'>;
@@ -13,10 +13,13 @@ export type IngestResult = CloudEvent<'heimdall.checkpoint.created'> | CloudEven
  * same bytes uploaded under two names are one run. A checkpoint is announced as
  * `checkpoint.created`; an `.onnx` file is already exported: it is placed at the run's model key
  * and announced as `model.exported`, so the run goes straight to validate. Callers filter with
- * `kindOf` first.
+ * `kindOf` first. The bytes hashed are those of the version the notification names (its version id
+ * and etag); when that upload is no longer there, OBJECT_NOT_FOUND.
  */
 export async function ingestHandler(object: ObjectRecord, ctx: StageContext): Promise<IngestResult> {
-  const file = await ctx.store.fetchFile(object.bucket, object.key);
+  // The version the notification names, not whatever the key holds now: MinIO replays queued
+  // notifications after an outage, when newer uploads may have replaced the object.
+  const file = await ctx.store.fetchFile(object.bucket, object.key, versionOf(object));
   try {
     ctx.progress(`hashing ${object.key} (${formatBytes(object.size)})`);
     const sha256 = await sha256File(file.path);
@@ -47,18 +50,26 @@ async function announceModel(object: ObjectRecord, path: string, sha256: string,
     'export-date': new Date().toISOString(),
     'model-type': 'LocalizationNet',
   });
-  const params = Number(summary.metadata.parameters) || summary.graph.initializers.reduce((sum, i) => sum + i.dims.reduce((a, b) => a * b, 1), 0);
+  // The upload's own claim when it is a count, else the initializers' element count.
+  const claimed = Number(summary.metadata.parameters);
+  const counted = summary.graph.initializers.reduce((sum, i) => sum + i.dims.reduce((a, b) => a * Math.max(0, b), 1), 0);
+  const params = Number.isSafeInteger(claimed) && claimed > 0 ? claimed : Number.isSafeInteger(counted) ? counted : 0;
   return createEvent('heimdall.model.exported', {
     stage: 'export',
     source: source('ingest'),
     subject: object.key,
     data: {
       runId,
-      checkpoint: { uri: uploadedUri, sha256, format: 'onnx' },
+      checkpoint: { uri: uploadedUri, sha256, format: 'onnx', ...(object.versionId ? { versionId: object.versionId } : {}) },
       onnx: { uri: ctx.store.uri(MODELS_BUCKET, modelKey(runId)), sha256, bytes: stored.size, opset, irVersion: summary.irVersion },
       architecture: { name: 'LocalizationNet', variant: summary.metadata.variant ?? 'unknown', params },
       warnings: [],
       durationMs: 0,
     },
   });
+}
+
+/** What pins the upload a notification names: its version id and etag, where it gives them. */
+function versionOf(object: ObjectRecord): ObjectVersion {
+  return { ...(object.versionId ? { versionId: object.versionId } : {}), ...(object.etag ? { etag: object.etag } : {}) };
 }

@@ -7,7 +7,7 @@ import { inferArchitecture } from '../../shared/models/localization-net/infer.ts
 import { ReferenceModel } from '../../shared/models/localization-net/reference.ts';
 import { source, type StageContext, type StageHandler } from '../../shared/pipeline/stage.ts';
 import { openSession, sampleInput } from '../../shared/runtime/session.ts';
-import { fetchUri, PARITY_SIDECAR_SUFFIX } from '../../shared/storage/object-store.ts';
+import { fetchUri, locateUri, PARITY_SIDECAR_SUFFIX } from '../../shared/storage/object-store.ts';
 
 /** Where expected outputs come from, and the inputs they belong to. */
 interface Expected {
@@ -25,18 +25,19 @@ interface Expected {
  */
 export const parityHandler: StageHandler<'heimdall.model.validated', 'heimdall.model.parity-checked'> = async (event, ctx) => {
   const { runId, onnx, checkpoint: checkpointRef } = event.data;
-  const location = ctx.store.parseUri(checkpointRef.uri);
+  // The checkpoint version the run was exported from (a versioned bucket may hold newer ones by now).
+  const location: ObjectLocation = { ...locateUri(ctx.store, checkpointRef.uri), ...(checkpointRef.versionId ? { versionId: checkpointRef.versionId } : {}) };
   const expected = checkpointRef.format === 'onnx' ? await uploadedModelSamples(location, ctx) : await checkpointSamples(location, ctx);
 
   ctx.progress(`running the ONNX model on ${expected.samples} ${expected.reference} samples`);
   const model = await fetchUri(ctx.store, onnx.uri);
-  let actual: ort.InferenceSession.OnnxValueMapType;
+  let actual: Record<(typeof OUTPUT_NAMES)[number], Float32Array>;
   try {
     // On the provider the model will serve on (a GPU pod runs parity on CUDA): its numerics are what must match.
     const { session, warnings } = await openSession(model.path, { provider: ctx.config.benchmark.provider, threads: ctx.config.benchmark.threads });
     for (const warning of warnings) ctx.logger.warn({ runId }, warning);
     try {
-      actual = await session.run({ [INPUT_NAME]: new ort.Tensor('float32', expected.inputs, [expected.samples, ...INPUT_SHAPE]) });
+      actual = await runInBatches(session, expected.inputs, expected.samples);
     } finally {
       await session.release();
     }
@@ -45,7 +46,7 @@ export const parityHandler: StageHandler<'heimdall.model.validated', 'heimdall.m
   }
 
   const tolerance = ctx.config.parity.tolerance;
-  const perOutput = Object.fromEntries(OUTPUT_NAMES.map((name) => [name, absoluteError((actual[name] as ort.Tensor).data as Float32Array, expected.outputs[name])]));
+  const perOutput = Object.fromEntries(OUTPUT_NAMES.map((name) => [name, absoluteError(actual[name], expected.outputs[name])]));
   const passed = Object.values(perOutput).every((e) => e.maxAbs <= tolerance);
   if (!passed) {
     const figures = Object.entries(perOutput).map(([name, e]) => `${name} max |diff| ${e.maxAbs.toExponential(2)}`).join(', ');
@@ -59,7 +60,7 @@ export const parityHandler: StageHandler<'heimdall.model.validated', 'heimdall.m
 };
 
 async function checkpointSamples(location: ObjectLocation, ctx: StageContext): Promise<Expected> {
-  const file = await ctx.store.fetchFile(location.bucket, location.key);
+  const file = await ctx.store.fetchFile(location.bucket, location.key, location.versionId ? { versionId: location.versionId } : undefined);
   try {
     const checkpoint = await openCheckpoint(file.path);
     try {
@@ -83,7 +84,8 @@ async function uploadedModelSamples(location: ObjectLocation, ctx: StageContext)
   return golden;
 }
 
-type ObjectLocation = { bucket: string; key: string };
+/** Where the checkpoint is; its golden-samples sidecar is another object, read as it is now. */
+type ObjectLocation = { bucket: string; key: string; versionId?: string };
 
 async function sidecarSamples(location: ObjectLocation, ctx: StageContext): Promise<Expected | undefined> {
   const sidecarKey = `${location.key}${PARITY_SIDECAR_SUFFIX}`;
@@ -136,6 +138,34 @@ async function referenceSamples(checkpoint: Checkpoint, ctx: StageContext): Prom
     onProgress: (done, total) => ctx.progress(`reference forward pass: ${done}/${total} samples (${spec.variant})`),
   });
   return { reference: 'reference-impl', inputs, samples, outputs: { positions, uncertainties } };
+}
+
+/** The largest batch parity runs at once: a sidecar's sample count never decides how much memory inference takes. */
+export const PARITY_BATCH = 32;
+
+/**
+ * The model's outputs on `samples` inputs, PARITY_BATCH at a time. A model validate ran at every
+ * batch size that fails here (an output missing or of another size, onnxruntime refusing the
+ * inputs) is at fault itself: INVALID_MODEL, as validate would have said.
+ */
+async function runInBatches(session: ort.InferenceSession, inputs: Float32Array, samples: number): Promise<Record<(typeof OUTPUT_NAMES)[number], Float32Array>> {
+  const perSample = inputs.length / samples;
+  const outputs = Object.fromEntries(OUTPUT_NAMES.map((name) => [name, new Float32Array(samples * 2)])) as Record<(typeof OUTPUT_NAMES)[number], Float32Array>;
+  for (let start = 0; start < samples; start += PARITY_BATCH) {
+    const batch = Math.min(PARITY_BATCH, samples - start);
+    let result: ort.InferenceSession.OnnxValueMapType;
+    try {
+      result = await session.run({ [INPUT_NAME]: new ort.Tensor('float32', inputs.subarray(start * perSample, (start + batch) * perSample), [batch, ...INPUT_SHAPE]) });
+    } catch (error) {
+      throw new HeimdallError(ErrorCodes.INVALID_MODEL, `onnxruntime cannot run the model on samples ${start}-${start + batch - 1}: ${(error instanceof Error ? error.message : String(error)).split('\n')[0]}`, { cause: error });
+    }
+    for (const name of OUTPUT_NAMES) {
+      const data = (result[name] as ort.Tensor | undefined)?.data;
+      if (!(data instanceof Float32Array) || data.length !== batch * 2) throw new HeimdallError(ErrorCodes.INVALID_MODEL, `the model's ${name} output is not [${batch}, 2] float32`);
+      outputs[name].set(data, start * 2);
+    }
+  }
+  return outputs;
 }
 
 function absoluteError(actual: Float32Array, expected: Float32Array): { maxAbs: number; meanAbs: number } {

@@ -1,7 +1,8 @@
 import * as ort from 'onnxruntime-node';
 import { ErrorCodes, HeimdallError } from '../../shared/errors/index.ts';
 import { createEvent } from '../../shared/events/index.ts';
-import { INPUT_NAME, INPUT_SHAPE, OUTPUT_NAMES, OUTPUT_WIDTH } from '../../shared/models/localization-net/architecture.ts';
+import { checkUncertaintyRange, INPUT_NAME, INPUT_SHAPE, OUTPUT_NAMES, OUTPUT_WIDTH } from '../../shared/models/localization-net/architecture.ts';
+import { configNumber } from '../../shared/models/localization-net/infer.ts';
 import { BATCH_DIM } from '../../shared/models/localization-net/graph.ts';
 import { readModelSummary, type ValueSummary } from '../../shared/onnx/reader.ts';
 import { structuralProblems } from '../../shared/onnx/structure.ts';
@@ -42,8 +43,10 @@ export const validateHandler: StageHandler<'heimdall.model.exported', 'heimdall.
     try {
       for (const batch of VALIDATION_BATCHES) {
         ctx.progress(`inference at batch ${batch}`);
-        const outputs = await session.run({ [INPUT_NAME]: sampleInput(batch, batch) });
-        check(`batch-${batch}`, outputProblems(outputs, batch, range), `shapes [${batch}, ${OUTPUT_WIDTH}], finite, uncertainties in [${range.min}, ${range.max}]`);
+        // A model onnxruntime loads but cannot run (a fixed batch size, a wrong input) fails this check: INVALID_MODEL.
+        const outputs = await session.run({ [INPUT_NAME]: sampleInput(batch, batch) }).catch((error: unknown) => error instanceof Error ? error : new Error(String(error)));
+        const problems = outputs instanceof Error ? [`onnxruntime cannot run it: ${outputs.message.split('\n')[0]}`] : outputProblems(outputs, batch, range);
+        check(`batch-${batch}`, problems, `shapes [${batch}, ${OUTPUT_WIDTH}], finite, uncertainties in [${range.min}, ${range.max}]`);
       }
     } finally {
       await session.release();
@@ -85,11 +88,18 @@ function ioProblems(inputs: readonly ValueSummary[], outputs: readonly ValueSumm
   return problems;
 }
 
+/** The clamp range the model's metadata states, read as strictly as a checkpoint's config (INVALID_MODEL when malformed). */
 function uncertaintyRange(metadata: Readonly<Record<string, string>>): { min: number; max: number } {
-  const min = Number(metadata.uncertainty_min);
-  const max = Number(metadata.uncertainty_max);
-  // A model from elsewhere may not say; softplus output is positive whatever the clamp.
-  return { min: Number.isFinite(min) ? min : 0, max: Number.isFinite(max) ? max : Number.POSITIVE_INFINITY };
+  try {
+    const min = configNumber(metadata, 'uncertainty_min');
+    const max = configNumber(metadata, 'uncertainty_max');
+    // A model from elsewhere may not say; softplus output is positive whatever the clamp.
+    if (min === undefined || max === undefined) return { min: min ?? 0, max: max ?? Number.POSITIVE_INFINITY };
+    checkUncertaintyRange(min, max);
+    return { min, max };
+  } catch (error) {
+    throw error instanceof HeimdallError ? new HeimdallError(ErrorCodes.INVALID_MODEL, `model metadata: ${error.message}`) : error;
+  }
 }
 
 function outputProblems(outputs: ort.InferenceSession.OnnxValueMapType, batch: number, range: { min: number; max: number }): string[] {

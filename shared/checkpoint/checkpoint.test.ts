@@ -11,6 +11,7 @@ import { writeSampleCheckpoint } from '../models/localization-net/sample-weights
 import { openCheckpoint } from './index.ts';
 import { ZipReader } from './zip-reader.ts';
 import { RandomAccessFile } from './random-access-file.ts';
+import { writeViewCheckpoint } from './sparse-checkpoint.test-helper.ts';
 
 let dir: string;
 let bad: string;
@@ -153,6 +154,29 @@ pickle.loads(data)`;
     checks.verify(crcs);
     for (const t of checkpoint.tensors.values()) await t.readFloat32();
     expect(() => checks.verify(crcs)).toThrow(expect.objectContaining({ code: 'CHECKPOINT_CORRUPT', message: expect.stringMatching(/CRC mismatch in .*data\/3/) }));
+    await checkpoint.close();
+  });
+
+  it('refuses a config whose shared references expand to billions of values, at once (was an unbounded tree walk)', async () => {
+    const path = join(dir, 'config-dag.pt');
+    await writeViewCheckpoint(path, {
+      storages: [{ key: '0', dtype: 'float32', numel: 1 }],
+      tensors: [{ name: 'w', storage: '0', offset: 0, shape: [1], stride: [1] }],
+      // 1000^3 values from ~12 KB of pickle.
+      config: { uncertainty_min: { float: 0.01 }, history: { dag: { width: 1000, levels: 2 } } },
+    });
+    const started = performance.now();
+    await expect(openCheckpoint(path)).rejects.toMatchObject({ code: 'INVALID_CONFIG', message: expect.stringMatching(/^config config\.history.* expands to more than 100000 values/) });
+    expect(performance.now() - started).toBeLessThan(2000);
+    // The same shape, small, is plain data.
+    const small = join(dir, 'config-small-dag.pt');
+    await writeViewCheckpoint(small, {
+      storages: [{ key: '0', dtype: 'float32', numel: 1 }],
+      tensors: [{ name: 'w', storage: '0', offset: 0, shape: [1], stride: [1] }],
+      config: { history: { dag: { width: 3, levels: 1 } } },
+    });
+    const checkpoint = await openCheckpoint(small);
+    expect(checkpoint.config).toEqual({ history: [[0, 1, 2], [0, 1, 2], [0, 1, 2]] });
     await checkpoint.close();
   });
 

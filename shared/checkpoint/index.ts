@@ -1,8 +1,8 @@
 import { ErrorCodes, HeimdallError } from '../errors/index.ts';
 import { RandomAccessFile } from './random-access-file.ts';
 import { readSafetensors } from './safetensors.ts';
-import { readTorchArchive, storageEntries, TorchTensor } from './torch-zip.ts';
-import type { Checkpoint, CheckpointLayout, LazyTensor } from './types.ts';
+import { checkTensorsBacked, readTorchArchive, storageEntries, TorchTensor } from './torch-zip.ts';
+import { readerError, type Checkpoint, type CheckpointLayout, type LazyTensor } from './types.ts';
 import { OpaqueObject, describe, type PickleValue } from './unpickler.ts';
 import { ZIP_MAGIC } from './zip-reader.ts';
 
@@ -12,21 +12,26 @@ export type { Checkpoint, CheckpointFormat, CheckpointLayout, DType, LazyTensor 
 export async function openCheckpoint(path: string): Promise<Checkpoint> {
   const file = await RandomAccessFile.open(path);
   try {
-    const magic = await file.read(0, Math.min(8, file.size));
-    if (ZIP_MAGIC.every((b, i) => magic[i] === b)) return await fromTorchZip(file);
-    if (magic[0] === 0x80 && magic[1] !== undefined && magic[1] <= 5) {
-      throw new HeimdallError(
-        ErrorCodes.UNSUPPORTED_FORMAT,
-        'legacy (pre-1.6, non-zip) torch checkpoint; re-save it with a current torch.save',
-      );
-    }
-    // safetensors: an 8-byte header length, then the JSON header.
-    if (file.size >= 9 && (await file.read(8, 1))[0] === 0x7b /* { */) return await fromSafetensors(file);
-    throw new HeimdallError(ErrorCodes.UNSUPPORTED_FORMAT, `${path} is neither a torch zip checkpoint nor safetensors`);
+    return await openFormat(path, file);
   } catch (error) {
-    await file.close();
-    throw error;
+    await file.close().catch(() => undefined);
+    // Every fault of the content is one of our non-retriable codes, whatever raised it.
+    throw readerError(error, ErrorCodes.CHECKPOINT_CORRUPT);
   }
+}
+
+async function openFormat(path: string, file: RandomAccessFile): Promise<Checkpoint> {
+  const magic = await file.read(0, Math.min(8, file.size));
+  if (ZIP_MAGIC.every((b, i) => magic[i] === b)) return await fromTorchZip(file);
+  if (magic[0] === 0x80 && magic[1] !== undefined && magic[1] <= 5) {
+    throw new HeimdallError(
+      ErrorCodes.UNSUPPORTED_FORMAT,
+      'legacy (pre-1.6, non-zip) torch checkpoint; re-save it with a current torch.save',
+    );
+  }
+  // safetensors: an 8-byte header length, then the JSON header.
+  if (file.size >= 9 && (await file.read(8, 1))[0] === 0x7b /* { */) return await fromSafetensors(file);
+  throw new HeimdallError(ErrorCodes.UNSUPPORTED_FORMAT, `${path} is neither a torch zip checkpoint nor safetensors`);
 }
 
 async function fromSafetensors(file: RandomAccessFile): Promise<Checkpoint> {
@@ -35,11 +40,14 @@ async function fromSafetensors(file: RandomAccessFile): Promise<Checkpoint> {
 }
 
 async function fromTorchZip(file: RandomAccessFile): Promise<Checkpoint> {
-  const { root, placeholders, zip } = await readTorchArchive(file);
-  const warnings = placeholders.map((g) => `unknown pickle global ${g} kept as an inert placeholder`);
+  const { root, inertTypes, zip } = await readTorchArchive(file);
+  const warnings = inertTypes.map((g) => `${g} (an inert trainer type) read as plain data`);
   const { layout, stateDict, config } = locateStateDict(root);
   const parity = root instanceof Map && root.get('parity') instanceof Map ? tensorMap(root.get('parity') as Map<PickleValue, PickleValue>, 'parity') : undefined;
   const tensors = stripWrapperPrefix(tensorMap(stateDict, 'state dict'));
+  // What a file claims is checked against what it holds (DESIGN §4 Bounds).
+  checkTensorsBacked(tensors, file.size, 'state dict');
+  if (parity) checkTensorsBacked(parity, file.size, 'parity');
   return {
     format: 'torch-zip',
     layout,
@@ -66,9 +74,9 @@ function locateStateDict(root: PickleValue): {
     return value;
   };
   const lightning = nested('state_dict');
-  if (lightning) return { layout: 'lightning', stateDict: lightning, config: toPlain(root.get('hyper_parameters')) };
+  if (lightning) return { layout: 'lightning', stateDict: lightning, config: toPlain(root.get('hyper_parameters'), 'hyper_parameters') };
   const wrapped = nested('model_state_dict');
-  if (wrapped) return { layout: 'model_state_dict', stateDict: wrapped, config: toPlain(root.get('config')) };
+  if (wrapped) return { layout: 'model_state_dict', stateDict: wrapped, config: toPlain(root.get('config'), 'config') };
   const tensorCount = [...root.values()].filter((v) => v instanceof TorchTensor).length;
   if (tensorCount > 0) return { layout: 'bare', stateDict: root, config: {} };
   const keys = [...root.keys()].map(String).slice(0, 12).join(', ');
@@ -98,22 +106,38 @@ function stripWrapperPrefix(tensors: Map<string, LazyTensor>): Map<string, LazyT
   return tensors;
 }
 
-/** Pickled hyper-parameters (dicts, AttributeDict placeholders) as plain JSON-like data. */
-function toPlain(value: PickleValue | undefined): Record<string, unknown> {
-  const convert = (v: PickleValue | undefined, depth: number): unknown => {
-    if (depth > 16) return undefined;
-    if (v instanceof OpaqueObject) return v.items.size > 0 ? convert(v.items, depth + 1) : `<${v.global}>`;
+/**
+ * The most values a config may expand to. The pickle shares objects by memo reference, so a few KB
+ * can describe a DAG that a tree walk turns into 10^9 values; real hyper-parameters are tens to
+ * thousands of values.
+ */
+export const MAX_CONFIG_VALUES = 100_000;
+const MAX_CONFIG_DEPTH = 16;
+
+/** Pickled hyper-parameters (dicts, inert AttributeDicts) as plain JSON-like data, at most MAX_CONFIG_VALUES of them (INVALID_CONFIG beyond). */
+function toPlain(value: PickleValue | undefined, where: string): Record<string, unknown> {
+  let budget = MAX_CONFIG_VALUES;
+  const convert = (v: PickleValue | undefined, depth: number, path: string): unknown => {
+    if (--budget < 0) {
+      throw new HeimdallError(ErrorCodes.INVALID_CONFIG, `config ${path} expands to more than ${MAX_CONFIG_VALUES} values (shared references in the pickle?)`);
+    }
+    if (depth > MAX_CONFIG_DEPTH) return undefined;
+    if (v instanceof OpaqueObject) return v.items.size > 0 ? convert(v.items, depth + 1, path) : `<${v.global}>`;
     if (v instanceof Map) {
       const out: Record<string, unknown> = {};
-      for (const [k, item] of v) out[String(k)] = convert(item, depth + 1);
+      for (const [k, item] of v) {
+        const key = String(k);
+        // Own properties even for a key like "__proto__" (an assignment would set the prototype).
+        Object.defineProperty(out, key, { value: convert(item, depth + 1, `${path}.${key}`), enumerable: true, writable: true, configurable: true });
+      }
       return out;
     }
-    if (Array.isArray(v)) return v.map((item) => convert(item, depth + 1));
+    if (Array.isArray(v)) return v.map((item, i) => convert(item, depth + 1, `${path}[${i}]`));
     if (typeof v === 'bigint') return v.toString();
     if (v instanceof Uint8Array || v instanceof Set || typeof v === 'function') return undefined;
     if (v !== null && typeof v === 'object') return undefined;
     return v;
   };
-  const plain = convert(value, 0);
+  const plain = convert(value, 0, where);
   return plain && typeof plain === 'object' && !Array.isArray(plain) ? (plain as Record<string, unknown>) : {};
 }

@@ -59,7 +59,8 @@ function halfToFloat(h: number): number {
 
 /**
  * Copies a strided view (PyTorch's size/stride/offset, in elements) into a contiguous row-major array.
- * Bounds were checked when the tensor was rebuilt.
+ * `source` need only hold the view's own span (TorchTensor reads just that, with `offset` 0); bounds
+ * and sizes were checked when the tensor was rebuilt (torch-zip.ts), so the output is at most the span.
  */
 export function gatherStrided(
   source: Uint8Array,

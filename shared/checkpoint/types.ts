@@ -1,3 +1,5 @@
+import { ErrorCodes, HeimdallError, type ErrorCode } from '../errors/index.ts';
+
 /** What every checkpoint reader produces: a lazy state dict. Nothing is read until a tensor is asked for. */
 
 export type DType = 'float32' | 'float16' | 'bfloat16' | 'float64' | 'int64' | 'int32' | 'int16' | 'int8' | 'uint8' | 'bool';
@@ -47,7 +49,7 @@ export interface Checkpoint {
   readonly config: Readonly<Record<string, unknown>>;
   /** Golden parity samples carried by the checkpoint itself (`parity` entry), when present. */
   readonly parity?: ReadonlyMap<string, LazyTensor>;
-  /** Non-fatal findings: unknown pickle globals turned into placeholders, and the like. */
+  /** Non-fatal findings: inert trainer types read as plain data, and the like. */
   readonly warnings: readonly string[];
   /**
    * Hands the CRC-32 checks of the tensors' storage records to a caller that streams the whole file
@@ -65,4 +67,17 @@ export interface DeferredRecordChecks {
    * for the first record read since the hand-over whose CRC does not match.
    */
   verify(crc32s: readonly number[]): void;
+}
+
+/**
+ * What a reader throws: our own errors as they are; an error of the machine (an errno from a system
+ * call) as IO_ERROR; anything else raised while decoding the file's content (a RangeError, a failed
+ * allocation for a size the file claims) as `content`, a non-retriable code, because retrying the
+ * same bytes fails the same way.
+ */
+export function readerError(error: unknown, content: ErrorCode): HeimdallError {
+  if (error instanceof HeimdallError) return error;
+  const message = error instanceof Error ? error.message : String(error);
+  const system = error !== null && typeof error === 'object' && 'syscall' in error && 'errno' in error;
+  return new HeimdallError(system ? ErrorCodes.IO_ERROR : content, system ? message : `malformed content: ${message}`, { cause: error });
 }

@@ -1,4 +1,4 @@
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -35,6 +35,15 @@ describe('heimdall export', () => {
     const { code, stderr } = await cli('export', 'x.pth', '--out', 'x.onnx', '--opset', '13');
     expect(code).toBe(2);
     expect(stderr).toEqual(['error: USAGE: --opset must be one of 14, 17, 20, got 13']);
+  });
+
+  it('checks --out before any work: a FIFO there is refused with NOT_A_FILE before the checkpoint is even opened', async () => {
+    const fifo = join(dir, 'pipe.onnx');
+    execFileSync('mkfifo', [fifo]);
+    const { code, stdout, stderr } = await cli('export', join(dir, 'does-not-exist.pth'), '--out', fifo);
+    expect(code).toBe(1);
+    expect(stdout).toEqual([]);
+    expect(stderr).toEqual([`error: NOT_A_FILE: ${fifo} is a FIFO, not a regular file: refusing to replace it`]);
   });
 
   it('exits non-zero with a one-line error naming the code on bad input', async () => {

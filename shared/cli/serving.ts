@@ -33,7 +33,13 @@ export interface Serving {
   readonly dashboardUrl?: string;
   /** Ports of the HTTP functions (with `http`). */
   readonly functionPorts: Readonly<Partial<Record<StageName, number>>>;
-  /** Drains everything: workers finish their in-flight message, functions their requests. */
+  /** How long an in-flight message may take to finish once stopping (the ack wait); 0 without NATS. */
+  readonly graceMs: number;
+  /**
+   * Drains everything: workers finish their in-flight message (handed back past `graceMs`),
+   * functions their requests, the connection flushes (at most DRAIN_TIMEOUT_MS, then it closes).
+   * Bounded whether or not NATS answers; never throws.
+   */
   stop(): Promise<void>;
 }
 
@@ -44,22 +50,29 @@ export interface Serving {
  */
 export async function startServing(options: ServeOptions): Promise<Serving> {
   const { config, logger } = options;
-  const stops: Array<() => Promise<unknown>> = [];
+  // Stopped in phases, last started first; the steps of one phase in parallel, so the workers
+  // share one grace period instead of taking one each. A step that fails is logged, and the
+  // others still run: a connection that is gone must not keep the rest from stopping.
+  const phases = { dashboard: [] as Step[], workers: [] as Step[], functions: [] as Step[], connection: [] as Step[] };
   const stopAll = async () => {
-    for (const stop of stops.reverse()) await stop();
+    for (const [phase, steps] of Object.entries(phases)) {
+      const results = await Promise.allSettled(steps.map((step) => step()));
+      for (const result of results) if (result.status === 'rejected') logger.warn({ err: result.reason, phase }, 'stopping: a step failed; going on');
+    }
   };
+  const graceMs = config.nats ? config.nats.ackWaitSeconds * 1000 : 0;
   try {
     if (!config.nats) {
       const dashboard = options.dashboard && (await startDashboard({ runState: new FsRunStateStore(config.dataDir), logger, ...options.dashboard }));
-      if (dashboard) stops.push(() => dashboard.close());
-      return { ...(dashboard ? { dashboardUrl: dashboard.url } : {}), functionPorts: {}, stop: stopAll };
+      if (dashboard) phases.dashboard.push(() => dashboard.close());
+      return { ...(dashboard ? { dashboardUrl: dashboard.url } : {}), functionPorts: {}, graceMs, stop: stopAll };
     }
     const runtime = await connectRuntime(config, logger, `heimdall-serve-${process.pid}`);
-    stops.push(() => runtime.close());
+    phases.connection.push(() => runtime.close());
     const publish = options.sink ? httpSink(options.sink) : undefined;
     const viaHttp: StageName[] = options.http ? options.names.filter((n) => n !== 'ingest') : [];
     const workers = await startWorkers({ ...options, runtime, names: options.names.filter((n) => !viaHttp.includes(n)), ...(publish ? { publish } : {}) });
-    stops.push(() => workers.stop());
+    phases.workers.push(() => workers.stop());
 
     const functionPorts: Partial<Record<StageName, number>> = {};
     if (viaHttp.length > 0) {
@@ -67,26 +80,28 @@ export async function startServing(options: ServeOptions): Promise<Serving> {
       for (const name of viaHttp) {
         const stage = stageNamed(options.stages, name);
         const running = await serveFunction(stage, { env: { ...process.env, PORT: '0' } });
-        stops.push(() => running.stop());
+        phases.functions.push(() => running.stop());
         functionPorts[name] = running.port;
         routes.push({ stage, url: `http://127.0.0.1:${running.port}/` });
       }
       const broker = await startLocalBroker(routes, processorEnvironment(runtime, logger, options), workerOptions(runtime, logger));
       // Stopped before the functions: no new deliveries to a draining function.
-      stops.push(() => broker.stop());
+      phases.workers.push(() => broker.stop());
     }
 
     const subscribers = options.subscribers.map((f) => f.create(config, logger)).filter((s) => s !== undefined);
     if (subscribers.length > 0) {
       const running = await startSubscribers(subscribers, logger, workerOptions(runtime, logger));
-      stops.push(() => running.stop());
+      phases.workers.push(() => running.stop());
     }
 
     const dashboard = options.dashboard && (await startDashboard({ runState: runtime.runState, logger, ...options.dashboard }));
-    if (dashboard) stops.push(() => dashboard.close());
-    return { ...(dashboard ? { dashboardUrl: dashboard.url } : {}), functionPorts, stop: stopAll };
+    if (dashboard) phases.dashboard.push(() => dashboard.close());
+    return { ...(dashboard ? { dashboardUrl: dashboard.url } : {}), functionPorts, graceMs, stop: stopAll };
   } catch (error) {
     await stopAll();
     throw error;
   }
 }
+
+type Step = () => Promise<unknown>;

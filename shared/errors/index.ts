@@ -13,12 +13,17 @@ export const ErrorCodes = {
   UNSAFE_PICKLE: 'UNSAFE_PICKLE',
   /** The pickle exceeds a size cap (memo, stack, nesting, string) or is malformed. */
   PICKLE_INVALID: 'PICKLE_INVALID',
-  /** A tensor's size, offset or strides reach outside its storage. */
+  /**
+   * A tensor's size, offset or strides reach outside its storage, a size overflows, or a model's
+   * weights are not backed by as many stored bytes (stride-0 or overlapping weights).
+   */
   TENSOR_OUT_OF_BOUNDS: 'TENSOR_OUT_OF_BOUNDS',
   /** Malformed safetensors: header too large, bad JSON, overlapping offsets, trailing bytes. */
   SAFETENSORS_INVALID: 'SAFETENSORS_INVALID',
   /** No state dict found, a non-tensor where a weight belongs, or required weights missing. */
   INVALID_STATE_DICT: 'INVALID_STATE_DICT',
+  /** A value the checkpoint's config gives (uncertainty range, ...) is of the wrong type or out of range. */
+  INVALID_CONFIG: 'INVALID_CONFIG',
   /** The weights do not describe a LocalizationNet (ConvNeXt backbone + two heads). */
   UNSUPPORTED_ARCHITECTURE: 'UNSUPPORTED_ARCHITECTURE',
   /** An event that does not match its CloudEvents envelope or data schema. */
@@ -45,6 +50,10 @@ export const ErrorCodes = {
   STORAGE_REJECTED: 'STORAGE_REJECTED',
   /** JetStream gave up on a message after MaxDeliver deliveries (the worker crashed or timed out each time). */
   DELIVERY_EXHAUSTED: 'DELIVERY_EXHAUSTED',
+  /** A path that must be a regular file is a FIFO, a directory, a device or a socket. */
+  NOT_A_FILE: 'NOT_A_FILE',
+  /** The run was stopped (SIGTERM, SIGINT) before it finished; nothing it wrote is left behind. */
+  ABORTED: 'ABORTED',
   /** Wrong command-line usage or configuration. */
   USAGE: 'USAGE',
   /** An I/O failure outside the checkpoint's content (disk full, permission denied). */
@@ -70,7 +79,7 @@ export class HeimdallError extends Error {
 }
 
 /** Failures that may succeed when tried again (infrastructure), as opposed to bad input that never will. */
-const RETRIABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>([ErrorCodes.IO_ERROR, ErrorCodes.BENCHMARK_FAILED, ErrorCodes.REGISTRY_ERROR]);
+const RETRIABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>([ErrorCodes.IO_ERROR, ErrorCodes.BENCHMARK_FAILED, ErrorCodes.REGISTRY_ERROR, ErrorCodes.ABORTED]);
 
 export function isRetriable(code: ErrorCode): boolean {
   return RETRIABLE.has(code);

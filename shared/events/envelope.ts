@@ -53,7 +53,11 @@ export function createEvent<T extends EventType>(
   type: T,
   options: { stage: string; source: string; data: EventData<T>; subject?: string; time?: Date },
 ): CloudEvent<T> {
-  const data = EventSchemas[type].parse(options.data) as EventData<T>;
+  // What a stage built from the content it read (a model's metadata, a checkpoint's names): a
+  // deterministic fault that no retry fixes, so INVALID_EVENT rather than zod's plain error.
+  const parsed = schemaOf(type)?.safeParse(options.data);
+  if (!parsed?.success) throw parsed ? invalidEvent(type, parsed.error) : new HeimdallError(ErrorCodes.INVALID_EVENT, `unknown event type ${type}`);
+  const data = parsed.data as EventData<T>;
   const runId = (data as { runId: string }).runId;
   return {
     specversion: '1.0',
@@ -71,11 +75,16 @@ export function createEvent<T extends EventType>(
 export function parseEvent(value: unknown): AnyCloudEvent {
   const envelope = Envelope.safeParse(value);
   if (!envelope.success) throw invalidEvent('envelope', envelope.error);
-  const schema = EventSchemas[envelope.data.type as EventType];
+  const schema = schemaOf(envelope.data.type);
   if (!schema) throw new HeimdallError(ErrorCodes.INVALID_EVENT, `unknown event type ${envelope.data.type}`);
   const data = schema.safeParse(envelope.data.data);
   if (!data.success) throw invalidEvent(envelope.data.type, data.error);
   return { ...envelope.data, data: data.data } as AnyCloudEvent;
+}
+
+/** The schema of a type we know; own keys only (a type named `constructor` or `__proto__` is simply unknown). */
+function schemaOf(type: string): (typeof EventSchemas)[EventType] | undefined {
+  return Object.hasOwn(EventSchemas, type) ? EventSchemas[type as EventType] : undefined;
 }
 
 function invalidEvent(where: string, error: z.ZodError): HeimdallError {

@@ -85,9 +85,16 @@ export function isObjectCreated(record: ObjectRecord): boolean {
 }
 
 /**
- * The identity of one upload: bucket, key and etag. A re-fired notification (tagging, MinIO
- * retries) has the same identity; a new upload to the same key has a new etag.
+ * The identity of one upload: bucket, key, etag, and the version id where the bucket keeps
+ * versions. A re-fired notification (tagging, MinIO replaying its queue after an outage) has the
+ * same identity; a new upload to the same key has a new etag and, in a versioned bucket, a new
+ * version id. Two versions can share an etag only by holding the same bytes (an etag is the MD5 of
+ * the content, or of its parts' MD5s): announcing the second one starts the same run id again,
+ * which every stage is idempotent for (event ids JetStream deduplicates, content-addressed keys, the
+ * registry keyed by sha256). So keying on the version costs at most a second pass over the same
+ * bytes, and each version's mark is its own. Without a version id the identity is what it was.
  */
-export function uploadId(object: Pick<ObjectRecord, 'bucket' | 'key' | 'etag'>): string {
-  return createHash('sha256').update(`${object.bucket}\0${object.key}\0${object.etag}`).digest('hex').slice(0, 32);
+export function uploadId(object: Pick<ObjectRecord, 'bucket' | 'key' | 'etag' | 'versionId'>): string {
+  const identity = `${object.bucket}\0${object.key}\0${object.etag}${object.versionId ? `\0${object.versionId}` : ''}`;
+  return createHash('sha256').update(identity).digest('hex').slice(0, 32);
 }

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { isBucketName } from '../storage/object-store.ts';
 
 /**
  * One zod schema per event type of DESIGN §3. Stages may add fields; the ones listed in the design
@@ -8,8 +9,22 @@ import { z } from 'zod';
 export const Sha256 = z.string().regex(/^[0-9a-f]{64}$/, 'a lowercase hex sha256');
 export const RunId = z.string().regex(/^[0-9a-f]{16}$/, 'the first 16 hex digits of the checkpoint sha256');
 
+/**
+ * Where an object lives, as `ObjectStore.uri()` writes it: absolute `s3://bucket/key` (a valid
+ * bucket name, a non-empty key) or `file:///path`. Anything else (`http://`, a relative path, an
+ * empty string) is an event of the wrong shape, refused before a stage runs; which of the two forms
+ * the running store reads is checked when the object is fetched (`locateUri`).
+ */
+export const ObjectUri = z.string().refine(isObjectUri, 'must be an absolute s3://bucket/key or file:///path uri');
+
+export function isObjectUri(uri: string): boolean {
+  const s3 = /^s3:\/\/([^/]+)\/(.+)$/.exec(uri);
+  if (s3) return isBucketName(s3[1]!);
+  return /^file:\/\/\/./.test(uri) && URL.canParse(uri);
+}
+
 export const OnnxArtifact = z.object({
-  uri: z.string(),
+  uri: ObjectUri,
   sha256: Sha256,
   bytes: z.number().int().nonnegative(),
   opset: z.number().int(),
@@ -18,9 +33,11 @@ export const OnnxArtifact = z.object({
 export type OnnxArtifact = z.infer<typeof OnnxArtifact>;
 
 export const CheckpointRef = z.object({
-  uri: z.string(),
+  uri: ObjectUri,
   sha256: Sha256,
   format: z.enum(['torch-zip', 'safetensors', 'onnx']),
+  /** The object version the run was started from (a versioned bucket): what later stages read again. */
+  versionId: z.string().min(1).optional(),
 });
 export type CheckpointRef = z.infer<typeof CheckpointRef>;
 

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
-import { open, rename, rm, type FileHandle } from 'node:fs/promises';
-import { basename } from 'node:path';
+import { lstat, open, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { ErrorCodes, HeimdallError } from '../errors/index.ts';
 import {
   encodeNode,
   encodeOpset,
@@ -44,6 +45,11 @@ export interface WriteOptions {
   inspect?: (name: string, data: Uint8Array) => void;
   /** Allocates the two buffers initializers are produced in (file readers want them aligned). */
   scratchBuffer?: (byteLength: number) => Uint8Array;
+  /**
+   * Stops the write between tensors (SIGTERM, a worker handing its message back): the temporaries
+   * are removed and the reason is thrown (ABORTED unless the reason is a HeimdallError of its own).
+   */
+  signal?: AbortSignal;
 }
 
 export interface WrittenModel {
@@ -54,11 +60,48 @@ export interface WrittenModel {
   readonly externalData?: { readonly path: string; readonly bytes: number; readonly sha256: string };
 }
 
+/** A file name longer than this many bytes cannot be created (Linux, macOS, Windows alike). */
+const NAME_MAX = 255;
+
+/**
+ * Refuses an output path the writer must not replace (DESIGN §4: only regular files are read or
+ * replaced): the model is written to a temporary beside it, then renamed over it, and a rename
+ * replaces whatever the name held — a device node (`--out /dev/full`), a FIFO, a socket. So `path`
+ * (and `<path>.data`, which a write replaces or removes) must be absent or a regular file, else
+ * NOT_A_FILE; callers check before any work, and `writeModel` checks again before publishing.
+ *
+ * A symbolic link is judged by what it points at. One to a regular file (or a dangling one) is
+ * accepted, and the rename replaces the link itself, never its target: the name the user gave now
+ * holds the model, and nothing else on the machine is written, so a link planted in a shared folder
+ * cannot point the write at someone else's file. A link to a device or FIFO (`/dev/stdout` is one)
+ * is refused like the thing it points at: replacing it would break the link for everyone else.
+ */
+export async function checkOutputPath(path: string): Promise<void> {
+  for (const candidate of [path, `${path}.data`]) {
+    if (nameBytes(candidate) > NAME_MAX) continue; // cannot exist, so nothing to replace
+    const link = await lstat(candidate).catch(ignoreMissing);
+    if (!link || link.isFile()) continue;
+    if (link.isDirectory()) throw notAFile(candidate, 'a directory');
+    if (link.isSymbolicLink()) {
+      const target = await stat(candidate).catch(ignoreMissing);
+      if (!target || target.isFile()) continue;
+      throw notAFile(candidate, `a symbolic link to ${kindOf(target)}`);
+    }
+    throw notAFile(candidate, kindOf(link));
+  }
+}
+
 export async function writeModel(model: ModelDef, path: string, options: WriteOptions = {}): Promise<WrittenModel> {
   const { graph } = model;
+  const { signal } = options;
   const weightBytes = graph.initializers.reduce((sum, i) => sum + i.byteLength, 0);
   const external = options.externalData ?? weightBytes > EXTERNAL_DATA_THRESHOLD;
   const dataName = `${basename(path)}.data`;
+  if (external && Buffer.byteLength(dataName) > NAME_MAX) {
+    throw new HeimdallError(ErrorCodes.USAGE, `the model's weights go to an external data file ${dataName}, a name longer than ${NAME_MAX} bytes: choose a shorter output name`);
+  }
+  await checkOutputPath(path);
+  throwIfAborted(signal);
 
   let externalOffset = 0;
   const placements: Placement[] = graph.initializers.map((init) => {
@@ -87,10 +130,15 @@ export async function writeModel(model: ModelDef, path: string, options: WriteOp
     tensorHeaders.reduce((sum, t) => sum + fieldSize(GraphField.initializer, t.header.byteLength + t.payloadLength), 0);
   head.lengthPrefix(ModelField.graph, graphLength);
 
-  const temporary = `${path}.partial`;
-  const modelFile = await HashingFile.create(temporary);
-  const dataFile = external ? await HashingFile.create(`${temporary}.data`) : undefined;
+  const temporary = temporaryPath(path);
+  // Every temporary is removed on every way out but success (errors, an abort), so a failed
+  // export leaves nothing half-written: not `<out>.partial`, not `<out>.partial.data`.
+  const files: HashingFile[] = [];
   try {
+    const modelFile = await HashingFile.create(temporary);
+    files.push(modelFile);
+    const dataFile = external ? await HashingFile.create(`${temporary}.data`) : undefined;
+    if (dataFile) files.push(dataFile);
     await modelFile.write(head.finish());
     await modelFile.write(graphHead.finish());
     let written = 0;
@@ -105,13 +153,14 @@ export async function writeModel(model: ModelDef, path: string, options: WriteOp
       await released[i % 2];
       return graph.initializers[i]!.data(scratch[i % 2]);
     };
-    let next = fetch(0);
-    next.catch(() => undefined);
+    let next = graph.initializers.length > 0 ? fetch(0) : undefined;
+    next?.catch(() => undefined);
     for (const [i, init] of graph.initializers.entries()) {
+      throwIfAborted(signal);
       const { header, payloadLength } = tensorHeaders[i]!;
       await modelFile.write(new ProtoMessage().lengthPrefix(GraphField.initializer, header.byteLength + payloadLength).finish());
       await modelFile.write(header);
-      const data = await next;
+      const data = await next!;
       if (data.byteLength !== init.byteLength) throw new Error(`initializer ${init.name} produced ${data.byteLength} bytes, declared ${init.byteLength}`);
       options.inspect?.(init.name, data);
       const placement = placements[i]!;
@@ -128,26 +177,81 @@ export async function writeModel(model: ModelDef, path: string, options: WriteOp
       written += init.byteLength;
       options.onProgress?.({ writtenBytes: written, totalBytes: weightBytes, tensor: init.name });
     }
-    // Metadata after the graph: protobuf fields may come in any order, and its values may be late.
+    // Metadata after the graph: protobuf fields may come in any order, and its values may be late
+    // (the checkpoint's digest): an abort does not wait for them.
+    throwIfAborted(signal);
     const tail = new ProtoMessage();
-    for (const [key, value] of Object.entries(await model.metadata())) tail.message(ModelField.metadataProps, encodeStringEntry(key, value));
+    for (const [key, value] of Object.entries(await untilAborted(model.metadata(), signal))) tail.message(ModelField.metadataProps, encodeStringEntry(key, value));
     await modelFile.write(tail.finish());
     const modelResult = await modelFile.close();
     const dataResult = await dataFile?.close();
+    throwIfAborted(signal);
+    // The names may have changed hands while we wrote: check again right before replacing them.
+    await checkOutputPath(path);
+    for (const file of files) await file.assertStillOurs();
     // Publish the data file first: a model file never points at weights that are not there yet.
     if (dataResult) await rename(`${temporary}.data`, `${path}.data`);
-    else await rm(`${path}.data`, { force: true });
+    else if (nameBytes(`${path}.data`) <= NAME_MAX) await rm(`${path}.data`, { force: true });
     await rename(temporary, path);
+    files.length = 0;
     return {
       path,
       ...modelResult,
       ...(dataResult ? { externalData: { path: `${path}.data`, ...dataResult } } : {}),
     };
-  } catch (error) {
-    await modelFile.abandon();
-    await dataFile?.abandon();
-    throw error;
+  } finally {
+    for (const file of files) await file.abandon();
   }
+}
+
+/**
+ * `<path>.partial` beside the output (a rename within one folder is atomic), or, when that name (with
+ * `.data` after it) would pass NAME_MAX, a short hidden name derived from it: any legal output name works.
+ */
+function temporaryPath(path: string): string {
+  const name = basename(path);
+  if (Buffer.byteLength(`${name}.partial.data`) <= NAME_MAX) return `${path}.partial`;
+  return join(dirname(path), `.${createHash('sha256').update(name).digest('hex').slice(0, 24)}.partial`);
+}
+
+function throwIfAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw abortError(signal);
+}
+
+function abortError(signal: AbortSignal): HeimdallError {
+  const reason: unknown = signal.reason;
+  return reason instanceof HeimdallError ? reason : new HeimdallError(ErrorCodes.ABORTED, 'the export was stopped before it finished; nothing was written');
+}
+
+/** `work`, or the abort error as soon as `signal` fires (the work itself is left to settle on its own). */
+function untilAborted<T>(work: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (!signal) return work;
+  work.catch(() => undefined);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(abortError(signal));
+    if (signal.aborted) return onAbort();
+    signal.addEventListener('abort', onAbort, { once: true });
+    work.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+  });
+}
+
+const nameBytes = (path: string) => Buffer.byteLength(basename(path));
+const ignoreMissing = (error: NodeJS.ErrnoException): undefined => {
+  if (error.code === 'ENOENT' || error.code === 'ENOTDIR') return undefined;
+  throw error;
+};
+
+function kindOf(stats: { isFIFO(): boolean; isCharacterDevice(): boolean; isBlockDevice(): boolean; isSocket(): boolean; isDirectory(): boolean }): string {
+  if (stats.isFIFO()) return 'a FIFO';
+  if (stats.isCharacterDevice()) return 'a character device';
+  if (stats.isBlockDevice()) return 'a block device';
+  if (stats.isSocket()) return 'a socket';
+  if (stats.isDirectory()) return 'a directory';
+  return 'not a regular file';
+}
+
+function notAFile(path: string, kind: string): HeimdallError {
+  return new HeimdallError(ErrorCodes.NOT_A_FILE, `${path} is ${kind}, not a regular file: refusing to replace it`);
 }
 
 const align = (offset: number) => Math.ceil(offset / EXTERNAL_ALIGNMENT) * EXTERNAL_ALIGNMENT;
@@ -168,10 +272,39 @@ class HashingFile {
   private constructor(
     private readonly handle: FileHandle,
     private readonly path: string,
+    /** The file's inode: what its name must still point at when we rename or remove it. */
+    private readonly ino: number,
   ) {}
 
+  /**
+   * Creates `path` exclusively (O_EXCL: never through a symlink, never into a FIFO someone left
+   * there). A regular file or link left at that name by an earlier run that was killed is ours to
+   * replace; anything else there is refused.
+   */
   static async create(path: string): Promise<HashingFile> {
-    return new HashingFile(await open(path, 'w'), path);
+    const stale = await lstat(path).catch(ignoreMissing);
+    if (stale) {
+      if (!stale.isFile() && !stale.isSymbolicLink()) throw notAFile(path, kindOf(stale));
+      await unlink(path).catch(ignoreMissing);
+    }
+    const handle = await open(path, 'wx');
+    try {
+      return new HashingFile(handle, path, (await handle.stat()).ino);
+    } catch (error) {
+      await handle.close();
+      await unlink(path).catch(() => undefined);
+      throw error;
+    }
+  }
+
+  /** Fails when the name no longer holds this file (another process took it over): never publish someone else's bytes. */
+  async assertStillOurs(): Promise<void> {
+    if (!(await this.isStillOurs())) throw new HeimdallError(ErrorCodes.IO_ERROR, `${this.path} was replaced while the model was written (another export to the same file?)`);
+  }
+
+  private async isStillOurs(): Promise<boolean> {
+    const now = await lstat(this.path).catch(() => undefined);
+    return now !== undefined && now.ino === this.ino;
   }
 
   /**
@@ -203,10 +336,11 @@ class HashingFile {
     return { bytes: this.position, sha256: this.hash.digest('hex') };
   }
 
+  /** Closes and removes the temporary (only if its name still holds this file). Never throws. */
   async abandon(): Promise<void> {
     await this.inFlight.catch(() => undefined);
     await this.handle.close().catch(() => undefined);
-    await rm(this.path, { force: true });
+    if (await this.isStillOurs()) await unlink(this.path).catch(() => undefined);
   }
 
   private async flush(): Promise<void> {

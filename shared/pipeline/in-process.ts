@@ -1,8 +1,10 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { MemoryEventBus } from '../bus/memory.ts';
 import type { Config } from '../config/index.ts';
+import { ErrorCodes, HeimdallError } from '../errors/index.ts';
 import type { AnyCloudEvent, CloudEvent } from '../events/index.ts';
 import type { Logger } from '../logging/index.ts';
 import type { ModelRegistry } from '../registry/model-registry.ts';
@@ -27,9 +29,17 @@ export interface InProcessOptions {
   readonly onProgress?: (stage: StageName, message: string) => void;
 }
 
+/** How long a stopped run waits for the stage in flight to notice (stages check the signal between steps) before it is given up on. */
+export const ABORT_GRACE_MS = 3000;
+
 /**
  * Runs the whole pipeline in this process on an in-memory bus: each stage subscribes to its input
  * event, as it would on NATS, and the run ends at `model.registered` or `pipeline.failed`.
+ *
+ * When `signal` aborts (SIGTERM, Ctrl-C) no further stage starts, the stage in flight is told (its
+ * context's signal) and given ABORT_GRACE_MS to stop, and the run ends with `pipeline.failed`
+ * ABORTED for that stage (recorded in the run state, so no record is left at "running"); the scratch
+ * dir, with whatever the stage had half written in it, is removed either way.
  */
 export async function runInProcess(checkpointPath: string, options: InProcessOptions): Promise<RunReport> {
   const events: AnyCloudEvent[] = [];
@@ -42,6 +52,11 @@ export async function runInProcess(checkpointPath: string, options: InProcessOpt
     finish();
   });
   const signal = options.signal ?? new AbortController().signal;
+  const stopped = () => (signal.reason instanceof HeimdallError ? signal.reason : new HeimdallError(ErrorCodes.ABORTED, 'the run was stopped before it finished'));
+  let runId = UNKNOWN_RUN;
+  let current: StageName = 'ingest';
+  /** Set once the run has ended (or been given up on): a stage finishing later publishes nothing. */
+  let over = false;
 
   bus.subscribe('*', async (event) => {
     events.push(event);
@@ -50,28 +65,51 @@ export async function runInProcess(checkpointPath: string, options: InProcessOpt
     if (event.type === 'heimdall.model.registered' || event.type === 'heimdall.pipeline.failed') finish();
   });
   const environment: StageEnvironment = { store: options.store, registry: options.registry, config: options.config, logger: options.logger, scratchDir };
-  for (const stage of options.stages) {
+  const subscriptions = options.stages.map((stage) =>
     bus.subscribe([stage.input], async (event) => {
+      if (over) return;
+      current = stage.name;
+      if (signal.aborted) return void (await bus.publish(failureEvent(event.data.runId, stage.name, stopped())));
       if (options.runState) await recordStageStart(options.runState, event.data.runId, stage.name);
-      await bus.publish(await executeStage(stage, event, environment, { signal, progress: (message) => options.onProgress?.(stage.name, message) }));
-    });
-  }
+      const result = await executeStage(stage, event, environment, { signal, progress: (message) => options.onProgress?.(stage.name, message) });
+      if (over) return;
+      // Stopped while it ran: whatever it returned, the run ends here (a model it registered stays registered).
+      const stop = signal.aborted && result.type !== 'heimdall.model.registered';
+      await bus.publish(stop ? failureEvent(event.data.runId, stage.name, stopped()) : result);
+    }),
+  );
+  /** The run's end, or, once stopped, the grace period's: then the stage in flight is given up on. */
+  const ended = async () => {
+    const timer = new AbortController();
+    const aborted = new Promise<void>((resolve) => (signal.aborted ? resolve() : signal.addEventListener('abort', () => resolve(), { once: true, signal: timer.signal })));
+    const graceOver = aborted.then(() => sleep(ABORT_GRACE_MS, 'given up' as const, { signal: timer.signal })).catch(() => 'finished' as const);
+    const outcome = await Promise.race([finished.then(() => 'finished' as const), graceOver]);
+    timer.abort();
+    if (outcome === 'finished') return;
+    over = true;
+    options.logger.warn({ runId, stage: current }, `stage ${current} did not stop within ${ABORT_GRACE_MS} ms of the stop; giving up on it`);
+    await bus.publish(failureEvent(runId, current, stopped()));
+    await finished;
+  };
 
   try {
     let created: CloudEvent<'heimdall.checkpoint.created'>;
     try {
-      created = await ingestLocalFile(checkpointPath, options.store, (message) => options.onProgress?.('ingest', message));
+      created = await ingestLocalFile(checkpointPath, options.store, (message) => options.onProgress?.('ingest', message), signal);
     } catch (error) {
-      await bus.publish(failureEvent(UNKNOWN_RUN, 'ingest', error));
+      await bus.publish(failureEvent(UNKNOWN_RUN, 'ingest', signal.aborted ? stopped() : error));
       await finished;
       return buildReport(UNKNOWN_RUN, events);
     }
+    runId = created.data.runId;
     await bus.publish(created);
-    await finished;
-    return buildReport(created.data.runId, events);
+    await ended();
+    return buildReport(runId, events);
   } finally {
+    over = true;
+    // A stage given up on must not hold the bus open; its own scratch dir goes with ours.
+    for (const subscription of subscriptions) subscription.unsubscribe();
     await bus.close();
     await rm(scratchDir, { recursive: true, force: true });
   }
 }
-

@@ -41,6 +41,8 @@ export function latencyStats(batch: number, timings: readonly number[]): Latency
  */
 export function runBenchmark(request: BenchmarkRequest, options: { signal?: AbortSignal; onBatch?: (stats: LatencyStats) => void } = {}): Promise<BenchmarkResult> {
   return new Promise((resolve, reject) => {
+    // A listener added to a signal that has already fired never runs.
+    if (options.signal?.aborted) return reject(new HeimdallError(ErrorCodes.ABORTED, 'benchmark aborted before it started'));
     const worker = startWorker(new URL('./benchmark-worker.ts', import.meta.url), request);
     const perBatch: LatencyStats[] = [];
     let session: Extract<BenchmarkMessage, { kind: 'session' }> | undefined;
@@ -53,7 +55,7 @@ export function runBenchmark(request: BenchmarkRequest, options: { signal?: Abor
       if (error) reject(error);
       else resolve({ provider: session!.provider, threads: session!.threads, sessionCreateMs: session!.createMs, perBatch, warnings: session!.warnings });
     };
-    const abort = () => finish(new HeimdallError(ErrorCodes.BENCHMARK_FAILED, 'benchmark aborted'));
+    const abort = () => finish(new HeimdallError(ErrorCodes.ABORTED, 'benchmark aborted'));
     options.signal?.addEventListener('abort', abort);
     worker.on('message', (message: BenchmarkMessage) => {
       if (message.kind === 'session') session = message;

@@ -2,7 +2,7 @@
 // Streams a file once in a worker thread: its sha256 and, on the way, the CRC-32 of some ranges (see
 // sha256.ts); a second core takes the work off the exporter.
 import { createHash } from 'node:crypto';
-import { closeSync, openSync, readSync } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
 import { crc32 } from 'node:zlib';
 import { alignedBuffer } from '../checkpoint/weight-buffers.ts';
@@ -16,8 +16,12 @@ const crc32s = crc32Ranges.map(() => 0);
 // One buffer, reused (no fresh pages to fault in for every chunk) and page-aligned (fast reads).
 const buffer = alignedBuffer(CHUNK);
 try {
-  const fd = openSync(path, 'r');
+  // O_NONBLOCK: opening a FIFO (swapped in after the caller's stat) returns at once instead of
+  // waiting for a writer; fstat then refuses it. No effect on reads of a regular file.
+  const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
   try {
+    const stats = fstatSync(fd);
+    if (!stats.isFile()) throw Object.assign(new Error(`${path} is not a regular file: only regular files are read`), { notAFile: true });
     for (let position = 0; ; ) {
       const length = readSync(fd, buffer, 0, CHUNK, position);
       if (length === 0) break;
@@ -35,7 +39,8 @@ try {
   }
   parentPort!.postMessage({ kind: 'done', sha256: hash.digest('hex'), crc32s });
 } catch (error) {
-  parentPort!.postMessage({ kind: 'error', message: (error as Error).message });
+  const notAFile = (error as { notAFile?: boolean }).notAFile === true;
+  parentPort!.postMessage({ kind: 'error', message: (error as Error).message, ...(notAFile ? { code: 'NOT_A_FILE' } : {}) });
 }
 
 /** The part of `range` inside `chunk` (which starts at file offset `position`), if any. */

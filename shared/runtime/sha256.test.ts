@@ -1,6 +1,8 @@
+import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
+import { closeSync, constants, openSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { tempDir } from '../../test/support/temp.ts';
@@ -35,6 +37,25 @@ describe('scanFile', () => {
   });
 
   it('rejects a missing file', async () => {
-    await expect(scanFile({ path: `${path}.missing`, crc32Ranges: [] })).rejects.toThrow();
+    await expect(scanFile({ path: `${path}.missing`, crc32Ranges: [] })).rejects.toMatchObject({ code: 'CHECKPOINT_NOT_FOUND' });
+  });
+
+  it('refuses a FIFO at once with NOT_A_FILE instead of waiting for a writer forever', async () => {
+    const fifo = join(dirname(path), 'fifo');
+    execFileSync('mkfifo', [fifo]);
+    let timer: NodeJS.Timeout | undefined;
+    const hung = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error('scanFile is still waiting on the FIFO')), 2000)));
+    try {
+      await expect(Promise.race([sha256File(fifo), hung])).rejects.toMatchObject({ code: 'NOT_A_FILE', message: expect.stringContaining('is a FIFO') });
+      await expect(Promise.race([sha256File('/dev/zero'), hung])).rejects.toMatchObject({ code: 'NOT_A_FILE' });
+    } finally {
+      clearTimeout(timer);
+      // A reader a regression left blocked in open() is released by a writer end.
+      try {
+        closeSync(openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK));
+      } catch {
+        // ENXIO: nobody is waiting.
+      }
+    }
   });
 });

@@ -1,4 +1,6 @@
+import type { Stats } from 'node:fs';
 import { stat } from 'node:fs/promises';
+import { fsError, notAFile } from '../checkpoint/random-access-file.ts';
 import { ErrorCodes, HeimdallError } from '../errors/index.ts';
 import { startWorker } from './worker.ts';
 
@@ -22,7 +24,7 @@ export interface FileScan {
 type ScanMessage =
   | { kind: 'progress'; done: number }
   | ({ kind: 'done' } & FileScan)
-  | { kind: 'error'; message: string };
+  | { kind: 'error'; message: string; code?: string };
 
 /** The sha256 of a file, computed in a worker thread so that it runs beside the caller's own work. */
 export async function sha256File(path: string, onProgress?: (doneBytes: number, totalBytes: number) => void): Promise<string> {
@@ -35,13 +37,23 @@ export async function sha256File(path: string, onProgress?: (doneBytes: number, 
  */
 export async function scanFile(request: ScanRequest, onProgress?: (doneBytes: number, totalBytes: number) => void): Promise<FileScan> {
   const { path } = request;
-  const { size } = await stat(path);
+  // Only regular files: a FIFO or device would block the worker forever (the worker checks again
+  // on what it opened, with O_NONBLOCK, so nothing swapped in between can block it either).
+  let stats: Stats;
+  try {
+    stats = await stat(path);
+  } catch (error) {
+    throw fsError(path, error, 'hash');
+  }
+  if (!stats.isFile()) throw notAFile(path, stats);
+  const { size } = stats;
   const worker = startWorker(new URL('./sha256-worker.ts', import.meta.url), request, { commonJs: true });
   try {
     return await new Promise<FileScan>((resolve, reject) => {
       worker.on('message', (message: ScanMessage) => {
         if (message.kind === 'progress') onProgress?.(message.done, size);
         else if (message.kind === 'done') resolve({ sha256: message.sha256, crc32s: message.crc32s });
+        else if (message.code === ErrorCodes.NOT_A_FILE) reject(new HeimdallError(ErrorCodes.NOT_A_FILE, message.message));
         else reject(new HeimdallError(ErrorCodes.IO_ERROR, `cannot hash ${path}: ${message.message}`));
       });
       worker.on('error', (error) => reject(new HeimdallError(ErrorCodes.IO_ERROR, `cannot hash ${path}: ${error.message}`, { cause: error })));

@@ -1,4 +1,4 @@
-import { readFile, writeFile } from 'node:fs/promises';
+import { appendFile, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { tempDir } from '../../test/support/temp.ts';
@@ -8,6 +8,14 @@ let dir: string;
 beforeAll(async () => {
   dir = await tempDir();
 });
+
+/** A store in a fresh data dir, and a source file with the given content. */
+async function fresh(name: string, content = 'weights') {
+  const dataDir = join(dir, name);
+  const source = join(dir, `${name}.bin`);
+  await writeFile(source, content);
+  return { dataDir, source, store: new FsObjectStore(dataDir), leftovers: () => readdir(join(dataDir, 'buckets/.tmp')).catch(() => []) };
+}
 
 describe('FsObjectStore', () => {
   it('keeps bucket b, key k at <dataDir>/buckets/b/k with its metadata', async () => {
@@ -27,5 +35,80 @@ describe('FsObjectStore', () => {
     await expect(store.fetchFile('bucket-b', 'nope')).rejects.toMatchObject({ code: 'OBJECT_NOT_FOUND' });
     await expect(store.putFile('bucket-b', '../../escape', join(dir, 'source.bin'))).rejects.toMatchObject({ code: 'OBJECT_NOT_FOUND' });
     await expect(store.putFile('..', 'x', join(dir, 'source.bin'))).rejects.toMatchObject({ code: 'OBJECT_NOT_FOUND', message: expect.stringMatching(/invalid bucket/) });
+  });
+
+  it('stores its own copy: editing or rewriting the source afterwards leaves the object as it was', async () => {
+    const { store, source, dataDir } = await fresh('copy', 'original bytes');
+    const info = await store.putFile('heimdall-checkpoints', 'run/ckpt.pth', source, { sha256: 'of-the-original' });
+    const stored = join(dataDir, 'buckets/heimdall-checkpoints/run/ckpt.pth');
+    // Never a hard link: the source keeps one name, the object is another file.
+    expect((await stat(source)).nlink).toBe(1);
+    expect((await stat(stored)).ino).not.toBe((await stat(source)).ino);
+    await appendFile(source, ' and an edit in place');
+    await writeFile(source, 'rewritten');
+    expect(await readFile(stored, 'utf8')).toBe('original bytes');
+    expect(await store.stat('heimdall-checkpoints', 'run/ckpt.pth')).toEqual(info);
+  });
+
+  it('leaves no temporary behind, after uploads that succeed, fail, or died with their process', async () => {
+    const { store, source, dataDir, leftovers } = await fresh('temporaries');
+    for (let i = 0; i < 3; i++) await store.putFile('bucket-b', 'same/key.pth', source);
+    expect(await leftovers()).toEqual([]);
+    // A file where the key's folder belongs: the upload fails, its copy is removed.
+    await writeFile(join(dataDir, 'buckets/bucket-b/blocked'), '');
+    await expect(store.putFile('bucket-b', 'blocked/key.pth', source)).rejects.toMatchObject({ code: expect.stringMatching(/ENOTDIR|EEXIST/) });
+    expect(await leftovers()).toEqual([]);
+    // What a kill -9 left (a pid that is not running) goes with the next upload, in a new process.
+    await writeFile(join(dataDir, 'buckets/.tmp/999999999-dead'), 'half a checkpoint');
+    await new FsObjectStore(dataDir).putFile('bucket-b', 'other.pth', source);
+    expect(await leftovers()).toEqual([]);
+  });
+
+  it('takes any legal file name: a 255-byte last segment stores, stats and fetches', async () => {
+    const { store, source } = await fresh('long-names');
+    for (const name of [`${'e'.repeat(240)}.pth`, `${'é'.repeat(125)}.pth`]) {
+      expect(Buffer.byteLength(name)).toBeGreaterThanOrEqual(244);
+      const key = `0123456789abcdef/${name}`;
+      const info = await store.putFile('heimdall-checkpoints', key, source, { sha256: 's' });
+      expect(await store.stat('heimdall-checkpoints', key)).toEqual(info);
+      const fetched = await store.fetchFile('heimdall-checkpoints', key, { etag: info.etag });
+      expect(await readFile(fetched.path, 'utf8')).toBe('weights');
+    }
+    const tooLong = `run/${'x'.repeat(256)}`;
+    await expect(store.putFile('heimdall-checkpoints', tooLong, source)).rejects.toMatchObject({ code: 'STORAGE_REJECTED', message: expect.stringMatching(/segment longer than 255 bytes/) });
+    expect(await store.stat('heimdall-checkpoints', tooLong)).toBeUndefined();
+    await expect(store.fetchFile('heimdall-checkpoints', tooLong)).rejects.toMatchObject({ code: 'OBJECT_NOT_FOUND' });
+    await expect(store.putFile('heimdall-checkpoints', 'k/'.repeat(513), source)).rejects.toMatchObject({ code: 'STORAGE_REJECTED', message: expect.stringMatching(/longer than 1024 bytes/) });
+  });
+
+  it('fetches the version a notification named, or says OBJECT_NOT_FOUND naming both etags when it was replaced', async () => {
+    const { store, source } = await fresh('versions', 'first');
+    const first = await store.putFile('bucket-b', 'runs/a.pth', source);
+    expect((await store.fetchFile('bucket-b', 'runs/a.pth', { etag: `"${first.etag}"` })).path).toMatch(/runs\/a\.pth$/);
+    await writeFile(source, 'second');
+    const second = await store.putFile('bucket-b', 'runs/a.pth', source);
+    expect(second.etag).not.toBe(first.etag);
+    const stale = store.fetchFile('bucket-b', 'runs/a.pth', { etag: first.etag, versionId: 'v1' });
+    await expect(stale).rejects.toMatchObject({ code: 'OBJECT_NOT_FOUND', message: expect.stringContaining(`runs/a.pth in bucket bucket-b has etag ${second.etag}, not ${first.etag}`) });
+    // Without a version: whatever is there now.
+    expect(await readFile((await store.fetchFile('bucket-b', 'runs/a.pth')).path, 'utf8')).toBe('second');
+  });
+
+  it('does not vouch for bytes changed behind its back: a new etag and no metadata', async () => {
+    const { store, source, dataDir } = await fresh('tampered');
+    const info = await store.putFile('bucket-b', 'model.onnx', source, { sha256: 'of-weights' });
+    await writeFile(join(dataDir, 'buckets/bucket-b/model.onnx'), 'other bytes');
+    const now = await store.stat('bucket-b', 'model.onnx');
+    expect(now).toMatchObject({ size: 11, metadata: {} });
+    expect(now!.etag).not.toBe(info.etag);
+    await expect(store.fetchFile('bucket-b', 'model.onnx', { etag: info.etag })).rejects.toMatchObject({ code: 'OBJECT_NOT_FOUND' });
+  });
+
+  it('still reads the metadata of the older layout (<key>.meta.json beside the object)', async () => {
+    const { dataDir } = await fresh('legacy');
+    await mkdir(join(dataDir, 'buckets/bucket-b/run'), { recursive: true });
+    await writeFile(join(dataDir, 'buckets/bucket-b/run/old.onnx'), 'weights');
+    await writeFile(join(dataDir, 'buckets/bucket-b/run/old.onnx.meta.json'), JSON.stringify({ size: 7, etag: 'old-etag', metadata: { sha256: 'abc' } }));
+    expect(await new FsObjectStore(dataDir).stat('bucket-b', 'run/old.onnx')).toEqual({ size: 7, etag: 'old-etag', metadata: { sha256: 'abc' } });
   });
 });

@@ -1,20 +1,43 @@
-import { createHash } from 'node:crypto';
-import { copyFile, link, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { dirname, relative, resolve, sep } from 'node:path';
+import { createHash, randomBytes } from 'node:crypto';
+import { constants } from 'node:fs';
+import { copyFile, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { dirname, join, relative, resolve, sep } from 'node:path';
 import { pathToFileURL, fileURLToPath } from 'node:url';
 import { ErrorCodes, HeimdallError } from '../errors/index.ts';
-import { isBucketName, type ObjectInfo, type ObjectStore } from './object-store.ts';
+import { isBucketName, type ObjectInfo, type ObjectStore, type ObjectVersion } from './object-store.ts';
+
+/** S3's limit on a key. */
+const MAX_KEY_BYTES = 1024;
+/** What one file name may be (NAME_MAX): each `/`-separated segment of a key becomes one. */
+const MAX_SEGMENT_BYTES = 255;
 
 /**
- * The embedded ObjectStore: bucket `b`, key `k` is the file `<dataDir>/buckets/<b>/<k>`; its user
- * metadata and etag sit beside it in `<k>.meta.json`. Files are hard-linked in when possible (a
- * multi-GB checkpoint is not copied), written atomically (temp + rename) otherwise.
+ * The embedded ObjectStore: bucket `b`, key `k` is the file `<dataDir>/buckets/<b>/<k>`, a copy of
+ * its own (a copy-on-write clone where the file system has them, else a plain copy; never a hard
+ * link, which would let an edit of the source file change the stored object under its run id).
+ *
+ * Beside the buckets, in names no bucket can have (bucket names never start with a dot):
+ * - `.tmp/` holds the temporaries of uploads in progress, with short names (`<pid>-<n>`), so a key
+ *   may use the whole NAME_MAX in its last segment; each is removed on every way out of `putFile`,
+ *   and those of processes that died (kill -9) by the next upload.
+ * - `.meta/<b>/<sha256(k)[0:2]>/<sha256(k)>.json` holds the object's etag and user metadata, with the
+ *   size and mtime of the file they describe: when the file changed behind the store's back (or
+ *   the upload stopped between file and metadata), `stat` reports a derived etag and no metadata
+ *   rather than claims about bytes that are no longer there.
+ * Metadata of the older layout (`<k>.meta.json` beside the object) is still read.
+ * Keys are S3's (up to 1024 bytes), each segment a file name (up to 255 bytes); a longer one cannot
+ * be stored here (STORAGE_REJECTED) and is never found.
  */
 export class FsObjectStore implements ObjectStore {
   private readonly root: string;
+  private readonly tmp: string;
+  private readonly metaRoot: string;
+  private swept = false;
 
   constructor(dataDir: string) {
     this.root = resolve(dataDir, 'buckets');
+    this.tmp = join(this.root, '.tmp');
+    this.metaRoot = join(this.root, '.meta');
   }
 
   uri(bucket: string, key: string): string {
@@ -22,45 +45,70 @@ export class FsObjectStore implements ObjectStore {
   }
 
   parseUri(uri: string): { bucket: string; key: string } {
-    const path = fileURLToPath(uri);
+    const notOurs = (why: string) => new HeimdallError(ErrorCodes.INVALID_EVENT, `${JSON.stringify(uri)} is not a file:// uri of this store: ${why}`);
+    if (!uri.startsWith('file:///')) throw notOurs('not an absolute file:/// uri');
+    let path: string;
+    try {
+      path = fileURLToPath(uri);
+    } catch (error) {
+      throw notOurs((error as Error).message);
+    }
     const [bucket, ...rest] = relative(this.root, path).split(sep);
-    if (!bucket || bucket === '..' || rest.length === 0) throw new HeimdallError(ErrorCodes.OBJECT_NOT_FOUND, `${uri} is not in this store`);
+    if (!bucket || !isBucketName(bucket) || rest.length === 0) throw notOurs('outside its buckets');
     return { bucket, key: rest.join('/') };
   }
 
   async stat(bucket: string, key: string): Promise<ObjectInfo | undefined> {
-    try {
-      return JSON.parse(await readFile(this.metaPath(bucket, key), 'utf8')) as ObjectInfo;
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-      throw error;
+    const path = this.pathOf(bucket, key);
+    if (unstorable(key)) return undefined;
+    const file = await stat(path, { bigint: true }).catch(missing);
+    if (!file?.isFile()) return undefined;
+    const size = Number(file.size);
+    const meta = await readJson<StoredMeta>(this.metaPath(bucket, key));
+    if (meta && meta.key === key && meta.size === size && meta.mtimeNs === String(file.mtimeNs)) return { size, etag: meta.etag, metadata: meta.metadata };
+    if (!meta) {
+      const legacy = await readJson<ObjectInfo>(`${path}.meta.json`);
+      if (legacy && legacy.size === size) return { size, etag: legacy.etag, metadata: legacy.metadata };
     }
+    // Not the bytes the metadata describes: an etag of what is there, and no claims about it.
+    return { size, etag: createHash('md5').update(`${size}:${file.mtimeNs}:${file.ino}`).digest('hex'), metadata: {} };
   }
 
   async putFile(bucket: string, key: string, path: string, metadata: Record<string, string> = {}): Promise<ObjectInfo> {
     const target = this.pathOf(bucket, key);
-    await mkdir(dirname(target), { recursive: true });
-    const temporary = `${target}.${process.pid}.${Date.now()}.partial`;
+    const reason = unstorable(key);
+    if (reason) throw new HeimdallError(ErrorCodes.STORAGE_REJECTED, `key ${key.length > 80 ? `${key.slice(0, 80)}…` : key} ${reason}: the embedded store cannot hold it`);
+    const source = await stat(path);
+    if (!source.isFile()) throw new HeimdallError(ErrorCodes.NOT_A_FILE, `${path} is not a regular file: cannot store it`);
+    await this.sweepOnce();
+    await mkdir(this.tmp, { recursive: true });
+    const temporary = join(this.tmp, `${process.pid}-${nextId()}`);
     try {
-      await link(path, temporary);
-    } catch {
-      await copyFile(path, temporary);
+      // Our own copy: a clone shares blocks until either side changes (instant, no extra space),
+      // else libuv falls back to a plain copy.
+      await copyFile(path, temporary, constants.COPYFILE_EXCL | constants.COPYFILE_FICLONE);
+      const copied = await stat(temporary, { bigint: true });
+      const size = Number(copied.size);
+      // Opaque like S3's: new on every upload, without hashing gigabytes again.
+      const etag = createHash('md5').update(`${size}:${copied.mtimeNs}:${copied.ino}:${randomBytes(8).toString('hex')}`).digest('hex');
+      await mkdir(dirname(target), { recursive: true });
+      await rename(temporary, target);
+      const meta: StoredMeta = { key, size, mtimeNs: String(copied.mtimeNs), etag, metadata };
+      await writeAtomically(this.metaPath(bucket, key), JSON.stringify(meta, null, 2));
+      return { size, etag, metadata };
+    } finally {
+      await rm(temporary, { force: true });
     }
-    const stats = await stat(temporary);
-    // Opaque like S3's: changes whenever the object is replaced, without hashing gigabytes again.
-    const etag = createHash('md5').update(`${stats.size}:${stats.mtimeMs}:${stats.ino}:${Date.now()}`).digest('hex');
-    const info: ObjectInfo = { size: stats.size, etag, metadata };
-    await rename(temporary, target);
-    await writeAtomically(this.metaPath(bucket, key), JSON.stringify(info, null, 2));
-    return info;
   }
 
-  async fetchFile(bucket: string, key: string): Promise<{ path: string; release(): Promise<void> }> {
+  async fetchFile(bucket: string, key: string, version?: ObjectVersion): Promise<{ path: string; release(): Promise<void> }> {
     const path = this.pathOf(bucket, key);
-    try {
-      await stat(path);
-    } catch {
-      throw new HeimdallError(ErrorCodes.OBJECT_NOT_FOUND, `no object ${key} in bucket ${bucket}`);
+    const info = await this.stat(bucket, key);
+    if (!info) throw new HeimdallError(ErrorCodes.OBJECT_NOT_FOUND, `no object ${key} in bucket ${bucket}`);
+    // No versions are kept here: the version a notification named is either what is there now
+    // (same etag) or gone.
+    if (version?.etag !== undefined && unquote(version.etag) !== unquote(info.etag)) {
+      throw new HeimdallError(ErrorCodes.OBJECT_NOT_FOUND, `object ${key} in bucket ${bucket} has etag ${info.etag}, not ${version.etag} as notified: it was replaced, and this store keeps no versions`);
     }
     return { path, release: async () => undefined };
   }
@@ -74,13 +122,73 @@ export class FsObjectStore implements ObjectStore {
   }
 
   private metaPath(bucket: string, key: string): string {
-    return `${this.pathOf(bucket, key)}.meta.json`;
+    const digest = createHash('sha256').update(key).digest('hex');
+    return join(this.metaRoot, bucket, digest.slice(0, 2), `${digest}.json`);
+  }
+
+  /** Removes temporaries left by processes that died mid-upload (once per store). */
+  private async sweepOnce(): Promise<void> {
+    if (this.swept) return;
+    this.swept = true;
+    const names = await readdir(this.tmp).catch(() => [] as string[]);
+    for (const name of names) {
+      const pid = Number(name.split('-')[0]);
+      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && !isAlive(pid)) await rm(join(this.tmp, name), { force: true }).catch(() => undefined);
+    }
   }
 }
 
+/** What `.meta/` holds for an object. */
+interface StoredMeta {
+  readonly key: string;
+  readonly size: number;
+  /** The stored file's mtime in nanoseconds: the metadata is the file's only while it has this one. */
+  readonly mtimeNs: string;
+  readonly etag: string;
+  readonly metadata: Record<string, string>;
+}
+
+/** Why a key cannot be a path here, if it cannot. */
+function unstorable(key: string): string | undefined {
+  if (Buffer.byteLength(key) > MAX_KEY_BYTES) return `is longer than ${MAX_KEY_BYTES} bytes`;
+  if (key.split('/').some((segment) => Buffer.byteLength(segment) > MAX_SEGMENT_BYTES)) return `has a segment longer than ${MAX_SEGMENT_BYTES} bytes`;
+  return undefined;
+}
+
+const unquote = (etag: string) => etag.replace(/^"|"$/g, '');
+
+function missing(error: NodeJS.ErrnoException): undefined {
+  if (error.code === 'ENOENT' || error.code === 'ENOTDIR' || error.code === 'ENAMETOOLONG') return undefined;
+  throw error;
+}
+
+async function readJson<T>(path: string): Promise<T | undefined> {
+  const text = await readFile(path, 'utf8').catch(missing);
+  if (text === undefined) return undefined;
+  try {
+    return JSON.parse(text) as T;
+  } catch {
+    return undefined; // a torn write of an older version: treated as absent
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+let counter = 0;
+const nextId = () => `${Date.now().toString(36)}${(counter++).toString(36)}`;
+
+/** Replaces `path` with `content` atomically (a temporary beside it, then a rename); the temporary never outlives a failure. */
 export async function writeAtomically(path: string, content: string): Promise<void> {
   await mkdir(dirname(path), { recursive: true });
-  const temporary = `${path}.${process.pid}.partial`;
+  // Unique per write: two writes of one file in this process never share a temporary.
+  const temporary = `${path}.${process.pid}-${nextId()}.partial`;
   try {
     await writeFile(temporary, content);
     await rename(temporary, path);
@@ -89,4 +197,3 @@ export async function writeAtomically(path: string, content: string): Promise<vo
     throw error;
   }
 }
-

@@ -1,3 +1,5 @@
+import { ErrorCodes, HeimdallError } from '../errors/index.ts';
+
 /**
  * The ObjectStore port: S3 semantics (buckets, keys, user metadata, etags) with files as the unit of
  * transfer, because checkpoints and models are too big to hold in memory.
@@ -6,6 +8,12 @@ export interface ObjectInfo {
   readonly size: number;
   readonly etag: string;
   readonly metadata: Readonly<Record<string, string>>;
+}
+
+/** One version of an object, as a bucket notification names it. */
+export interface ObjectVersion {
+  readonly versionId?: string;
+  readonly etag?: string;
 }
 
 export interface ObjectStore {
@@ -19,14 +27,42 @@ export interface ObjectStore {
   /**
    * A local path holding the object's bytes, and a release function to call when done (removes a
    * downloaded temporary copy; a no-op where the store is local). OBJECT_NOT_FOUND when missing.
+   * `version` pins what a notification named: that version id (where the store keeps versions), and
+   * an etag the object must still have (OBJECT_NOT_FOUND naming both when it no longer does).
    */
-  fetchFile(bucket: string, key: string): Promise<{ path: string; release(): Promise<void> }>;
+  fetchFile(bucket: string, key: string, version?: ObjectVersion): Promise<{ path: string; release(): Promise<void> }>;
 }
 
-/** `fetchFile` for an object named by the uri an event carries. */
-export function fetchUri(store: ObjectStore, uri: string): Promise<{ path: string; release(): Promise<void> }> {
-  const { bucket, key } = store.parseUri(uri);
-  return store.fetchFile(bucket, key);
+/**
+ * The bucket and key of the object a uri from an event names, or INVALID_EVENT: the uri must be of
+ * this store's form (`store.uri()`'s scheme: `s3://bucket/key` on S3, `file:///...` on the embedded
+ * store) and its parser must accept it. An event is content: whatever is wrong with its uri (another
+ * store's scheme, `http://`, a relative path, an empty string) is never retriable, and no parser's
+ * TypeError reaches the runner as an I/O failure.
+ */
+export function locateUri(store: ObjectStore, uri: string): { bucket: string; key: string } {
+  const expected = schemeOf(store.uri(MODELS_BUCKET, 'k'));
+  const scheme = schemeOf(uri);
+  if (scheme !== expected) {
+    throw new HeimdallError(ErrorCodes.INVALID_EVENT, `the event names ${JSON.stringify(uri)}, not an object of this store (${expected}// uris)`);
+  }
+  try {
+    return store.parseUri(uri);
+  } catch (error) {
+    const reason = error instanceof Error ? error.message : String(error);
+    throw new HeimdallError(ErrorCodes.INVALID_EVENT, `the event names ${JSON.stringify(uri)}, which this store cannot read: ${reason}`, { cause: error });
+  }
+}
+
+/** `fetchFile` for an object named by the uri an event carries (INVALID_EVENT when it names none of this store: `locateUri`). */
+export async function fetchUri(store: ObjectStore, uri: string, version?: ObjectVersion): Promise<{ path: string; release(): Promise<void> }> {
+  const { bucket, key } = locateUri(store, uri);
+  return store.fetchFile(bucket, key, version);
+}
+
+/** `s3:`, `file:`: the scheme a uri starts with (RFC 3986 §3.1), lowercased; '' when it has none. */
+function schemeOf(uri: string): string {
+  return /^([a-z][a-z0-9+.-]*):/i.exec(uri)?.[1]?.toLowerCase().concat(':') ?? '';
 }
 
 /** Golden samples beside a checkpoint (`<key>.parity.safetensors`), read by parity (DESIGN §5). */

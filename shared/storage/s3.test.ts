@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startHttpProxy } from '../../test/support/services/http-proxy.ts';
 import { startS3Server, type S3Server } from '../../test/support/services/s3-server.ts';
 import { tempDir } from '../../test/support/temp.ts';
+import { Client } from 'minio';
 import { S3ObjectStore, type S3Options } from './s3.ts';
 
 const MiB = 1 << 20;
@@ -39,7 +40,9 @@ describe('S3ObjectStore on a real S3-protocol server', () => {
   it('names objects s3://bucket/key and parses those uris back', () => {
     expect(store.uri('heimdall-models', 'models/localization/abc/model.onnx')).toBe('s3://heimdall-models/models/localization/abc/model.onnx');
     expect(store.parseUri('s3://heimdall-models/models/localization/abc/model.onnx')).toEqual({ bucket: 'heimdall-models', key: 'models/localization/abc/model.onnx' });
-    expect(() => store.parseUri('file:///tmp/x')).toThrow(expect.objectContaining({ code: 'OBJECT_NOT_FOUND' }));
+    for (const uri of ['file:///tmp/x', 's3://heimdall-models', 's3://heimdall-models/', 'http://heimdall-models/k', '']) {
+      expect(() => store.parseUri(uri), uri).toThrow(expect.objectContaining({ code: 'INVALID_EVENT' }));
+    }
   });
 
   it('uploads a file with user metadata into a bucket it creates, and downloads it with its sha256', async () => {
@@ -80,7 +83,7 @@ describe('S3ObjectStore on a real S3-protocol server', () => {
       expect(await counted.stat('heimdall-checkpoints', 'no/such.pth')).toBeUndefined();
       await expect(counted.fetchFile('heimdall-checkpoints', 'no/such.pth')).rejects.toMatchObject({ code: 'OBJECT_NOT_FOUND' });
       await expect(counted.fetchFile('no-such-bucket', 'x.pth')).rejects.toMatchObject({ code: 'OBJECT_NOT_FOUND' });
-      expect(proxy.requests).toBe(3); // one HEAD each: a 404 is an answer, not retried
+      expect(proxy.requests).toBe(3); // one request each: a 404 is an answer, not retried
     } finally {
       await proxy.stop();
     }
@@ -114,12 +117,71 @@ describe('S3ObjectStore on a real S3-protocol server', () => {
       const fetched = await flaky.fetchFile('heimdall-models', 'flaky.bin');
       expect(fetched.sha256).toBe(file.sha256);
       await fetched.release();
-      expect(proxy.requests).toBeGreaterThanOrEqual(3 + 2 + 4); // failures, bucket check, put, stat, get
+      expect(proxy.requests).toBeGreaterThanOrEqual(3 + 2 + 3); // failures, bucket check, put, get
 
       proxy.failNext(FAST_RETRY.attempts);
       await expect(flaky.stat('heimdall-models', 'flaky.bin')).rejects.toMatchObject({ code: 'IO_ERROR' });
     } finally {
       await proxy.stop();
     }
+  });
+
+  describe('in a versioned bucket', () => {
+    const bucket = 'versioned-checkpoints';
+    const key = 'runs/epoch-3.pth';
+    let client: Client;
+    let v1: { versionId: string; etag: string; sha256: string };
+    let v2: { versionId: string; etag: string; sha256: string };
+
+    /** Uploads through the minio client itself, which reports the version id S3 gave the upload. */
+    async function upload(name: string): Promise<{ versionId: string; etag: string; sha256: string }> {
+      const file = await randomFile(name, 4096);
+      const { etag, versionId } = await client.fPutObject(bucket, key, file.path);
+      return { versionId: versionId!, etag, sha256: file.sha256 };
+    }
+
+    beforeAll(async () => {
+      const url = new URL(server.endpoint);
+      client = new Client({ endPoint: url.hostname, port: Number(url.port), useSSL: false, accessKey: server.accessKey, secretKey: server.secretKey, region: server.region, pathStyle: true });
+      await client.makeBucket(bucket, server.region);
+      await client.setBucketVersioning(bucket, { Status: 'Enabled' });
+      v1 = await upload('v1.pth');
+      v2 = await upload('v2.pth');
+    });
+
+    const sha256Of = async (version?: { versionId?: string; etag?: string }) => {
+      const fetched = await store.fetchFile(bucket, key, version);
+      await fetched.release();
+      return fetched.sha256;
+    };
+
+    it('reads the version asked for, the latest without one', async () => {
+      expect(v1.versionId).not.toBe(v2.versionId);
+      expect(await sha256Of({ versionId: v1.versionId })).toBe(v1.sha256);
+      expect(await sha256Of({ versionId: v2.versionId, etag: v2.etag })).toBe(v2.sha256);
+      expect(await sha256Of()).toBe(v2.sha256);
+    });
+
+    it('checks the etag a notification names, quoted or not', async () => {
+      expect(await sha256Of({ versionId: v1.versionId, etag: `"${v1.etag}"` })).toBe(v1.sha256);
+      // No version id (a notification from an unversioned bucket): the key holds v2 now, not the upload named.
+      await expect(store.fetchFile(bucket, key, { etag: v1.etag })).rejects.toMatchObject({
+        code: 'OBJECT_NOT_FOUND',
+        message: `s3://${bucket}/${key} has etag ${v2.etag}, not ${v1.etag} as the notification named: that upload was replaced`,
+      });
+      await expect(store.fetchFile(bucket, key, { versionId: v2.versionId, etag: v1.etag })).rejects.toMatchObject({ code: 'OBJECT_NOT_FOUND', message: expect.stringContaining(`(version ${v2.versionId}) has etag ${v2.etag}, not ${v1.etag}`) });
+    });
+
+    it('answers a version that does not exist with OBJECT_NOT_FOUND at once, in a versioned bucket or not', async () => {
+      const proxy = await startHttpProxy(server.endpoint);
+      const counted = new S3ObjectStore({ ...options, endpoint: proxy.url });
+      try {
+        await expect(counted.fetchFile(bucket, key, { versionId: '00000000-0000-0000-0000-000000000000' })).rejects.toMatchObject({ code: 'OBJECT_NOT_FOUND', message: expect.stringContaining('NoSuchVersion') });
+        await expect(counted.fetchFile('heimdall-checkpoints', 'run/checkpoint.pth', { versionId: v1.versionId })).rejects.toMatchObject({ code: 'OBJECT_NOT_FOUND' });
+        expect(proxy.requests).toBe(2);
+      } finally {
+        await proxy.stop();
+      }
+    });
   });
 });

@@ -5,10 +5,11 @@ import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { Client, S3Error } from 'minio';
+import type { IncomingHttpHeaders } from 'node:http';
+import { Client, InvalidBucketNameError, InvalidObjectNameError, S3Error } from 'minio';
 import { ErrorCodes, HeimdallError } from '../errors/index.ts';
 import { DEFAULT_RETRY, isNetworkError, withRetry, type RetryPolicy } from '../errors/retry.ts';
-import type { ObjectInfo, ObjectStore } from './object-store.ts';
+import type { ObjectInfo, ObjectStore, ObjectVersion } from './object-store.ts';
 
 export interface S3Options {
   /** `http(s)://host:port` of an S3-protocol server (MinIO, AWS, ...). */
@@ -37,7 +38,7 @@ export interface FetchedObject {
 /** S3 error codes of a server that is overloaded or failing for now (the rest are answers, not accidents). */
 const TRANSIENT_CODES = new Set(['SlowDown', 'InternalError', 'ServiceUnavailable', 'RequestTimeout', 'RequestTimeTooSkewed', 'OperationAborted', 'XMinioServerNotInitialized']);
 const AUTH_CODES = new Set(['AccessDenied', 'InvalidAccessKeyId', 'SignatureDoesNotMatch', 'InvalidToken', 'ExpiredToken', 'AuthorizationHeaderMalformed']);
-const NOT_FOUND_CODES = new Set(['NoSuchKey', 'NoSuchBucket', 'NotFound']);
+const NOT_FOUND_CODES = new Set(['NoSuchKey', 'NoSuchBucket', 'NoSuchVersion', 'NotFound']);
 
 /**
  * The ObjectStore on an S3-protocol server through the `minio` client (DESIGN §2). Uris are
@@ -76,7 +77,7 @@ export class S3ObjectStore implements ObjectStore {
 
   parseUri(uri: string): { bucket: string; key: string } {
     const match = /^s3:\/\/([^/]+)\/(.+)$/.exec(uri);
-    if (!match) throw new HeimdallError(ErrorCodes.OBJECT_NOT_FOUND, `${uri} is not an s3://bucket/key uri`);
+    if (!match) throw new HeimdallError(ErrorCodes.INVALID_EVENT, `${JSON.stringify(uri)} is not an s3://bucket/key uri`);
     return { bucket: match[1]!, key: match[2]! };
   }
 
@@ -99,18 +100,29 @@ export class S3ObjectStore implements ObjectStore {
   }
 
   /**
-   * Downloads to a temporary file, hashing on the way; a retry starts over. When the object
-   * carries a `sha256` in its metadata (as every object we upload does), the bytes must match it.
+   * Downloads to a temporary file, hashing on the way; a retry starts over. One GET: the size, etag
+   * and metadata checked are those of the bytes received, so an object replaced meanwhile cannot
+   * mix with the one asked for. `version` pins what a notification named: `versionId` is sent with
+   * the request (a versioned bucket keeps the older bytes), and the object's etag must be `etag`
+   * (quotes aside), else OBJECT_NOT_FOUND naming both: that upload is no longer there to read.
+   * When the object carries a `sha256` in its metadata (as every object we upload does), the
+   * bytes must match it.
    */
-  async fetchFile(bucket: string, key: string): Promise<FetchedObject> {
-    const where = `s3://${bucket}/${key}`;
-    const info = await this.call(`stat ${where}`, () => this.client.statObject(bucket, key));
-    const expected = userMetadata(info.metaData)['sha256'];
+  async fetchFile(bucket: string, key: string, version: ObjectVersion = {}): Promise<FetchedObject> {
+    const where = `s3://${bucket}/${key}${version.versionId ? ` (version ${version.versionId})` : ''}`;
     const dir = await mkdtemp(join(this.tempDir, 'heimdall-s3-'));
-    const path = join(dir, basename(key));
+    const path = join(dir, basename(key) || 'object');
     const release = () => rm(dir, { recursive: true, force: true });
     try {
-      const sha256 = await this.call(`download ${where}`, async () => {
+      const { sha256, headers } = await this.call(`download ${where}`, async () => {
+        const response = await this.client.getObject(bucket, key, version.versionId ? { versionId: version.versionId } : undefined);
+        // The client answers with the HTTP response itself: its headers describe these bytes.
+        const headers: IncomingHttpHeaders = (response as Partial<{ headers: IncomingHttpHeaders }>).headers ?? {};
+        const etag = unquoteEtag(String(headers.etag ?? ''));
+        if (version.etag !== undefined && etag !== unquoteEtag(version.etag)) {
+          response.destroy();
+          throw new HeimdallError(ErrorCodes.OBJECT_NOT_FOUND, `${where} has etag ${etag || '(none)'}, not ${unquoteEtag(version.etag)} as the notification named: that upload was replaced`);
+        }
         const hash = createHash('sha256');
         const hashing = new Transform({
           transform(chunk: Buffer, _encoding, done) {
@@ -118,11 +130,13 @@ export class S3ObjectStore implements ObjectStore {
             done(null, chunk);
           },
         });
-        await pipeline(await this.client.getObject(bucket, key), hashing, createWriteStream(path));
-        return hash.digest('hex');
+        await pipeline(response, hashing, createWriteStream(path));
+        return { sha256: hash.digest('hex'), headers };
       });
       const { size } = await stat(path);
-      if (size !== info.size) throw new HeimdallError(ErrorCodes.IO_ERROR, `downloaded ${size} bytes of ${where}, expected ${info.size}`);
+      const announced = Number(headers['content-length']);
+      if (headers['content-length'] !== undefined && size !== announced) throw new HeimdallError(ErrorCodes.IO_ERROR, `downloaded ${size} bytes of ${where}, expected ${announced}`);
+      const expected = userMetadata(metaHeaders(headers))['sha256'];
       if (expected && expected !== sha256) throw new HeimdallError(ErrorCodes.IO_ERROR, `downloaded ${where} has sha256 ${sha256}, its metadata says ${expected}`);
       return { path, size, sha256, release };
     } catch (error) {
@@ -168,6 +182,8 @@ function isTransient(error: unknown): boolean {
 function toHeimdallError(what: string, error: unknown, origin: string): HeimdallError {
   if (error instanceof HeimdallError) return error;
   const message = error instanceof Error ? error.message : String(error);
+  // The client refuses names no object can have (an empty key, over 1024 characters) before asking.
+  if (error instanceof InvalidBucketNameError || error instanceof InvalidObjectNameError) return new HeimdallError(ErrorCodes.OBJECT_NOT_FOUND, `cannot ${what}: ${message}`, { cause: error });
   if (error instanceof S3Error && error.code) {
     const detail = `${error.code}: ${message}`;
     if (NOT_FOUND_CODES.has(error.code)) return new HeimdallError(ErrorCodes.OBJECT_NOT_FOUND, `cannot ${what}: no such ${error.code === 'NoSuchBucket' ? 'bucket' : 'object'} (${error.code})`, { cause: error });
@@ -175,6 +191,21 @@ function toHeimdallError(what: string, error: unknown, origin: string): Heimdall
     if (!TRANSIENT_CODES.has(error.code)) return new HeimdallError(ErrorCodes.STORAGE_REJECTED, `cannot ${what}: ${detail}`, { cause: error });
   }
   return new HeimdallError(ErrorCodes.IO_ERROR, `cannot ${what} at ${origin}: ${message || 'server error'}`, { cause: error });
+}
+
+/** S3 etags travel quoted (`"abc"`, `"abc-3"` for multipart); notifications and the client give them bare. */
+export function unquoteEtag(etag: string): string {
+  return etag.replace(/^(?:"|&quot;|&#34;)|(?:"|&quot;|&#34;)$/g, '');
+}
+
+/** A GET response's user metadata headers, named as `statObject` names them (`x-amz-meta-` stripped). */
+function metaHeaders(headers: IncomingHttpHeaders): Record<string, string> {
+  const prefix = 'x-amz-meta-';
+  return Object.fromEntries(
+    Object.entries(headers)
+      .filter(([name, value]) => name.toLowerCase().startsWith(prefix) && typeof value === 'string')
+      .map(([name, value]) => [name.slice(prefix.length), value as string]),
+  );
 }
 
 /** Headers the client reports beside user metadata (minio's extractMetadata keeps them in one map). */

@@ -131,6 +131,54 @@ describe('a stage behind POST /', () => {
     expect((await replyEvent(response)).data).toMatchObject({ runId: garbage.data.runId, stage: 'export', error: { code: 'UNSUPPORTED_FORMAT' }, retriable: false });
   });
 
+  /** A model.exported event for a model at `uri` (its bytes need not be a model). */
+  const exportedAt = (uri: string, runId = created.data.runId) =>
+    ({
+      ...created,
+      id: `${runId}.export`,
+      type: 'heimdall.model.exported',
+      source: 'heimdall/export',
+      data: {
+        runId,
+        checkpoint: { uri: environment.store.uri(created.data.bucket, created.data.key), sha256: created.data.sha256!, format: 'torch-zip' },
+        onnx: { uri, sha256: created.data.sha256!, bytes: 10, opset: 14, irVersion: 7 },
+        architecture: { name: 'LocalizationNet', variant: 'custom', params: 1 },
+        warnings: [],
+        durationMs: 1,
+      },
+    }) as CloudEvent<'heimdall.model.exported'>;
+
+  it('answers an object uri of no store with 400 INVALID_EVENT, and one of another store with the failure, not retriable: never a 500', async () => {
+    const app = createFunctionApp(stage('validate'), environment);
+    const table = [
+      { uri: 'http://example.com/model.onnx', status: 400 },
+      { uri: 'models/localization/abc/model.onnx', status: 400 },
+      { uri: '', status: 400 },
+      { uri: 'file://elsewhere/model.onnx', status: 400 },
+      { uri: `s3://${MODELS_BUCKET}/models/localization/abc/model.onnx`, status: 200 },
+      { uri: 'file:///etc/passwd', status: 200 },
+    ];
+    for (const { uri, status } of table) {
+      const response = await post(app, exportedAt(uri));
+      const answer = response.status === 400 ? ((await response.json()) as { error: { code: string; message: string } }).error : (await replyEvent(response)).data;
+      expect({ uri, status: response.status }).toEqual({ uri, status });
+      if (status === 400) expect(answer).toMatchObject({ code: 'INVALID_EVENT', message: expect.stringContaining('onnx.uri: must be an absolute s3://bucket/key or file:///path uri') });
+      else expect(answer).toMatchObject({ stage: 'validate', error: { code: 'INVALID_EVENT', message: expect.stringContaining(JSON.stringify(uri)) }, retriable: false });
+    }
+  });
+
+  it('answers a malformed ONNX file with 200 and INVALID_MODEL, not retriable', async () => {
+    const app = createFunctionApp(stage('validate'), environment);
+    const runId = 'badbadbadbadbad0';
+    const path = join(dataDir, 'truncated.onnx');
+    // A graph field that claims more bytes than the file has.
+    await writeFile(path, Uint8Array.from([0x08, 0x07, 0x3a, 0x7f, 0x0a]));
+    await environment.store.putFile(MODELS_BUCKET, `models/localization/${runId}/model.onnx`, path);
+    const response = await post(app, exportedAt(environment.store.uri(MODELS_BUCKET, `models/localization/${runId}/model.onnx`), runId));
+    expect(response.status).toBe(200);
+    expect((await replyEvent(response)).data).toMatchObject({ runId, stage: 'validate', error: { code: 'INVALID_MODEL', message: expect.stringMatching(/past the end of its file/) }, retriable: false });
+  });
+
   it('answers a failure that may pass on retry (a disk error) with 500 and the pipeline.failed event, so the Broker retries', async () => {
     const brokenDir = await tempDir('heimdall-function-broken-');
     const broken = await environmentIn(brokenDir);

@@ -1,4 +1,4 @@
-import { execFile } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { RunReport } from '../../shared/pipeline/report.ts';
@@ -19,4 +19,33 @@ export async function heimdallRun(checkpoint: string, workdir: string, env: Reco
   const lines = result.stdout.trim().split('\n');
   const last = lines.at(-1) ?? '';
   return { code: result.code, stdout: lines, stderr: result.stderr, report: (last.startsWith('{') ? JSON.parse(last) : undefined) as RunReport };
+}
+
+/** A `heimdall` command running in its own process, for tests that stop it (signals) midway. */
+export interface HeimdallProcess {
+  readonly child: ChildProcess;
+  stdout(): string;
+  stderr(): string;
+  /** The exit: a status, or the signal that ended it. */
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>;
+}
+
+/** Starts `heimdall <argv...>` as a user runs it (the real CLI, its own process and environment). */
+export function spawnHeimdall(argv: readonly string[], env: Record<string, string> = {}): HeimdallProcess {
+  const child = spawn(process.execPath, [heimdall, ...argv], { env: { ...process.env, ...QUICK, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+  child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal, at: Date.now() })));
+  return { child, stdout: () => stdout, stderr: () => stderr, exited };
+}
+
+/**
+ * Whether a process ended as a program stopped by `signal` does: with status 128 + n (SIGINT 130,
+ * SIGTERM 143) or killed by the signal itself, which a shell reports as the same status.
+ */
+export function endedBy(exit: { code: number | null; signal: NodeJS.Signals | null }, signal: 'SIGINT' | 'SIGTERM'): boolean {
+  const status = signal === 'SIGINT' ? 130 : 143;
+  return exit.code === status || exit.signal === signal;
 }

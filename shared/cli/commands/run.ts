@@ -11,11 +11,13 @@ import { eventLine } from '../event-line.ts';
 import { formatSeconds } from '../format.ts';
 import type { CommandIO } from '../io.ts';
 import { ProgressLine } from '../progress.ts';
+import { signalExitCode, watchStopSignals } from '../signals.ts';
 import { ErrorCodes, HeimdallError } from '../../errors/index.ts';
 
 export const runUsage = 'heimdall run <checkpoint> [--workdir DIR] [--json]';
 /** How long the end of a run waits for subscribers (alerts still being delivered). */
 const SUBSCRIBERS_DRAIN_MS = 10_000;
+const SUBSCRIBERS_DRAIN_ON_STOP_MS = 1000;
 
 /** The main job: one checkpoint through every stage, in this process, on the embedded default. */
 export async function runCommand(argv: string[], io: CommandIO, stages: readonly AnyStage[], subscriberFunctions: readonly SubscriberFunction[] = []): Promise<number> {
@@ -28,35 +30,49 @@ export async function runCommand(argv: string[], io: CommandIO, stages: readonly
   const started = performance.now();
   let progress: ProgressLine | undefined;
   let current = '';
-  const report = await runInProcess(checkpoint, {
-    stages,
-    ...createAdapters(config),
-    runState: new FsRunStateStore(config.dataDir),
-    config,
-    logger,
-    onProgress: (stage, message) => {
-      if (stage !== current) {
-        progress?.done();
-        progress = new ProgressLine(stage.padEnd(9));
-        current = stage;
-      }
-      progress!.update(message);
-    },
-    onEvent: (event) => {
-      progress?.done();
-      io.stdout(eventLine(event));
-      for (const subscriber of subscribers) subscriber.accept(event);
-    },
+  // SIGTERM / Ctrl-C: the stage in flight is aborted, its partial output removed with the run's
+  // scratch dir, and the run recorded as failed with ABORTED; the exit status says which signal.
+  const stop = watchStopSignals(`run of ${checkpoint}`, (line) => {
+    progress?.done();
+    io.stderr(line);
   });
-  progress?.done();
-  const elapsed = formatSeconds(performance.now() - started);
-  if (report.status === 'registered') {
-    const r = report.registry!;
-    io.stdout(`${r.created ? 'registered' : 'already registered:'} ${r.name} version ${r.version} (alias ${r.alias}) from run ${report.runId} in ${elapsed}; data in ${resolve(config.dataDir)}`);
-  } else {
-    io.stderr(`error: ${report.error!.code}: run ${report.runId} failed at ${report.error!.stage}: ${report.error!.message}`);
+  try {
+    const report = await runInProcess(checkpoint, {
+      stages,
+      ...createAdapters(config),
+      runState: new FsRunStateStore(config.dataDir),
+      config,
+      logger,
+      signal: stop.signal,
+      onProgress: (stage, message) => {
+        if (stage !== current) {
+          progress?.done();
+          progress = new ProgressLine(stage.padEnd(9));
+          current = stage;
+        }
+        progress!.update(message);
+      },
+      onEvent: (event) => {
+        progress?.done();
+        io.stdout(eventLine(event));
+        for (const subscriber of subscribers) subscriber.accept(event);
+      },
+    });
+    progress?.done();
+    const elapsed = formatSeconds(performance.now() - started);
+    if (report.status === 'registered') {
+      const r = report.registry!;
+      io.stdout(`${r.created ? 'registered' : 'already registered:'} ${r.name} version ${r.version} (alias ${r.alias}) from run ${report.runId} in ${elapsed}; data in ${resolve(config.dataDir)}`);
+    } else {
+      io.stderr(`error: ${report.error!.code}: run ${report.runId} failed at ${report.error!.stage}: ${report.error!.message}`);
+    }
+    if (values.json) io.stdout(JSON.stringify(report));
+    // Stopped: alerts get a moment, not the full drain.
+    await Promise.all(subscribers.map((s) => s.close(stop.received ? SUBSCRIBERS_DRAIN_ON_STOP_MS : SUBSCRIBERS_DRAIN_MS)));
+    if (report.status === 'registered') return 0;
+    return stop.received ? signalExitCode(stop.received) : 1;
+  } finally {
+    progress?.done();
+    stop.dispose();
   }
-  if (values.json) io.stdout(JSON.stringify(report));
-  await Promise.all(subscribers.map((s) => s.close(SUBSCRIBERS_DRAIN_MS)));
-  return report.status === 'registered' ? 0 : 1;
 }

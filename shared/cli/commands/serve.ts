@@ -1,10 +1,11 @@
-import { withoutCredentials } from '../../bus/nats/connection.ts';
+import { DRAIN_TIMEOUT_MS, withoutCredentials } from '../../bus/nats/connection.ts';
 import { loadConfig } from '../../config/index.ts';
 import { ErrorCodes, HeimdallError } from '../../errors/index.ts';
 import { createLogger } from '../../logging/index.ts';
 import { STAGES, type StageName } from '../../pipeline/stage.ts';
 import { parseCommandArgs } from '../args.ts';
 import { eventLine } from '../event-line.ts';
+import { formatSeconds } from '../format.ts';
 import type { CliEnvironment } from '../main.ts';
 import { ProgressLine } from '../progress.ts';
 import { startServing } from '../serving.ts';
@@ -62,11 +63,30 @@ export async function serveCommand(argv: string[], env: CliEnvironment): Promise
     serving.dashboardUrl ? `status page ${serving.dashboardUrl}` : '',
   ].filter(Boolean);
   env.io.stderr(`${parts.join('; ')}; SIGTERM or Ctrl-C drains and stops`);
-  await untilStopSignal();
-  env.io.stderr('draining: finishing in-flight work');
+  // A bug that escapes a message's handling (a stray rejected promise) is logged, not a crash of
+  // every worker in this process; the message it belonged to is redelivered after its ack wait.
+  const onStray = (error: unknown) => logger.error({ err: error }, 'unhandled rejection (worker kept running)');
+  process.on('unhandledRejection', onStray);
+  const signal = await untilStopSignal();
+  const limitMs = serving.graceMs + STOP_MARGIN_MS;
+  env.io.stderr(`draining: finishing in-flight work (${signal}; at most ${formatSeconds(limitMs)})`);
+  // The stop is bounded step by step (grace period, drain deadline); this is the backstop, should a
+  // library call still not return: the process ends within its grace period regardless.
+  const backstop = setTimeout(() => {
+    env.io.stderr(`error: ${ErrorCodes.ABORTED}: did not stop within ${formatSeconds(limitMs)}; exiting (unacknowledged messages are redelivered)`);
+    process.exit(1);
+  }, limitMs);
+  backstop.unref();
+  const started = performance.now();
   await serving.stop();
+  clearTimeout(backstop);
+  process.off('unhandledRejection', onStray);
+  env.io.stderr(`stopped in ${formatSeconds(performance.now() - started)}`);
   return 0;
 }
+
+/** Past the grace period: the processor's hand-back, the connection's drain deadline and a second to spare. */
+const STOP_MARGIN_MS = 1000 + DRAIN_TIMEOUT_MS + 1000;
 
 function parseStages(list: string | undefined): StageName[] {
   if (!list) return [...STAGES];

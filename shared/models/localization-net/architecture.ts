@@ -5,6 +5,8 @@
  * knows the key layout, shared by architecture inference, the graph builder and the sample writer.
  */
 
+import { ErrorCodes, HeimdallError } from '../../errors/index.ts';
+
 export interface LocalizationNetSpec {
   /** `tiny`, `small`, `base`, `large`, or `custom` when the dims/depths match no torchvision preset. */
   readonly variant: string;
@@ -29,6 +31,20 @@ export const CONVNEXT_PRESETS: Readonly<Record<string, { dims: number[]; depths:
 };
 
 export const DEFAULT_UNCERTAINTY_RANGE = { min: 0.01, max: 1.0 } as const;
+
+/**
+ * The uncertainty clamp range must be a real range of positive values in the model's float32:
+ * `0 < min < max`, both finite, and still so once rounded to float32 (the graph's constants):
+ * 1e-50 rounds to 0, 1e39 to Infinity, and 1 + 1e-12 to 1. INVALID_CONFIG naming the key otherwise.
+ */
+export function checkUncertaintyRange(min: number, max: number): void {
+  const fail = (key: string, reason: string) => new HeimdallError(ErrorCodes.INVALID_CONFIG, `config ${key} ${reason}`);
+  const [min32, max32] = [Math.fround(min), Math.fround(max)];
+  if (!Number.isFinite(min) || !Number.isFinite(min32)) throw fail('uncertainty_min', `must be finite in float32, got ${min}`);
+  if (!Number.isFinite(max) || !Number.isFinite(max32)) throw fail('uncertainty_max', `must be finite in float32, got ${max}`);
+  if (!(min32 > 0)) throw fail('uncertainty_min', `must be greater than 0 (in float32), got ${min}`);
+  if (!(max32 > min32)) throw fail('uncertainty_max', `must be greater than uncertainty_min (${min}) in float32, got ${max}`);
+}
 export const DEFAULT_HEAD_HIDDEN = [256, 128] as const;
 
 /** Model I/O contract (DESIGN §4). */
@@ -70,6 +86,7 @@ export function specForVariant(
 ): LocalizationNetSpec {
   const preset = CONVNEXT_PRESETS[variant];
   if (!preset) throw new Error(`unknown variant ${variant}; expected one of ${Object.keys(CONVNEXT_PRESETS).join(', ')}`);
+  checkUncertaintyRange(options.uncertaintyMin ?? DEFAULT_UNCERTAINTY_RANGE.min, options.uncertaintyMax ?? DEFAULT_UNCERTAINTY_RANGE.max);
   return {
     variant,
     dims: preset.dims,

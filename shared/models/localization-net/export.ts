@@ -15,6 +15,8 @@ export interface ExportOptions {
   /** Per-phase progress: hashing the checkpoint, then writing the weights. */
   onProgress?: (event: { phase: 'hash' | 'write'; doneBytes: number; totalBytes: number }) => void;
   externalData?: boolean;
+  /** Stops the export between tensors; the partial output is removed (see WriteOptions.signal). */
+  signal?: AbortSignal;
 }
 
 export interface ExportResult {
@@ -78,6 +80,7 @@ export async function exportCheckpoint(checkpointPath: string, outPath: string, 
       outPath,
       {
         ...(options.externalData !== undefined ? { externalData: options.externalData } : {}),
+        ...(options.signal ? { signal: options.signal } : {}),
         inspect: (name, data) => {
           const count = countNonFinite(new Float32Array(data.buffer, data.byteOffset, data.byteLength / 4));
           if (count > 0) nonFinite.set(name, count);

@@ -1,7 +1,18 @@
-import { describe, expect, it } from 'vitest';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { tempDir } from '../../../test/support/temp.ts';
+import { SMALL_SPEC } from '../../../test/support/small-model.ts';
 import type { LazyTensor } from '../../checkpoint/index.ts';
 import { CONVNEXT_PRESETS, specForVariant, stateDictEntries } from './architecture.ts';
+import { exportCheckpoint } from './export.ts';
 import { inferArchitecture, parameterCount } from './infer.ts';
+import { writeSampleCheckpoint } from './sample-weights.ts';
+
+let dir: string;
+beforeAll(async () => {
+  dir = await tempDir();
+});
 
 /** Shapes only: inference never reads values. */
 const shapesOf = (entries: { name: string; shape: readonly number[] }[]) =>
@@ -24,10 +35,53 @@ describe('inferArchitecture', () => {
     expect(parameterCount(specForVariant('tiny'))).toBe(backbone + 2 * heads);
   });
 
-  it('takes the uncertainty range from the checkpoint config, numbers or strings', () => {
+  it('takes the uncertainty range from the checkpoint config, numbers or decimal strings (safetensors metadata)', () => {
     const tensors = shapesOf(stateDictEntries(specForVariant('tiny')));
     expect(inferArchitecture(tensors, { uncertainty_min: '0.05', uncertainty_max: 0.8 })).toMatchObject({ uncertaintyMin: 0.05, uncertaintyMax: 0.8 });
+    expect(inferArchitecture(tensors, { uncertainty_min: '5e-3', uncertainty_max: '+2.5' })).toMatchObject({ uncertaintyMin: 0.005, uncertaintyMax: 2.5 });
+    expect(inferArchitecture(tensors, { uncertainty_min: null, lr: 'not a number' })).toMatchObject({ uncertaintyMin: 0.01, uncertaintyMax: 1 });
     expect(inferArchitecture(tensors)).toMatchObject({ uncertaintyMin: 0.01, uncertaintyMax: 1 });
+  });
+
+  describe('refuses a config the clamp range cannot come from, with INVALID_CONFIG naming the key', () => {
+    const tensors = shapesOf(stateDictEntries(specForVariant('tiny')));
+    const cases: Array<[string, Record<string, unknown>, string, RegExp]> = [
+      ['hex string (was read as 16)', { uncertainty_min: '0x10' }, 'uncertainty_min', /must be a number, got "0x10"/],
+      ['"Infinity" string', { uncertainty_max: 'Infinity' }, 'uncertainty_max', /must be a number/],
+      ['blank string', { uncertainty_max: ' ' }, 'uncertainty_max', /must be a number/],
+      ['boolean', { uncertainty_max: true }, 'uncertainty_max', /must be a number, got true/],
+      ['list', { uncertainty_min: [0.1] }, 'uncertainty_min', /must be a number, got a list of 1/],
+      ['object', { uncertainty_max: { value: 1 } }, 'uncertainty_max', /must be a number, got an object/],
+      ['NaN', { uncertainty_min: Number.NaN }, 'uncertainty_min', /must be a finite number/],
+      ['infinite', { uncertainty_max: Number.POSITIVE_INFINITY }, 'uncertainty_max', /must be a finite number/],
+      ['negative range (was registered)', { uncertainty_min: -5, uncertainty_max: -1 }, 'uncertainty_min', /must be greater than 0/],
+      ['zero minimum', { uncertainty_min: 0 }, 'uncertainty_min', /must be greater than 0/],
+      ['minimum that float32 rounds to 0', { uncertainty_min: 1e-50 }, 'uncertainty_min', /must be greater than 0 \(in float32\)/],
+      ['maximum that is Inf in float32 (was exported as Inf)', { uncertainty_max: 1e308 }, 'uncertainty_max', /must be finite in float32, got 1e\+308/],
+      ['-1e308', { uncertainty_min: -1e308 }, 'uncertainty_min', /must be finite in float32/],
+      ['empty range', { uncertainty_min: 0.5, uncertainty_max: 0.5 }, 'uncertainty_max', /must be greater than uncertainty_min/],
+      ['range empty in float32', { uncertainty_min: 1, uncertainty_max: 1 + 1e-12 }, 'uncertainty_max', /must be greater than uncertainty_min \(1\) in float32/],
+      ['minimum above the default maximum', { uncertainty_min: 2 }, 'uncertainty_min', /must be below uncertainty_max \(not given: 1 by default\)/],
+    ];
+    for (const [what, config, key, message] of cases) {
+      it(what, () => {
+        expect(() => inferArchitecture(tensors, config)).toThrowError(
+          expect.objectContaining({ code: 'INVALID_CONFIG', message: expect.stringMatching(new RegExp(`^config ${key} ${message.source}`)) }),
+        );
+      });
+    }
+
+    it('as export meets it: a checkpoint whose config registers a negative range exports nothing', async () => {
+      const path = join(dir, 'negative.pth');
+      await writeSampleCheckpoint(path, { variant: 'custom', spec: { ...SMALL_SPEC, uncertaintyMin: -5, uncertaintyMax: -1 }, seed: 1, layout: 'model_state_dict' });
+      await expect(exportCheckpoint(path, join(dir, 'never.onnx'))).rejects.toMatchObject({ code: 'INVALID_CONFIG', message: expect.stringMatching(/^config uncertainty_min must be greater than 0/) });
+      expect(existsSync(join(dir, 'never.onnx'))).toBe(false);
+    });
+
+    it('reads only own keys: a config without them gets the defaults, whatever Object.prototype holds', () => {
+      const config = Object.create({ uncertainty_min: 0.5, uncertainty_max: 0.6 }) as Record<string, unknown>;
+      expect(inferArchitecture(tensors, config)).toMatchObject({ uncertaintyMin: 0.01, uncertaintyMax: 1 });
+    });
   });
 
   it('names a custom width/depth "custom" and still builds it', () => {

@@ -1,6 +1,7 @@
 import type { LazyTensor } from '../../checkpoint/index.ts';
 import { ErrorCodes, HeimdallError } from '../../errors/index.ts';
 import {
+  checkUncertaintyRange,
   DEFAULT_UNCERTAINTY_RANGE,
   HEAD_NAMES,
   OUTPUT_WIDTH,
@@ -56,12 +57,8 @@ export function inferArchitecture(
     depths,
     positionHidden: heads[0]!,
     uncertaintyHidden: heads[1]!,
-    uncertaintyMin: numberFrom(config, 'uncertainty_min') ?? DEFAULT_UNCERTAINTY_RANGE.min,
-    uncertaintyMax: numberFrom(config, 'uncertainty_max') ?? DEFAULT_UNCERTAINTY_RANGE.max,
+    ...uncertaintyRangeFrom(config),
   };
-  if (!(spec.uncertaintyMin < spec.uncertaintyMax)) {
-    throw new HeimdallError(ErrorCodes.INVALID_STATE_DICT, `config uncertainty range [${spec.uncertaintyMin}, ${spec.uncertaintyMax}] is empty`);
-  }
   checkEveryEntry(tensors, spec);
   return spec;
 }
@@ -98,10 +95,50 @@ function unsupported(tensors: ReadonlyMap<string, LazyTensor>, reason: string): 
   );
 }
 
-function numberFrom(config: Readonly<Record<string, unknown>>, key: string): number | undefined {
+/**
+ * The clamp range of the uncertainty head from the checkpoint's config (`uncertainty_min`,
+ * `uncertainty_max`; defaults when absent), validated (checkUncertaintyRange): INVALID_CONFIG naming
+ * the key otherwise.
+ */
+export function uncertaintyRangeFrom(config: Readonly<Record<string, unknown>>): { uncertaintyMin: number; uncertaintyMax: number } {
+  const uncertaintyMin = configNumber(config, 'uncertainty_min') ?? DEFAULT_UNCERTAINTY_RANGE.min;
+  const givenMax = configNumber(config, 'uncertainty_max');
+  const uncertaintyMax = givenMax ?? DEFAULT_UNCERTAINTY_RANGE.max;
+  if (givenMax === undefined && Math.fround(uncertaintyMin) >= Math.fround(uncertaintyMax)) {
+    throw invalidConfig('uncertainty_min', `must be below uncertainty_max (not given: ${uncertaintyMax} by default), got ${uncertaintyMin}`);
+  }
+  checkUncertaintyRange(uncertaintyMin, uncertaintyMax);
+  return { uncertaintyMin, uncertaintyMax };
+}
+
+/** A decimal number as text (what safetensors metadata, all strings, and YAML-born configs hold): no hex, no "Infinity", no blanks. */
+const DECIMAL = /^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$/;
+
+/**
+ * A number the config gives under `key`, or undefined when the key is absent (or None). Numbers are
+ * taken as numbers and decimal strings as the number they spell; anything else (booleans, "0x10",
+ * lists, objects) is INVALID_CONFIG. Only own properties count: "__proto__" or "constructor" is
+ * never found on Object.prototype.
+ */
+export function configNumber(config: Readonly<Record<string, unknown>>, key: string): number | undefined {
+  if (!Object.hasOwn(config, key)) return undefined;
   const value = config[key];
-  const n = typeof value === 'number' ? value : typeof value === 'string' && value.trim() !== '' ? Number(value) : Number.NaN;
-  return Number.isFinite(n) ? n : undefined;
+  if (value === undefined || value === null) return undefined;
+  let n: number;
+  if (typeof value === 'number') n = value;
+  else if (typeof value === 'string' && DECIMAL.test(value)) n = Number(value);
+  else throw invalidConfig(key, `must be a number, got ${describeValue(value)}`);
+  if (!Number.isFinite(n)) throw invalidConfig(key, `must be a finite number, got ${describeValue(value)}`);
+  return n;
+}
+
+const invalidConfig = (key: string, reason: string) => new HeimdallError(ErrorCodes.INVALID_CONFIG, `config ${key} ${reason}`);
+
+function describeValue(value: unknown): string {
+  if (typeof value === 'string') return JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}...` : value);
+  if (Array.isArray(value)) return `a list of ${value.length}`;
+  if (typeof value === 'object' && value !== null) return 'an object';
+  return String(value);
 }
 
 const sameShape = (a: readonly number[], b: readonly number[]) => a.length === b.length && a.every((v, i) => v === b[i]);

@@ -42,6 +42,9 @@ export function stageProcessor(stage: AnyStage, env: ProcessorEnvironment): Proc
     const event = await startStage(stage, delivery, env);
     if ('kind' in event) return event;
     const result = await executeStage(stage, event, env.environment, { signal: delivery.signal, progress: delivery.progress, attempt: delivery.attempt });
+    // The worker is stopping past its grace period: whatever the stage made of the abort is not the
+    // run's outcome; the message is handed back and the next worker does the stage again.
+    if (delivery.signal.aborted) return { kind: 'retry', delayMs: 0 };
     if (shouldRetry(result, delivery)) {
       env.logger.warn({ runId: event.data.runId, attempt: delivery.attempt, error: result.data }, `${stage.name}: retrying`);
       return { kind: 'retry', delayMs: retryDelayMs(delivery.attempt) };
@@ -128,6 +131,7 @@ export function ingestProcessor(ingest: IngestFunction, seen: KV, env: Processor
       } catch (error) {
         result = failureEvent(uploadRun, 'ingest', error, delivery.attempt);
       }
+      if (delivery.signal.aborted) return { kind: 'retry', delayMs: 0 };
       if (shouldRetry(result, delivery)) return { kind: 'retry', delayMs: retryDelayMs(delivery.attempt) };
       await announce(result, env);
       // Only a started run marks the upload: the same object announced again after a failure (fixed

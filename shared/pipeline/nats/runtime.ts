@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
-import { connectNats } from '../../bus/nats/connection.ts';
+import { closeNats, connectNats, DRAIN_TIMEOUT_MS } from '../../bus/nats/connection.ts';
 import { NatsEventBus } from '../../bus/nats/event-bus.ts';
 import { openKv, provisionStreams } from '../../bus/nats/provision.ts';
 import type { Config } from '../../config/index.ts';
@@ -13,6 +13,7 @@ import type { Logger } from '../../logging/index.ts';
 import { createAdapters } from '../adapters.ts';
 import type { StageEnvironment } from '../execute.ts';
 import { KvRunStateStore } from '../run-state/kv.ts';
+import { within } from './worker.ts';
 
 /** A connection to the pipeline on NATS: streams provisioned, the event bus, run state in KV. */
 export interface NatsRuntime {
@@ -21,7 +22,7 @@ export interface NatsRuntime {
   readonly bus: NatsEventBus;
   readonly runState: KvRunStateStore;
   readonly environment: StageEnvironment;
-  /** Drains the connection (pending publishes are flushed) and removes the scratch dir. */
+  /** Drains the connection (pending publishes are flushed; at most DRAIN_TIMEOUT_MS, then it closes) and removes the scratch dir. */
   close(): Promise<void>;
 }
 
@@ -43,8 +44,10 @@ export async function connectRuntime(config: Config, logger: Logger, name: strin
     runState,
     environment: { ...createAdapters(config), config, logger, scratchDir },
     async close() {
-      await bus.close();
-      await nc.drain();
+      // Bounded whether or not the server answers: subscriptions get the drain's deadline too.
+      const started = Date.now();
+      await within(bus.close(), DRAIN_TIMEOUT_MS);
+      await closeNats(nc, logger, Math.max(100, DRAIN_TIMEOUT_MS - (Date.now() - started)));
       await rm(scratchDir, { recursive: true, force: true });
     },
   };

@@ -1,8 +1,10 @@
-import { jetstream, type JetStreamManager, type JsMsg } from '@nats-io/jetstream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { jetstream, type ConsumerMessages, type JetStreamManager, type JsMsg } from '@nats-io/jetstream';
 import type { MsgHdrs, NatsConnection } from '@nats-io/transport-node';
+import { ErrorCodes, HeimdallError } from '../../errors/index.ts';
 import type { Logger } from '../../logging/index.ts';
 import type { ConsumerName, DeliveryLimits } from '../../bus/nats/provision.ts';
-import { provisionConsumer } from '../../bus/nats/provision.ts';
+import { provisionConsumer, provisionStreams } from '../../bus/nats/provision.ts';
 
 /** One delivery of a message, as a processor sees it. */
 export interface Delivery {
@@ -45,30 +47,74 @@ export interface Worker {
   stop(): Promise<void>;
 }
 
+/** After the grace period, how long a stopping worker waits for its processor to notice the abort. */
+const HANDBACK_MS = 1000;
+/** Backoff between attempts to consume again after the consumer failed (1 s doubling to 30 s). */
+const RESTART_MIN_MS = 1000;
+const RESTART_MAX_MS = 30_000;
+
 /**
  * A durable pull consumer worked one message at a time (several processes on one consumer share its
  * messages). Explicit acks: a message is acknowledged only after its results are published, so a
  * crash anywhere before that means redelivery, never loss. While a message is processed the worker
  * sends `working()` heartbeats, so AckWait bounds a hung worker, not a long step.
+ *
+ * A worker never dies quietly: when its consumer goes away (deleted, its stream lost with a server's
+ * store) or the consume loop fails for any reason, it provisions the consumer again and resumes,
+ * with backoff; an error in one message is that message's (handed back), never the process's.
+ * `stop` is bounded by the grace period whether or not NATS answers.
  */
 export async function startWorker(name: ConsumerName, process: Processor, options: WorkerOptions): Promise<Worker> {
   const { stream, durable } = await provisionConsumer(options.jsm, name, options.limits, options.durable);
   const logger = options.logger.child({ worker: name });
-  const consumer = await jetstream(options.nc).consumers.get(stream, durable);
-  // Heartbeats follow the consumer's AckWait as the server has it (another process may have set it).
-  const heartbeatMs = ((await consumer.info()).config.ack_wait ?? options.limits.ackWaitSeconds * 1e9) / 1e6 / 3;
-  const messages = await consumer.consume({ max_messages: 1 });
   const abort = new AbortController();
+  /** Set by stop(): no new message is taken, the restart loop ends. */
+  const stopping = new AbortController();
   let inFlight: Promise<void> = Promise.resolve();
+  let messages: ConsumerMessages | undefined;
+  let heartbeatMs = (options.limits.ackWaitSeconds * 1000) / 3;
+
+  /** Opens the consumer (provisioning it, and the streams, again when they went away). */
+  const open = async (reprovision: boolean) => {
+    if (reprovision) {
+      await provisionStreams(options.nc);
+      await provisionConsumer(options.jsm, name, options.limits, options.durable);
+    }
+    const consumer = await jetstream(options.nc).consumers.get(stream, durable);
+    // Heartbeats follow the consumer's AckWait as the server has it (another process may have set it).
+    heartbeatMs = ((await consumer.info()).config.ack_wait ?? options.limits.ackWaitSeconds * 1e9) / 1e6 / 3;
+    // A consumer or stream that disappears ends the iterator (instead of waiting for it forever): we provision it again.
+    return consumer.consume({ max_messages: 1, abort_on_missing_resource: true });
+  };
+  messages = await open(false);
 
   const advisories = options.onExhausted ? watchExhausted(stream, durable, options, logger) : undefined;
 
   const loop = (async () => {
-    for await (const message of messages) {
-      inFlight = handle(message);
-      await inFlight;
+    for (let failures = 0; ; ) {
+      try {
+        messages ??= await open(true);
+        if (stopping.signal.aborted) messages.stop();
+        for await (const message of messages) {
+          inFlight = handle(message);
+          await inFlight;
+          failures = 0;
+        }
+        // The iterator also ends when the consumer went away (abort_on_missing_resource).
+        const closed = await messages.closed();
+        if (closed instanceof Error) throw closed;
+      } catch (error) {
+        if (stopping.signal.aborted) break;
+        failures++;
+        logger.error({ err: error, failures }, 'consumer failed; consuming again');
+      }
+      messages = undefined;
+      if (stopping.signal.aborted) break;
+      if (failures === 0) failures = 1; // ended without an error, but not stopped: still back off
+      await sleep(Math.min(RESTART_MAX_MS, RESTART_MIN_MS * 2 ** (failures - 1)), undefined, { signal: stopping.signal }).catch(() => undefined);
+      if (stopping.signal.aborted) break;
     }
-  })().catch((error: unknown) => logger.error({ err: error }, 'consumer stopped'));
+  })();
 
   async function handle(message: JsMsg): Promise<void> {
     let lastBeat = Date.now();
@@ -102,8 +148,8 @@ export async function startWorker(name: ConsumerName, process: Processor, option
         message.term();
       }
     } catch (error) {
-      // Publishing failed (NATS unreachable, say): handed back for a retry soon; if even that cannot
-      // reach the server, JetStream redelivers after AckWait.
+      // Publishing failed (NATS unreachable, say), or the processor had a bug: handed back for a
+      // retry soon; if even that cannot reach the server, JetStream redelivers after AckWait.
       logger.error({ err: error }, 'message handed back for redelivery');
       try {
         message.nak(PUBLISH_RETRY_MS);
@@ -119,14 +165,33 @@ export async function startWorker(name: ConsumerName, process: Processor, option
     name,
     async stop() {
       // The grace period starts now: past it, the in-flight message is aborted and handed back.
-      const grace = setTimeout(() => abort.abort(), options.graceMs);
-      messages.stop();
-      await inFlight;
-      await loop;
+      const grace = setTimeout(() => abort.abort(new HeimdallError(ErrorCodes.ABORTED, `${name} worker stopping: message handed back`)), options.graceMs);
+      stopping.abort();
+      try {
+        messages?.stop();
+      } catch {
+        // Already stopped, or the connection is gone: nothing more will be delivered either way.
+      }
+      // A processor stuck on a server that is gone (a publish that never returns) is not waited for
+      // past the grace period: its message was not acknowledged, so JetStream delivers it again.
+      const settled = await within(Promise.all([inFlight, loop]), options.graceMs + HANDBACK_MS);
       clearTimeout(grace);
-      advisories?.unsubscribe();
+      if (!settled) logger.warn({ graceMs: options.graceMs }, 'in-flight message did not stop within the grace period; left for redelivery');
+      try {
+        advisories?.unsubscribe();
+      } catch {
+        // The connection is closed already.
+      }
     },
   };
+}
+
+/** Whether `work` settled within `ms` (it is left running otherwise). */
+export async function within(work: Promise<unknown>, ms: number): Promise<boolean> {
+  const timer = new AbortController();
+  const settled = await Promise.race([work.then(() => true, () => true), sleep(ms, false, { signal: timer.signal }).catch(() => false)]);
+  timer.abort();
+  return settled;
 }
 
 /**
