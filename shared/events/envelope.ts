@@ -20,17 +20,24 @@ export interface CloudEvent<T extends EventType = EventType> {
 
 export type AnyCloudEvent = { [T in EventType]: CloudEvent<T> }[EventType];
 
+/**
+ * Attributes travel as `ce-*` headers in binary mode, which carry Unicode scalar values only: a lone
+ * surrogate (legal in a JSON string) would come back as U+FFFD, so the event id (the Nats-Msg-Id)
+ * would change between hops. `\p{Cs}` in a `u` regex matches exactly an unpaired surrogate.
+ */
+const attribute = z.string().refine((s) => !/\p{Cs}/u.test(s), 'must be well-formed Unicode (no lone surrogates)');
+
 const Envelope = z.object({
   specversion: z.literal('1.0'),
-  id: z.string().min(1),
-  type: z.string().min(1),
-  source: z.string().min(1),
+  id: attribute.min(1),
+  type: attribute.min(1),
+  source: attribute.min(1),
   // Optional in CloudEvents 1.0: an event from another producer without one is stamped on arrival.
   time: z
     .string()
     .datetime({ offset: true })
     .default(() => new Date().toISOString()),
-  subject: z.string().optional(),
+  subject: attribute.optional(),
   // JSON data, with or without parameters (`application/json; charset=utf-8`).
   datacontenttype: z
     .string()
