@@ -432,6 +432,7 @@ export function formatStats(stats: TargetStats): string {
 // Regression fixtures
 
 export const REGRESSIONS_DIR = fileURLToPath(new URL('./regressions/', import.meta.url));
+const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url)).replace(/\/$/, '');
 
 export interface RegressionFile {
   readonly target: string;
@@ -452,7 +453,8 @@ export async function saveRegression(failure: Failure, context: { seed: number }
     kind: failure.verdict.kind,
     summary: failure.verdict.summary,
     signature: failure.verdict.signature,
-    outcome: failure.result.outcome,
+    // Stack frames name this machine's paths: kept relative to the repository.
+    outcome: JSON.parse(JSON.stringify(failure.result.outcome).replaceAll(`${REPO_ROOT}/`, '')),
     ms: Math.round(failure.result.ms),
     cpuMs: Math.round(failure.result.cpuMs),
     memoryBytes: Math.max(failure.result.heapGrowth, failure.result.peakRssGrowth),
