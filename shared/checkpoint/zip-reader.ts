@@ -158,9 +158,14 @@ export class ZipReader {
     const entry = this.entry(name);
     const data = await this.file.read(entry.dataOffset, entry.size, scratch);
     if (this.deferred.has(name)) this.readUnchecked.add(name);
-    else if (!this.verified.has(name)) {
-      checkCrc(entry, crc32(data));
-      this.verified.set(name, Promise.resolve());
+    else {
+      // A ranged read's check of this record, done, running or failed, answers for it.
+      const check = this.verified.get(name);
+      if (check) await check;
+      else {
+        checkCrc(entry, crc32(data));
+        this.verified.set(name, Promise.resolve());
+      }
     }
     return data;
   }

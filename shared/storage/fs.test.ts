@@ -1,4 +1,4 @@
-import { appendFile, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { appendFile, mkdir, readdir, readFile, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { tempDir } from '../../test/support/temp.ts';
@@ -58,10 +58,14 @@ describe('FsObjectStore', () => {
     await writeFile(join(dataDir, 'buckets/bucket-b/blocked'), '');
     await expect(store.putFile('bucket-b', 'blocked/key.pth', source)).rejects.toMatchObject({ code: expect.stringMatching(/ENOTDIR|EEXIST/) });
     expect(await leftovers()).toEqual([]);
-    // What a kill -9 left (a pid that is not running) goes with the next upload, in a new process.
+    // What a kill -9 left an hour ago (a pid that is not running) goes with the next upload, in a new
+    // process; a recent one stays (its pid may be another container's, sharing the data dir).
+    const hoursAgo = new Date(Date.now() - 2 * 3600_000);
     await writeFile(join(dataDir, 'buckets/.tmp/999999999-dead'), 'half a checkpoint');
+    await utimes(join(dataDir, 'buckets/.tmp/999999999-dead'), hoursAgo, hoursAgo);
+    await writeFile(join(dataDir, 'buckets/.tmp/999999998-elsewhere'), 'an upload in progress');
     await new FsObjectStore(dataDir).putFile('bucket-b', 'other.pth', source);
-    expect(await leftovers()).toEqual([]);
+    expect(await leftovers()).toEqual(['999999998-elsewhere']);
   });
 
   it('takes any legal file name: a 255-byte last segment stores, stats and fetches', async () => {

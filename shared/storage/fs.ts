@@ -10,6 +10,8 @@ import { isBucketName, type ObjectInfo, type ObjectStore, type ObjectVersion } f
 const MAX_KEY_BYTES = 1024;
 /** What one file name may be (NAME_MAX): each `/`-separated segment of a key becomes one. */
 const MAX_SEGMENT_BYTES = 255;
+/** A dead process's temporary this old is removed (an upload of a multi-GB file takes minutes, not an hour). */
+const STALE_TEMPORARY_MS = 60 * 60 * 1000;
 
 /**
  * The embedded ObjectStore: bucket `b`, key `k` is the file `<dataDir>/buckets/<b>/<k>`, a copy of
@@ -126,14 +128,20 @@ export class FsObjectStore implements ObjectStore {
     return join(this.metaRoot, bucket, digest.slice(0, 2), `${digest}.json`);
   }
 
-  /** Removes temporaries left by processes that died mid-upload (once per store). */
+  /**
+   * Removes temporaries left by processes that died mid-upload (once per store). Only old ones: a
+   * process of another container sharing the data dir has a pid this one cannot see.
+   */
   private async sweepOnce(): Promise<void> {
     if (this.swept) return;
     this.swept = true;
     const names = await readdir(this.tmp).catch(() => [] as string[]);
     for (const name of names) {
       const pid = Number(name.split('-')[0]);
-      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && !isAlive(pid)) await rm(join(this.tmp, name), { force: true }).catch(() => undefined);
+      if (!Number.isInteger(pid) || pid <= 0 || pid === process.pid || isAlive(pid)) continue;
+      const path = join(this.tmp, name);
+      const modified = await stat(path).then((s) => s.mtimeMs, () => undefined);
+      if (modified !== undefined && Date.now() - modified > STALE_TEMPORARY_MS) await rm(path, { force: true }).catch(() => undefined);
     }
   }
 }
