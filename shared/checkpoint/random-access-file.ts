@@ -91,15 +91,21 @@ export function fsError(path: string, error: unknown, doing = 'open'): HeimdallE
   return new HeimdallError(ErrorCodes.IO_ERROR, `cannot ${doing} ${path}: ${(error as Error).message}`, { cause: error });
 }
 
+/** The stats of `path` when it is a regular file (through symlinks); NOT_A_FILE or CHECKPOINT_NOT_FOUND otherwise. */
+export async function statRegularFile(path: string, doing = 'stat'): Promise<Stats> {
+  let stats: Stats;
+  try {
+    stats = await stat(path);
+  } catch (error) {
+    throw fsError(path, error, doing);
+  }
+  if (!stats.isFile()) throw notAFile(path, stats);
+  return stats;
+}
+
 /** Opens `path` for reading when it is a regular file, without ever blocking on a FIFO or device (see RandomAccessFile.open). */
 export async function openRegularFile(path: string): Promise<{ handle: FileHandle; size: number }> {
-  let before: Stats;
-  try {
-    before = await stat(path);
-  } catch (error) {
-    throw fsError(path, error, 'stat');
-  }
-  if (!before.isFile()) throw notAFile(path, before);
+  await statRegularFile(path);
   let handle: FileHandle;
   try {
     handle = await open(path, constants.O_RDONLY | constants.O_NONBLOCK);

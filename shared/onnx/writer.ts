@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { lstat, open, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { ErrorCodes, HeimdallError } from '../errors/index.ts';
+import { fileKind } from '../checkpoint/random-access-file.ts';
 import {
   encodeNode,
   encodeOpset,
@@ -85,9 +86,9 @@ export async function checkOutputPath(path: string): Promise<void> {
     if (link.isSymbolicLink()) {
       const target = await stat(candidate).catch(ignoreMissing);
       if (!target || target.isFile()) continue;
-      throw notAFile(candidate, `a symbolic link to ${kindOf(target)}`);
+      throw notAFile(candidate, `a symbolic link to ${fileKind(target)}`);
     }
-    throw notAFile(candidate, kindOf(link));
+    throw notAFile(candidate, fileKind(link));
   }
 }
 
@@ -241,15 +242,6 @@ const ignoreMissing = (error: NodeJS.ErrnoException): undefined => {
   throw error;
 };
 
-function kindOf(stats: { isFIFO(): boolean; isCharacterDevice(): boolean; isBlockDevice(): boolean; isSocket(): boolean; isDirectory(): boolean }): string {
-  if (stats.isFIFO()) return 'a FIFO';
-  if (stats.isCharacterDevice()) return 'a character device';
-  if (stats.isBlockDevice()) return 'a block device';
-  if (stats.isSocket()) return 'a socket';
-  if (stats.isDirectory()) return 'a directory';
-  return 'not a regular file';
-}
-
 function notAFile(path: string, kind: string): HeimdallError {
   return new HeimdallError(ErrorCodes.NOT_A_FILE, `${path} is ${kind}, not a regular file: refusing to replace it`);
 }
@@ -284,7 +276,7 @@ class HashingFile {
   static async create(path: string): Promise<HashingFile> {
     const stale = await lstat(path).catch(ignoreMissing);
     if (stale) {
-      if (!stale.isFile() && !stale.isSymbolicLink()) throw notAFile(path, kindOf(stale));
+      if (!stale.isFile() && !stale.isSymbolicLink()) throw notAFile(path, fileKind(stale));
       await unlink(path).catch(ignoreMissing);
     }
     const handle = await open(path, 'wx');

@@ -1,6 +1,4 @@
-import type { Stats } from 'node:fs';
-import { stat } from 'node:fs/promises';
-import { fsError, notAFile } from '../checkpoint/random-access-file.ts';
+import { statRegularFile } from '../checkpoint/random-access-file.ts';
 import { ErrorCodes, HeimdallError } from '../errors/index.ts';
 import { startWorker } from './worker.ts';
 
@@ -39,14 +37,7 @@ export async function scanFile(request: ScanRequest, onProgress?: (doneBytes: nu
   const { path } = request;
   // Only regular files: a FIFO or device would block the worker forever (the worker checks again
   // on what it opened, with O_NONBLOCK, so nothing swapped in between can block it either).
-  let stats: Stats;
-  try {
-    stats = await stat(path);
-  } catch (error) {
-    throw fsError(path, error, 'hash');
-  }
-  if (!stats.isFile()) throw notAFile(path, stats);
-  const { size } = stats;
+  const { size } = await statRegularFile(path, 'hash');
   const worker = startWorker(new URL('./sha256-worker.ts', import.meta.url), request, { commonJs: true });
   try {
     return await new Promise<FileScan>((resolve, reject) => {
