@@ -1,8 +1,10 @@
 import { describe, expect, it } from 'vitest';
+import { loadConfig } from '../../shared/config/index.ts';
 import { HeimdallError } from '../../shared/errors/index.ts';
+import { decideGate } from '../../shared/gate/checks.ts';
 import { failureEvent } from '../../shared/pipeline/failure.ts';
 import { benchmarkedEvent, latency, registeredEvent } from '../../test/support/events.ts';
-import { alertFor } from './handler.ts';
+import { ALERT_EVENT_TYPES, alertFor } from './handler.ts';
 
 const runId = '9d3af116bd813a51';
 
@@ -24,19 +26,40 @@ describe('alerts handler: event in, alert or nothing out', () => {
     expect(alert?.text).not.toMatch(/[<>]/);
   });
 
-  it('alerts on a benchmark flagged as a regression against the alias holder, not on other benchmarks', () => {
-    const regression = alertFor(benchmarkedEvent(runId, [latency(1, 12.5), latency(8, 40)], { version: '4', p50: 10, threshold: 0.1 }));
-    expect(regression).toEqual({
-      key: `${runId}/benchmark`,
-      runId,
-      stage: 'benchmark',
-      text: `Heimdall run ${runId}: latency regression: batch-1 p50 12.5 ms is 1.25x version 4's 10.0 ms (threshold +10%)`,
+  describe('on a registration, says what the gate did', () => {
+    const holder = { version: '4', tags: { 'training.val_loss': '0.31' } };
+    const slower = benchmarkedEvent(runId, [latency(1, 12.5), latency(8, 40)], { version: '4', p50: 10, threshold: 0.1 }).data.baseline;
+    const config = loadConfig({}).gate;
+
+    it('names the blocking check and its figures when the alias stayed with the holder', () => {
+      const gate = decideGate({ config, holder, baseline: slower, training: { metrics: { val_loss: 0.3 }, hyperParameters: {} } });
+      expect(alertFor(registeredEvent(runId, '5', true, gate))).toEqual({
+        key: `${runId}/register`,
+        runId,
+        stage: 'register',
+        text: `Heimdall run ${runId}: heimdall-localization v5 held back from @staging by latency: 1.25x [1.21, 1.29] of v4 &gt; 1.10`,
+      });
+      const both = decideGate({ config, holder, baseline: slower, training: { metrics: { val_loss: 0.5 }, hyperParameters: {} } });
+      expect(alertFor(registeredEvent(runId, '5', true, both))?.text).toBe(
+        `Heimdall run ${runId}: heimdall-localization v5 held back from @staging by latency: 1.25x [1.21, 1.29] of v4 &gt; 1.10; metric: val_loss 0.5 &gt; v4's 0.31 + tolerance 0`,
+      );
     });
-    expect(alertFor(benchmarkedEvent(runId, [latency(1, 10.5)], { version: '4', p50: 10, threshold: 0.1 }))).toBeUndefined();
-    expect(alertFor(benchmarkedEvent(runId, [latency(1, 99)]))).toBeUndefined();
+
+    it('says when a model took the alias despite a failed warn-policy check', () => {
+      const gate = decideGate({ config: { ...config, metric: { ...config.metric!, policy: 'warn' } }, holder, training: { metrics: { val_loss: 0.5 }, hyperParameters: {} } });
+      expect(alertFor(registeredEvent(runId, '5', true, gate))?.text).toBe(`Heimdall run ${runId}: heimdall-localization v5 moved to @staging despite a warning from metric: val_loss 0.5 &gt; v4's 0.31 + tolerance 0`);
+    });
+
+    it('stays quiet when every check passed, and on the benchmark (the gate decides, at registration)', () => {
+      const gate = decideGate({ config, holder, baseline: benchmarkedEvent(runId, [latency(1, 10.2)], { version: '4', p50: 10, threshold: 0.1 }).data.baseline, training: { metrics: { val_loss: 0.3 }, hyperParameters: {} } });
+      expect(gate.checks.map((c) => c.passed)).toEqual([true, true]);
+      expect(alertFor(registeredEvent(runId, '5', true, gate))).toBeUndefined();
+      expect(alertFor(registeredEvent(runId, '1'))).toBeUndefined();
+      expect(alertFor(benchmarkedEvent(runId, [latency(1, 12.5)], { version: '4', p50: 10, threshold: 0.1 }))).toBeUndefined();
+    });
   });
 
-  it('ignores every other event', () => {
-    expect(alertFor(registeredEvent(runId, '5'))).toBeUndefined();
+  it('listens to failures and registrations only', () => {
+    expect(ALERT_EVENT_TYPES).toEqual(['heimdall.pipeline.failed', 'heimdall.model.registered']);
   });
 });

@@ -4,7 +4,7 @@ import type { EventSubscriber, SubscriberFunction } from '../../shared/pipeline/
 import { ALERT_EVENT_TYPES, alertFor } from './handler.ts';
 import { WebhookNotifier } from './notifier.ts';
 
-/** The alerts function: pipeline failures and latency regressions, posted to webhooks. */
+/** The alerts function: pipeline failures and the gate's verdicts (a model held back, or moved despite a warning), posted to webhooks. */
 export function createAlerts(config: AlertsConfig, logger: Logger): EventSubscriber & { readonly notifier: WebhookNotifier } {
   const notifier = new WebhookNotifier(config, logger.child({ function: 'alerts' }));
   return {

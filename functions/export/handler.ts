@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { createEvent } from '../../shared/events/index.ts';
 import { formatBytes } from '../../shared/cli/format.ts';
 import { exportCheckpoint } from '../../shared/models/localization-net/export.ts';
-import { source, type StageHandler } from '../../shared/pipeline/stage.ts';
+import { source, type StageContext, type StageHandler } from '../../shared/pipeline/stage.ts';
 import { MODELS_BUCKET, modelKey } from '../../shared/storage/object-store.ts';
 
 /**
@@ -16,12 +16,14 @@ export const exportHandler: StageHandler<'heimdall.checkpoint.created', 'heimdal
   const { bucket, key, runId, versionId, etag } = event.data;
   // The version ingest hashed (the run id is its sha256), even when newer uploads replaced it since.
   const checkpoint = await ctx.store.fetchFile(bucket, key, { ...(versionId ? { versionId } : {}), ...(etag ? { etag } : {}) });
+  const sourceMetadata = await uploadMetadata(ctx, event.data);
   const out = join(ctx.scratchDir, `${runId}.onnx`);
   try {
     ctx.progress(`exporting ${key} (${formatBytes(event.data.size)})`);
     const result = await exportCheckpoint(checkpoint.path, out, {
       opset: ctx.config.opset,
       signal: ctx.signal,
+      sourceMetadata,
       onProgress: ({ phase, doneBytes, totalBytes }) =>
         ctx.progress(`${phase === 'hash' ? 'hashing checkpoint' : 'writing weights'} ${formatBytes(doneBytes)} / ${formatBytes(totalBytes)}`),
     });
@@ -47,6 +49,7 @@ export const exportHandler: StageHandler<'heimdall.checkpoint.created', 'heimdal
         checkpoint: { uri: checkpointUri, sha256: result.checkpoint.sha256, format: result.checkpoint.format, ...(versionId ? { versionId } : {}) },
         onnx: { uri: ctx.store.uri(MODELS_BUCKET, modelKey(runId)), sha256: result.onnx.sha256, bytes: result.onnx.bytes, opset: result.opset, irVersion: result.irVersion },
         architecture: { name: 'LocalizationNet', variant: result.spec.variant, params: result.parameters },
+        ...(result.training ? { training: result.training } : {}),
         warnings: [...result.warnings],
         durationMs: Math.round(result.durationMs),
       },
@@ -56,3 +59,15 @@ export const exportHandler: StageHandler<'heimdall.checkpoint.created', 'heimdal
     await rm(out, { force: true });
   }
 };
+
+/**
+ * The checkpoint object's user metadata (a trainer's `mlflow-run-id`), when it is that of the upload
+ * the run was started from: `stat` answers for what the key holds now, which on a versioned bucket
+ * may be a newer upload with another etag (then none).
+ */
+async function uploadMetadata(ctx: StageContext, object: { bucket: string; key: string; etag: string }): Promise<Readonly<Record<string, string>>> {
+  const info = await ctx.store.stat(object.bucket, object.key);
+  // Event etags are bare (the notification's quotes are removed on parsing), as stores report them.
+  const same = info !== undefined && (!object.etag || info.etag === object.etag);
+  return same ? info.metadata : {};
+}

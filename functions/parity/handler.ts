@@ -55,7 +55,17 @@ export const parityHandler: StageHandler<'heimdall.model.validated', 'heimdall.m
   return createEvent('heimdall.model.parity-checked', {
     stage: 'parity',
     source: source('parity'),
-    data: { runId, checkpoint: checkpointRef, onnx, reference: expected.reference, samples: expected.samples, perOutput, tolerance, passed },
+    data: {
+      runId,
+      checkpoint: checkpointRef,
+      onnx,
+      ...(event.data.training ? { training: event.data.training } : {}),
+      reference: expected.reference,
+      samples: expected.samples,
+      perOutput,
+      tolerance,
+      passed,
+    },
   });
 };
 

@@ -64,6 +64,7 @@ export const validateHandler: StageHandler<'heimdall.model.exported', 'heimdall.
       runId,
       checkpoint: event.data.checkpoint,
       onnx,
+      ...(event.data.training ? { training: event.data.training } : {}),
       io: { inputs: io(summary.graph.inputs), outputs: io(summary.graph.outputs) },
       batchSizesChecked: [...VALIDATION_BATCHES],
       checks,

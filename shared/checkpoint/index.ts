@@ -1,12 +1,15 @@
 import { ErrorCodes, HeimdallError } from '../errors/index.ts';
+import { toPlain } from './plain-data.ts';
 import { RandomAccessFile } from './random-access-file.ts';
 import { readSafetensors } from './safetensors.ts';
 import { checkTensorsBacked, readTorchArchive, storageEntries, TorchTensor } from './torch-zip.ts';
+import { readTrainerState } from './trainer-state.ts';
 import { readerError, type Checkpoint, type CheckpointLayout, type LazyTensor } from './types.ts';
-import { OpaqueObject, describe, type PickleValue } from './unpickler.ts';
+import { describe, type PickleValue } from './unpickler.ts';
 import { ZIP_MAGIC } from './zip-reader.ts';
 
 export type { Checkpoint, CheckpointFormat, CheckpointLayout, DType, LazyTensor } from './types.ts';
+export { MAX_CONFIG_VALUES } from './plain-data.ts';
 
 /** Opens a checkpoint lazily: reads its index (zip directory and pickle, or safetensors header) and nothing else. */
 export async function openCheckpoint(path: string): Promise<Checkpoint> {
@@ -36,7 +39,7 @@ async function openFormat(path: string, file: RandomAccessFile): Promise<Checkpo
 
 async function fromSafetensors(file: RandomAccessFile): Promise<Checkpoint> {
   const { tensors, metadata } = await readSafetensors(file);
-  return { format: 'safetensors', layout: 'safetensors', tensors, config: metadata, warnings: [], close: () => file.close() };
+  return { format: 'safetensors', layout: 'safetensors', tensors, config: metadata, trainerState: {}, warnings: [], close: () => file.close() };
 }
 
 async function fromTorchZip(file: RandomAccessFile): Promise<Checkpoint> {
@@ -48,11 +51,14 @@ async function fromTorchZip(file: RandomAccessFile): Promise<Checkpoint> {
   // What a file claims is checked against what it holds (DESIGN §4 Bounds).
   checkTensorsBacked(tensors, file.size, 'state dict');
   if (parity) checkTensorsBacked(parity, file.size, 'parity');
+  // A bare state dict holds nothing but its tensors.
+  const trainerState = layout === 'bare' ? {} : await readTrainerState(root as Map<PickleValue, PickleValue>);
   return {
     format: 'torch-zip',
     layout,
     tensors,
     config,
+    trainerState,
     ...(parity ? { parity } : {}),
     warnings,
     deferRecordChecks: () => zip.deferChecks(storageEntries(tensors.values())),
@@ -104,40 +110,4 @@ function stripWrapperPrefix(tensors: Map<string, LazyTensor>): Map<string, LazyT
     }
   }
   return tensors;
-}
-
-/**
- * The most values a config may expand to. The pickle shares objects by memo reference, so a few KB
- * can describe a DAG that a tree walk turns into 10^9 values; real hyper-parameters are tens to
- * thousands of values.
- */
-export const MAX_CONFIG_VALUES = 100_000;
-const MAX_CONFIG_DEPTH = 16;
-
-/** Pickled hyper-parameters (dicts, inert AttributeDicts) as plain JSON-like data, at most MAX_CONFIG_VALUES of them (INVALID_CONFIG beyond). */
-function toPlain(value: PickleValue | undefined, where: string): Record<string, unknown> {
-  let budget = MAX_CONFIG_VALUES;
-  const convert = (v: PickleValue | undefined, depth: number, path: string): unknown => {
-    if (--budget < 0) {
-      throw new HeimdallError(ErrorCodes.INVALID_CONFIG, `config ${path} expands to more than ${MAX_CONFIG_VALUES} values (shared references in the pickle?)`);
-    }
-    if (depth > MAX_CONFIG_DEPTH) return undefined;
-    if (v instanceof OpaqueObject) return v.items.size > 0 ? convert(v.items, depth + 1, path) : `<${v.global}>`;
-    if (v instanceof Map) {
-      const out: Record<string, unknown> = {};
-      for (const [k, item] of v) {
-        const key = String(k);
-        // Own properties even for a key like "__proto__" (an assignment would set the prototype).
-        Object.defineProperty(out, key, { value: convert(item, depth + 1, `${path}.${key}`), enumerable: true, writable: true, configurable: true });
-      }
-      return out;
-    }
-    if (Array.isArray(v)) return v.map((item, i) => convert(item, depth + 1, `${path}[${i}]`));
-    if (typeof v === 'bigint') return v.toString();
-    if (v instanceof Uint8Array || v instanceof Set || typeof v === 'function') return undefined;
-    if (v !== null && typeof v === 'object') return undefined;
-    return v;
-  };
-  const plain = convert(value, 0, where);
-  return plain && typeof plain === 'object' && !Array.isArray(plain) ? (plain as Record<string, unknown>) : {};
 }

@@ -1,4 +1,4 @@
-import type { DType } from './types.ts';
+import { DTYPE_BYTES, type DType } from './types.ts';
 
 /** Converts raw little-endian element bytes of any float dtype to float32. */
 export function toFloat32(bytes: Uint8Array, dtype: DType): Float32Array {
@@ -93,4 +93,19 @@ export function isContiguous(shape: readonly number[], stride: readonly number[]
     expected *= shape[d]!;
   }
   return true;
+}
+
+/** The first element of raw little-endian bytes at the dtype's own precision (a float64 metric stays float64; bool as 0 or 1). */
+export function scalarOf(bytes: Uint8Array, dtype: DType): number {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  switch (dtype) {
+    case 'float64':
+      return view.getFloat64(0, true);
+    case 'int64':
+      return Number(view.getBigInt64(0, true));
+    case 'int32':
+      return view.getInt32(0, true);
+    default:
+      return toFloat32(bytes.subarray(0, DTYPE_BYTES[dtype]), dtype)[0]!;
+  }
 }

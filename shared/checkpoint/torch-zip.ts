@@ -1,6 +1,6 @@
 import { ErrorCodes, HeimdallError } from '../errors/index.ts';
 import type { RandomAccessFile } from './random-access-file.ts';
-import { gatherStrided, toFloat32 } from './tensor-data.ts';
+import { gatherStrided, scalarOf, toFloat32 } from './tensor-data.ts';
 import { StorageType, torchGlobalPolicy } from './torch-globals.ts';
 import { DTYPE_BYTES, readerError, type DType, type LazyTensor } from './types.ts';
 import { describe, unpickle, type PickleValue } from './unpickler.ts';
@@ -19,7 +19,7 @@ import { ZipReader, type ZipEntry } from './zip-reader.ts';
  * largest of those and bounds what the unpickler (whose work and memory scale with its input) may spend.
  */
 export const MAX_PICKLE_BYTES = 16 * 1024 * 1024;
-/** Records read whole besides the pickle (`byteorder`: "little"). */
+/** Records read whole besides the pickle (`byteorder`: "little"), and the largest storage a scalar is read from. */
 export const MAX_SMALL_RECORD_BYTES = 64;
 
 const outOfBounds = (message: string) => new HeimdallError(ErrorCodes.TENSOR_OUT_OF_BOUNDS, message);
@@ -79,6 +79,20 @@ export class TorchTensor implements LazyTensor {
       throw outOfBounds(
         `${name} [${this.shape.join(', ')}] with strides [${this.stride.join(', ')}] has ${this.numel} elements but covers only ${this.span} stored ones (${this.storage.record})`,
       );
+    }
+  }
+
+  /**
+   * The value of a one-element tensor (a metric saved as `torch.tensor(0.12)`) whose storage record
+   * is at most MAX_SMALL_RECORD_BYTES, at its dtype's precision; undefined for any other tensor,
+   * whose bytes are then not read: a "scalar" viewing a gigabyte storage costs nothing.
+   */
+  async scalarValue(): Promise<number | undefined> {
+    if (this.numel !== 1 || this.storage.entry.size > MAX_SMALL_RECORD_BYTES) return undefined;
+    try {
+      return scalarOf(await this.storage.read(this.offset, 1), this.dtype);
+    } catch (error) {
+      throw readerError(error, ErrorCodes.CHECKPOINT_CORRUPT);
     }
   }
 

@@ -47,6 +47,12 @@ export interface Checkpoint {
   readonly tensors: ReadonlyMap<string, LazyTensor>;
   /** Hyper-parameters found beside the weights (`config`, `hyper_parameters`, safetensors metadata). */
   readonly config: Readonly<Record<string, unknown>>;
+  /**
+   * What the trainer saved beside the weights and the config, as plain data (trainer-state.ts): the
+   * top-level scalars (`epoch`, `global_step`, `val_loss`, ...; a one-element tensor as its number)
+   * and the `callbacks` and `metrics` dicts. Empty for a bare state dict and for safetensors.
+   */
+  readonly trainerState: Readonly<Record<string, unknown>>;
   /** Golden parity samples carried by the checkpoint itself (`parity` entry), when present. */
   readonly parity?: ReadonlyMap<string, LazyTensor>;
   /** Non-fatal findings: inert trainer types read as plain data, and the like. */

@@ -1,4 +1,5 @@
 import type { AnyCloudEvent } from '../events/index.ts';
+import { GATE_ACTOR } from '../gate/promotion.ts';
 import { formatBytes, formatCount, formatSeconds } from './format.ts';
 
 const COLUMNS = 80;
@@ -12,7 +13,9 @@ function keepEnd(text: string, room: number): string {
 
 /**
  * One readable line per pipeline event, at most 80 columns: time, run, stage, outcome, key figure
- * (a long key or error message is shortened; `status` and `--json` have it whole).
+ * (a long key or error message is shortened; `status` and `--json` have it whole). Registration and
+ * promotion lines leave the model's name out (it is the configured one; `heimdall versions` has it)
+ * to keep the room for the gate's figures.
  */
 export function eventLine(event: AnyCloudEvent): string {
   const time = event.time.slice(11, 19);
@@ -23,7 +26,7 @@ export function eventLine(event: AnyCloudEvent): string {
   return line.length <= COLUMNS ? line : `${line.slice(0, COLUMNS - 1)}…`;
 }
 
-/** The stage an event speaks for and its key figure (size, parity error, p50, version, error). */
+/** The stage an event speaks for and its key figure (size, parity error, p50, version and gate, alias move, error). */
 export function describeEvent(event: AnyCloudEvent): [string, string] {
   switch (event.type) {
     case 'heimdall.checkpoint.created': {
@@ -46,8 +49,17 @@ export function describeEvent(event: AnyCloudEvent): [string, string] {
       return ['benchmark', `p50 ${figures} ${event.data.provider}${baseline}`];
     }
     case 'heimdall.model.registered': {
-      const r = event.data.registry;
-      return ['register', `${r.name} v${r.version} @${r.alias}${r.created ? '' : ' (already registered)'}`];
+      const { registry: r, gate, alias } = event.data;
+      const again = r.created ? '' : ' (already registered)';
+      const failed = gate.checks.filter((check) => !check.passed);
+      if (!alias.moved) return ['register', `v${r.version} blocked: ${failed.filter((c) => c.policy === 'block').map((c) => `${c.name} ${c.detail}`).join('; ')}${again}`];
+      const warned = failed.length > 0 ? ` WARNED ${failed.map((c) => c.name).join(', ')}` : '';
+      return ['register', `v${r.version} @${alias.name}${alias.previous ? ` (was v${alias.previous})` : ''}${again}${warned}`];
+    }
+    case 'heimdall.model.promoted': {
+      const d = event.data;
+      const by = d.actor === GATE_ACTOR ? '' : ` by ${d.actor}`;
+      return ['promote', `@${d.alias} -> v${d.version}${d.previous ? ` (was v${d.previous})` : ''}, ${d.reason}${by}`];
     }
     case 'heimdall.pipeline.failed':
       return [event.data.stage, `FAILED ${event.data.error.code}: ${event.data.error.message}`];

@@ -5,9 +5,11 @@ import { functionCommand, functionUsage } from './commands/function.ts';
 import { sampleCommand, sampleUsage } from './commands/sample.ts';
 import { runCommand, runUsage } from './commands/run.ts';
 import { processIO, type CommandIO } from './io.ts';
+import { promoteCommand, promoteUsage, rollbackCommand, rollbackUsage } from './commands/promote.ts';
 import type { AnyStage, IngestFunction } from '../pipeline/stage.ts';
 import { serveCommand, serveUsage } from './commands/serve.ts';
 import { statusCommand, statusUsage } from './commands/status.ts';
+import { versionsCommand, versionsUsage } from './commands/versions.ts';
 import { watchCommand, watchUsage } from './commands/watch.ts';
 import type { SubscriberFunction } from '../pipeline/subscriber.ts';
 
@@ -29,6 +31,9 @@ const commands: Record<string, { run: Command; usage: string; summary: string }>
   sample: { run: (argv, env) => sampleCommand(argv, env.io), usage: sampleUsage, summary: 'write a LocalizationNet checkpoint with random weights' },
   serve: { run: serveCommand, usage: serveUsage, summary: 'run stages as workers on NATS (NATS_URL)' },
   status: { run: statusCommand, usage: statusUsage, summary: 'list runs, or show one run stage by stage' },
+  versions: { run: versionsCommand, usage: versionsUsage, summary: 'list model versions with aliases, gate verdicts and alias history' },
+  promote: { run: promoteCommand, usage: promoteUsage, summary: 'point an alias at a version by hand (publishes model.promoted on NATS when configured)' },
+  rollback: { run: rollbackCommand, usage: rollbackUsage, summary: 'return an alias to the version that held it before (publishes model.promoted)' },
   watch: { run: watchCommand, usage: watchUsage, summary: 'tail pipeline events live' },
   demo: { run: (argv, env) => demoCommand(argv, env), usage: demoUsage, summary: 'make a sample checkpoint and run the pipeline on it' },
   function: { run: functionCommand, usage: functionUsage, summary: 'serve one stage as an HTTP CloudEvent function on $PORT (default 8080): what a Knative container runs' },

@@ -3,6 +3,7 @@ import type { Config } from '../config/index.ts';
 import type { AnyCloudEvent } from '../events/index.ts';
 import type { Logger } from '../logging/index.ts';
 import { startDashboard } from '../dashboard/index.ts';
+import { createAdapters } from '../pipeline/adapters.ts';
 import { startLocalBroker } from '../pipeline/http/broker.ts';
 import { serveFunction } from '../pipeline/http/server.ts';
 import { connectRuntime } from '../pipeline/nats/runtime.ts';
@@ -46,7 +47,7 @@ export interface Serving {
 /**
  * The composition root of `heimdall serve`: stage workers on NATS (or HTTP functions behind a local broker),
  * event subscribers (alerts) on one shared consumer, and the status page. Without NATS only the
- * status page can run, over the embedded default's run records.
+ * status page can run, over the embedded default's run records and the configured registry.
  */
 export async function startServing(options: ServeOptions): Promise<Serving> {
   const { config, logger } = options;
@@ -63,7 +64,7 @@ export async function startServing(options: ServeOptions): Promise<Serving> {
   const graceMs = config.nats ? config.nats.ackWaitSeconds * 1000 : 0;
   try {
     if (!config.nats) {
-      const dashboard = options.dashboard && (await startDashboard({ runState: new FsRunStateStore(config.dataDir), logger, ...options.dashboard }));
+      const dashboard = options.dashboard && (await startDashboard({ runState: new FsRunStateStore(config.dataDir), models: { registry: createAdapters(config).registry, name: config.modelName }, logger, ...options.dashboard }));
       if (dashboard) phases.dashboard.push(() => dashboard.close());
       return { ...(dashboard ? { dashboardUrl: dashboard.url } : {}), functionPorts: {}, graceMs, stop: stopAll };
     }
@@ -95,7 +96,7 @@ export async function startServing(options: ServeOptions): Promise<Serving> {
       phases.workers.push(() => running.stop());
     }
 
-    const dashboard = options.dashboard && (await startDashboard({ runState: runtime.runState, logger, ...options.dashboard }));
+    const dashboard = options.dashboard && (await startDashboard({ runState: runtime.runState, models: { registry: runtime.environment.registry, name: config.modelName }, logger, ...options.dashboard }));
     if (dashboard) phases.dashboard.push(() => dashboard.close());
     return { ...(dashboard ? { dashboardUrl: dashboard.url } : {}), functionPorts, graceMs, stop: stopAll };
   } catch (error) {

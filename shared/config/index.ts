@@ -27,11 +27,24 @@ const Environment = z.object({
     .default('1,8,32')
     .transform((v) => v.split(',').map(Number))
     .refine((b) => b.length > 0 && b.every((n) => Number.isInteger(n) && n > 0), 'must be positive integers separated by commas'),
+  /** Warm-up runs at least, per batch size; more until the timings settle (shared/gate/statistics.ts). */
   HEIMDALL_BENCHMARK_WARMUP: z.coerce.number().int().min(0).default(3),
-  /** Timed runs per batch size (batch 1, 8, 32). */
-  HEIMDALL_BENCHMARK_RUNS: z.coerce.number().int().min(1).default(20),
-  /** A new model is flagged when its batch-1 p50 exceeds the alias holder's by this fraction. */
+  /** Time for the timed runs of each batch size (candidate and alias holder together when both are timed). */
+  HEIMDALL_BENCHMARK_BUDGET_MS: z.coerce.number().int().min(1).default(3000),
+  /** Timed runs at least per batch size, even past the budget (an interval needs a few). */
+  HEIMDALL_BENCHMARK_MIN_RUNS: z.coerce.number().int().min(3).default(10),
+  /** The gate calls a model slower when the lower bound of its batch-1 p50 ratio to the alias holder exceeds 1 + this. */
   HEIMDALL_REGRESSION_THRESHOLD: number(0.1).refine((v) => v >= 0, 'must be >= 0'),
+  /** The gate's latency check: `block` holds the alias back on a regression, `warn` only says so, `off` skips it. */
+  HEIMDALL_GATE_LATENCY: z.enum(['block', 'warn', 'off']).default('block'),
+  /** The gate's metric check, `<training metric>:<min|max>` (which way is better), or `off`. */
+  HEIMDALL_GATE_METRIC: z
+    .string()
+    .default('val_loss:min')
+    .refine((v) => v === 'off' || /^[A-Za-z0-9_./-]+:(min|max)$/.test(v), 'must be <metric>:min, <metric>:max or off'),
+  HEIMDALL_GATE_METRIC_POLICY: z.enum(['block', 'warn']).default('block'),
+  /** How much worse than the alias holder's the candidate's metric may be (absolute, in the metric's units). */
+  HEIMDALL_GATE_METRIC_TOLERANCE: number(0).refine((v) => v >= 0, 'must be >= 0'),
   HEIMDALL_LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('warn'),
   // Services (DESIGN §3 CLI): each port uses its service when configured, else the embedded adapter.
   NATS_URL: optional(z.string().min(1)),
@@ -72,7 +85,16 @@ export interface Config {
   readonly alias: string;
   readonly opset: 14 | 17 | 20;
   readonly parity: { readonly tolerance: number; readonly samples: number };
-  readonly benchmark: { readonly provider: 'cpu' | 'cuda'; readonly batches: readonly number[]; readonly threads: number; readonly warmup: number; readonly runs: number; readonly regressionThreshold: number };
+  readonly benchmark: {
+    readonly provider: 'cpu' | 'cuda';
+    readonly batches: readonly number[];
+    readonly threads: number;
+    readonly warmup: number;
+    readonly budgetMs: number;
+    readonly minRuns: number;
+    readonly regressionThreshold: number;
+  };
+  readonly gate: GateConfig;
   readonly logLevel: string;
   /** Where the ingest adapter sends its events instead of JetStream (Knative). */
   readonly sink?: string;
@@ -80,6 +102,12 @@ export interface Config {
   readonly s3?: { readonly endpoint: string; readonly accessKey: string; readonly secretKey: string; readonly region: string };
   readonly mlflow?: { readonly trackingUri: string; readonly experimentName: string; readonly token?: string; readonly username?: string; readonly password?: string };
   readonly alerts?: AlertsConfig;
+}
+
+/** DESIGN §3 The gate: which checks run and whether a failure holds the alias back (`block`) or is only reported (`warn`). */
+export interface GateConfig {
+  readonly latency: 'block' | 'warn' | 'off';
+  readonly metric?: { readonly name: string; readonly better: 'lower' | 'higher'; readonly tolerance: number; readonly policy: 'block' | 'warn' };
 }
 
 export interface AlertsConfig {
@@ -108,8 +136,22 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       batches: e.HEIMDALL_BENCHMARK_BATCHES,
       threads: e.HEIMDALL_BENCHMARK_THREADS,
       warmup: e.HEIMDALL_BENCHMARK_WARMUP,
-      runs: e.HEIMDALL_BENCHMARK_RUNS,
+      budgetMs: e.HEIMDALL_BENCHMARK_BUDGET_MS,
+      minRuns: e.HEIMDALL_BENCHMARK_MIN_RUNS,
       regressionThreshold: e.HEIMDALL_REGRESSION_THRESHOLD,
+    },
+    gate: {
+      latency: e.HEIMDALL_GATE_LATENCY,
+      ...(e.HEIMDALL_GATE_METRIC === 'off'
+        ? {}
+        : {
+            metric: {
+              name: e.HEIMDALL_GATE_METRIC.slice(0, e.HEIMDALL_GATE_METRIC.lastIndexOf(':')),
+              better: e.HEIMDALL_GATE_METRIC.endsWith(':min') ? ('lower' as const) : ('higher' as const),
+              tolerance: e.HEIMDALL_GATE_METRIC_TOLERANCE,
+              policy: e.HEIMDALL_GATE_METRIC_POLICY,
+            },
+          }),
     },
     logLevel: e.HEIMDALL_LOG_LEVEL,
     ...(e.K_SINK ? { sink: e.K_SINK } : {}),

@@ -1,11 +1,12 @@
 import { Hono } from 'hono';
 import type { Logger } from '../logging/index.ts';
 import { isRunKey, type RunStateStore } from '../pipeline/run-state/run-state.ts';
-import { gatherDashboard } from './data.ts';
+import { gatherDashboard, type ModelsSource } from './data.ts';
 import { content, page } from './views.ts';
 
 export interface DashboardAppOptions {
   readonly runState: RunStateStore;
+  readonly models: ModelsSource;
   readonly logger: Logger;
   /** How often the open page re-renders itself. */
   readonly refreshSeconds: number;
@@ -22,8 +23,8 @@ export function dashboardApp(options: DashboardAppOptions): Hono {
     // Always current: a cached page would show a run as running long after it ended.
     c.header('cache-control', 'no-store');
   });
-  app.get('/', async (c) => c.html(page(await gatherDashboard(options.runState), options.refreshSeconds)));
-  app.get('/fragment', async (c) => c.html(content(await gatherDashboard(options.runState))));
+  app.get('/', async (c) => c.html(page(await gatherDashboard(options.runState, options.models), options.refreshSeconds)));
+  app.get('/fragment', async (c) => c.html(content(await gatherDashboard(options.runState, options.models))));
   app.get('/api/runs', async (c) => c.json({ runs: await options.runState.list() }));
   app.get('/api/runs/:runId', async (c) => {
     const runId = c.req.param('runId');

@@ -10,13 +10,14 @@ const STATS = ['p50', 'p99'] as const;
 
 /**
  * Benchmark latency across registered versions as an inline SVG: one series per batch size and
- * statistic (p50 solid, p99 dashed), one point per version. The y axis is logarithmic: batch 32
- * takes some twenty times batch 1, and a linear axis would flatten batch 1 to a line.
+ * statistic (p50 solid with its confidence interval as a bar, p99 dashed where the sample count gave
+ * one), one point per version. The y axis is logarithmic: batch 32 takes some twenty times batch 1,
+ * and a linear axis would flatten batch 1 to a line.
  */
 export function latencyChart(versions: readonly VersionPoint[]) {
   if (versions.length === 0) return html`<p class="empty">No registered version yet: the chart appears with the first one.</p>`;
   const batches = [...new Set(versions.flatMap((v) => v.perBatch.map((s) => s.batch)))].sort((a, b) => a - b);
-  const ticks = logTicks(versions.flatMap((v) => v.perBatch.flatMap((s) => [s.p50, s.p99])));
+  const ticks = logTicks(versions.flatMap((v) => v.perBatch.flatMap((s) => [...s.p50Interval, s.p50, ...(s.p99 === undefined ? [] : [s.p99])])));
   const [low, high] = [Math.log10(ticks[0]!), Math.log10(ticks.at(-1)!)];
   const y = (ms: number) => PLOT.bottom - ((Math.log10(Math.max(ms, ticks[0]!)) - low) / (high - low)) * (PLOT.bottom - PLOT.top);
   const inset = 24;
@@ -29,15 +30,18 @@ export function latencyChart(versions: readonly VersionPoint[]) {
       const color = COLORS[b % COLORS.length]!;
       const points = versions.flatMap((v, i) => {
         const s = v.perBatch.find((p) => p.batch === batch);
-        return s ? [{ v, cx: x(i).toFixed(1), cy: y(s[stat]).toFixed(1), ms: s[stat] }] : [];
+        const ms = s?.[stat];
+        return s && ms !== undefined ? [{ v, s, cx: x(i).toFixed(1), cy: y(ms).toFixed(1), ms }] : [];
       });
+      if (points.length === 0) return '';
       const line = points.map((p) => `${p.cx},${p.cy}`).join(' ');
       return html`<g class="series" data-batch="${batch}" data-stat="${stat}">
         <polyline points="${line}" fill="none" stroke="${color}" stroke-width="2" ${stat === 'p99' ? html`stroke-dasharray="5 4"` : ''} />
-        ${points.map(
-          (p) =>
-            html`<circle class="point" data-version="${p.v.version}" data-batch="${batch}" data-stat="${stat}" cx="${p.cx}" cy="${p.cy}" r="4" fill="${stat === 'p50' ? color : '#fff'}" stroke="${color}" stroke-width="2"><title>${label(p.v)} (run ${p.v.runId}): batch ${batch} ${stat} ${formatMs(p.ms)}</title></circle>`,
-        )}
+        ${points.map((p) => {
+          const interval = stat === 'p50' ? ` (95% interval ${formatMs(p.s.p50Interval[0])} to ${formatMs(p.s.p50Interval[1])})` : '';
+          return html`${stat === 'p50' ? html`<line class="interval" data-version="${p.v.version}" data-batch="${batch}" x1="${p.cx}" x2="${p.cx}" y1="${y(p.s.p50Interval[0]).toFixed(1)}" y2="${y(p.s.p50Interval[1]).toFixed(1)}" stroke="${color}" stroke-width="6" stroke-opacity="0.35" />` : ''}
+            <circle class="point" data-version="${p.v.version}" data-batch="${batch}" data-stat="${stat}" cx="${p.cx}" cy="${p.cy}" r="4" fill="${stat === 'p50' ? color : '#fff'}" stroke="${color}" stroke-width="2"><title>${label(p.v)} (run ${p.v.runId}): batch ${batch} ${stat} ${formatMs(p.ms)}${interval}, n = ${p.s.n}</title></circle>`;
+        })}
       </g>`;
     }),
   );
@@ -50,7 +54,7 @@ export function latencyChart(versions: readonly VersionPoint[]) {
     ${series}
     <g class="legend">
       ${batches.map((batch, b) => html`<line x1="616" x2="640" y1="${28 + b * 20}" y2="${28 + b * 20}" stroke="${COLORS[b % COLORS.length]}" stroke-width="3" /><text x="646" y="${32 + b * 20}">batch ${batch}</text>`)}
-      <line x1="616" x2="640" y1="${48 + batches.length * 20}" y2="${48 + batches.length * 20}" stroke="#475569" stroke-width="2" /><text x="646" y="${52 + batches.length * 20}">p50</text>
+      <line x1="616" x2="640" y1="${48 + batches.length * 20}" y2="${48 + batches.length * 20}" stroke="#475569" stroke-width="2" /><text x="646" y="${52 + batches.length * 20}">p50, 95% CI</text>
       <line x1="616" x2="640" y1="${68 + batches.length * 20}" y2="${68 + batches.length * 20}" stroke="#475569" stroke-width="2" stroke-dasharray="5 4" /><text x="646" y="${72 + batches.length * 20}">p99</text>
     </g>
   </svg>`;

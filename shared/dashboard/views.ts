@@ -1,7 +1,8 @@
 import { html, raw } from 'hono/html';
 import { formatBytes, formatCount, formatSeconds } from '../cli/format.ts';
 import { formatMs, latencyChart } from './chart.ts';
-import type { DashboardData, RunView, StageView } from './data.ts';
+import { describeGate } from '../registry/versions.ts';
+import type { DashboardData, ModelAliases, RunView, StageView } from './data.ts';
 
 /**
  * Server-rendered HTML of the status page. Every value goes through hono's `html` template, which
@@ -38,7 +39,7 @@ export function page(data: DashboardData, refreshSeconds: number) {
 </html>`;
 }
 
-/** What the page refreshes: the summary, the chart and the runs. */
+/** What the page refreshes: the summary, the aliases, the chart and the runs. */
 export function content(data: DashboardData) {
   const { running, registered, failed } = data.counts;
   const total = running + registered + failed;
@@ -47,6 +48,10 @@ export function content(data: DashboardData) {
       <span class="failed">${failed} failed</span>, <span class="running">${running} running</span>
       <span class="muted">· updated ${timestamp(data.generatedAt)}</span>
     </p>
+    <section class="card">
+      <h2>Aliases</h2>
+      ${data.models.map(aliasesTable)}
+    </section>
     <section class="card">
       <h2>Benchmark latency by registered version</h2>
       ${latencyChart(data.versions)}
@@ -57,9 +62,27 @@ export function content(data: DashboardData) {
     </section>`;
 }
 
+/** Each alias's holder, then its moves newest first: what `heimdall promote` / `rollback` and the gate did. */
+function aliasesTable(model: ModelAliases) {
+  if (model.error) return html`<p class="registry-error" data-model="${model.name}">${model.name}: the registry cannot be read: ${model.error}</p>`;
+  if (model.aliases.length === 0) return html`<p class="empty" data-model="${model.name}">${model.name}: no alias set yet.</p>`;
+  return html`<table class="aliases" data-model="${model.name}">
+    <thead><tr><th>Alias</th><th>Holder</th><th>Moves, newest first</th></tr></thead>
+    <tbody>${model.aliases.map(
+      (a) => html`<tr class="alias" data-model="${model.name}" data-alias="${a.alias}" data-holder="${a.holder ?? ''}">
+        <td><code>${model.name}@${a.alias}</code></td>
+        <td class="holder">${a.holder ? `v${a.holder}` : html`<span class="muted">unset</span>`}</td>
+        <td><ol class="moves">${a.moves.map(
+          (m) => html`<li class="move" data-version="${m.version}" data-reason="${m.reason}">${timestamp(m.at)} <strong>v${m.version}</strong>${m.previous ? html` <span class="muted">(was v${m.previous})</span>` : ''} ${m.reason} <span class="muted">by ${m.actor}</span></li>`,
+        )}</ol></td>
+      </tr>`,
+    )}</tbody>
+  </table>`;
+}
+
 function runsTable(runs: readonly RunView[]) {
   return html`<table class="runs">
-    <thead><tr><th>Run</th><th>Status</th><th>Stages</th><th>Parity</th><th>Benchmark p50 / p99</th><th>Model</th><th>Updated</th></tr></thead>
+    <thead><tr><th>Run</th><th>Status</th><th>Stages</th><th>Parity</th><th>Benchmark p50 [95% CI] / p99</th><th>Model</th><th>Updated</th></tr></thead>
     <tbody>${runs.map(runRows)}</tbody>
   </table>`;
 }
@@ -76,7 +99,7 @@ function runRows(run: RunView) {
       <td><ol class="timeline">${run.stages.map(stageChip)}</ol></td>
       <td class="parity">${parity(run)}</td>
       <td class="benchmark">${benchmark(run)}</td>
-      <td>${run.registry ? html`<span class="model">${run.registry.name} v${run.registry.version}</span> <span class="muted">@${run.registry.alias}</span>` : ''}</td>
+      <td>${model(run)}</td>
       <td class="updated">${timestamp(run.updatedAt)}${run.status === 'running' ? '' : html`<div class="muted">in ${formatSeconds(Date.parse(run.updatedAt) - Date.parse(run.createdAt))}</div>`}</td>
     </tr>
     ${
@@ -104,13 +127,23 @@ function parity(run: RunView) {
     <div class="muted">${p.samples} ${p.reference} samples</div>`;
 }
 
+/** p50 with its interval and sample count; p99 only where the sample count gave one. */
 function benchmark(run: RunView) {
   const b = run.benchmark;
   if (!b) return '';
   const baseline = b.baseline;
-  return html`${b.perBatch.map((s) => html`<div>b${s.batch} ${formatMs(s.p50)} / ${formatMs(s.p99)}</div>`)}
+  const interval = ([low, high]: readonly [number, number]) => `${low.toFixed(2)}–${high.toFixed(2)}`;
+  return html`${b.perBatch.map((s) => html`<div>b${s.batch} ${formatMs(s.p50)} <span class="muted">[${interval(s.p50Interval)}]</span> / ${s.p99 === undefined ? '–' : formatMs(s.p99)} <span class="muted">n=${s.n}</span></div>`)}
     <div class="muted">${b.provider}, ${b.threads} thread${b.threads === 1 ? '' : 's'}</div>
-    ${baseline ? html`<div class="${baseline.regression ? 'regression' : 'muted'}">${baseline.ratio.toFixed(2)}x v${baseline.version}${baseline.regression ? ' regression' : ''}</div>` : ''}`;
+    ${baseline ? html`<div class="${baseline.regression ? 'regression' : 'muted'}">${baseline.ratio.toFixed(2)}x [${interval(baseline.ratioInterval)}] v${baseline.version}${baseline.regression ? ' regression' : ''}</div>` : ''}`;
+}
+
+/** The version, and whether the gate let it take the alias (and which check held it back). */
+function model(run: RunView) {
+  const r = run.registered;
+  if (!r) return '';
+  return html`<span class="model">${r.registry.name} v${r.registry.version}</span>
+    <div class="${r.alias.moved || r.gate.passed ? 'muted' : 'regression'}" data-gate="${r.gate.passed ? 'passed' : 'failed'}">gate ${describeGate(r.gate)}${r.alias.moved ? `, took @${r.alias.name}` : r.gate.passed ? `, already @${r.alias.name}` : `, @${r.alias.name} held back`}</div>`;
 }
 
 /** UTC, to the second: the same for every viewer. */
@@ -146,6 +179,10 @@ const STYLE = `
   tr.failure td { background: #fef2f2; color: #7f1d1d; padding-top: 0.2rem; }
   .regression { color: #b91c1c; font-weight: 600; }
   .empty { color: #64748b; font-style: italic; }
+  table.aliases { border-collapse: collapse; font-size: 0.9rem; margin-bottom: 0.5rem; }
+  table.aliases th { text-align: left; color: #475569; font-weight: 600; border-bottom: 2px solid #e2e8f0; padding: 0.3rem 0.6rem 0.3rem 0; }
+  table.aliases td { vertical-align: top; padding: 0.4rem 0.6rem 0.4rem 0; border-bottom: 1px solid #e2e8f0; }
+  ol.moves { margin: 0; padding: 0; list-style: none; } .registry-error { color: #b91c1c; }
   svg.chart { max-width: 100%; height: auto; font-size: 12px; }
   svg.chart .grid { stroke: #e2e8f0; } svg.chart .tick, svg.chart .version, svg.chart .axis, svg.chart .legend text { fill: #475569; }
 `;

@@ -45,16 +45,38 @@ const TensorIO = z.object({ name: z.string(), dtype: z.string(), shape: z.array(
 
 const OutputError = z.object({ maxAbs: z.number(), meanAbs: z.number() });
 
+/** A two-sided confidence interval [low, high] (95 % unless the producer says otherwise). */
+export const Interval = z.tuple([z.number(), z.number()]);
+
 export const LatencyStats = z.object({
   batch: z.number().int().positive(),
+  /** Timed runs behind these figures (after warm-up). */
+  n: z.number().int().positive(),
   p50: z.number(),
-  p90: z.number(),
-  p99: z.number(),
+  /** Distribution-free interval of the median (order statistics). */
+  p50Interval: Interval,
+  /** Only where `n` supports them (shared/gate/statistics.ts says the rule). */
+  p90: z.number().optional(),
+  p99: z.number().optional(),
   mean: z.number(),
   /** Samples per second at this batch size. */
   throughput: z.number(),
 });
 export type LatencyStats = z.infer<typeof LatencyStats>;
+
+/**
+ * What the trainer left beside the weights (DESIGN §3 Lineage): epoch and step, scalar metrics
+ * (ModelCheckpoint's `best_model_score` under its `monitor` name), hyper-parameters flattened to
+ * `a.b.c` keys, and the training MLflow run when known.
+ */
+export const Training = z.object({
+  epoch: z.number().int().nonnegative().optional(),
+  step: z.number().int().nonnegative().optional(),
+  metrics: z.record(z.string(), z.number()).default({}),
+  hyperParameters: z.record(z.string(), z.union([z.string(), z.number(), z.boolean()])).default({}),
+  mlflowRunId: z.string().min(1).optional(),
+});
+export type Training = z.infer<typeof Training>;
 
 export const CheckpointCreated = z.object({
   bucket: z.string().min(1),
@@ -71,6 +93,7 @@ export const ModelExported = z.object({
   checkpoint: CheckpointRef,
   onnx: OnnxArtifact,
   architecture: z.object({ name: z.string(), variant: z.string(), params: z.number().int() }),
+  training: Training.optional(),
   warnings: z.array(z.string()).default([]),
   durationMs: z.number(),
 });
@@ -79,6 +102,7 @@ export const ModelValidated = z.object({
   runId: RunId,
   checkpoint: CheckpointRef,
   onnx: OnnxArtifact,
+  training: Training.optional(),
   io: z.object({ inputs: z.array(TensorIO), outputs: z.array(TensorIO) }),
   batchSizesChecked: z.array(z.number().int()),
   checks: z.array(z.object({ name: z.string(), passed: z.boolean(), detail: z.string() })),
@@ -88,6 +112,7 @@ export const ModelParityChecked = z.object({
   runId: RunId,
   checkpoint: CheckpointRef,
   onnx: OnnxArtifact,
+  training: Training.optional(),
   reference: z.enum(['golden', 'reference-impl']),
   samples: z.number().int().positive(),
   perOutput: z.record(z.string(), OutputError),
@@ -96,18 +121,27 @@ export const ModelParityChecked = z.object({
 });
 export type ParityResult = Pick<z.infer<typeof ModelParityChecked>, 'reference' | 'samples' | 'perOutput' | 'tolerance' | 'passed'>;
 
+/**
+ * The alias holder, timed in the same worker interleaved with the candidate (DESIGN §5): its own
+ * figures, and the candidate/holder ratio of batch-1 p50 with its interval. `regression` is the
+ * gate's rule: the interval's lower bound above 1 + threshold.
+ */
 export const Baseline = z.object({
   version: z.string(),
-  p50: z.number(),
+  sha256: Sha256,
+  perBatch: z.array(LatencyStats).min(1),
   ratio: z.number(),
+  ratioInterval: Interval,
   regression: z.boolean(),
   threshold: z.number(),
 });
+export type Baseline = z.infer<typeof Baseline>;
 
 export const ModelBenchmarked = z.object({
   runId: RunId,
   checkpoint: CheckpointRef,
   onnx: OnnxArtifact,
+  training: Training.optional(),
   provider: z.string(),
   threads: z.number().int().positive(),
   sessionCreateMs: z.number(),
@@ -118,18 +152,56 @@ export const ModelBenchmarked = z.object({
   warnings: z.array(z.string()).default([]),
 });
 
+export const GatePolicy = z.enum(['block', 'warn']);
+export type GatePolicy = z.infer<typeof GatePolicy>;
+
+/** One check of the gate (DESIGN §3 The gate): `value` against `limit` where both are known. */
+export const GateCheck = z.object({
+  name: z.enum(['latency', 'metric', 'accuracy']),
+  passed: z.boolean(),
+  value: z.number().nullable(),
+  limit: z.number().nullable(),
+  policy: GatePolicy,
+  /** One line a person reads: what was compared with what, or why nothing was. */
+  detail: z.string(),
+});
+export type GateCheck = z.infer<typeof GateCheck>;
+
+/** `passed`: no check with policy `block` failed (the alias may move). */
+export const GateVerdict = z.object({ passed: z.boolean(), checks: z.array(GateCheck) });
+export type GateVerdict = z.infer<typeof GateVerdict>;
+
 export const ModelRegistered = z.object({
   runId: RunId,
   registry: z.object({
     name: z.string(),
     version: z.string(),
-    alias: z.string(),
     runId: z.string(),
     modelUri: z.string(),
     /** False when this model (by sha256) was already registered and the existing version is reported. */
     created: z.boolean(),
   }),
+  gate: GateVerdict,
+  /** The configured alias: whether it now points at this version, and what held it before. */
+  alias: z.object({ name: z.string(), moved: z.boolean(), previous: z.string().optional() }),
   onnx: OnnxArtifact,
+  training: Training.optional(),
+});
+
+export const PromotionReason = z.enum(['gate passed', 'manual', 'rollback']);
+export type PromotionReason = z.infer<typeof PromotionReason>;
+
+/** An alias moved (by the gate, or by hand with `heimdall promote` / `rollback`). */
+export const ModelPromoted = z.object({
+  /** The pipeline run that produced the version (its `pipeline_run_id` tag). */
+  runId: z.string().min(1),
+  name: z.string(),
+  version: z.string(),
+  alias: z.string(),
+  previous: z.string().optional(),
+  reason: PromotionReason,
+  /** Who moved it: `heimdall/register`, or the user running the CLI. */
+  actor: z.string(),
 });
 
 export const PipelineFailed = z.object({
@@ -147,6 +219,7 @@ export const EventSchemas = {
   'heimdall.model.parity-checked': ModelParityChecked,
   'heimdall.model.benchmarked': ModelBenchmarked,
   'heimdall.model.registered': ModelRegistered,
+  'heimdall.model.promoted': ModelPromoted,
   'heimdall.pipeline.failed': PipelineFailed,
 } as const;
 

@@ -3,6 +3,7 @@ import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { registerStage } from '../../test/support/events.ts';
 import { tempDir } from '../../test/support/temp.ts';
 import { loadConfig } from '../config/index.ts';
 import { ErrorCodes, HeimdallError } from '../errors/index.ts';
@@ -96,5 +97,38 @@ describe('runInProcess, stopped', () => {
     });
     expect(ran).toBe(false);
     expect(report).toMatchObject({ status: 'failed', error: { stage: 'ingest', code: 'ABORTED', message: 'stopped by SIGINT' } });
+  });
+});
+
+describe('runInProcess, registered', () => {
+  async function registeredRun(name: string, moved: boolean) {
+    const dataDir = join(dir, name);
+    const runState = new FsRunStateStore(dataDir);
+    const seen: string[] = [];
+    const report = await runInProcess(checkpoint, {
+      stages: [registerStage(moved)],
+      store: new FsObjectStore(dataDir),
+      registry: new LocalModelRegistry(dataDir),
+      config: loadConfig({ HEIMDALL_DATA_DIR: dataDir }),
+      logger: createLogger('silent'),
+      runState,
+      onEvent: (event) => seen.push(event.type),
+    });
+    return { report, seen, record: await runState.get(report.runId) };
+  }
+
+  it('publishes the model.promoted that follows a registration which moved the alias, and ends the run after it', async () => {
+    const { report, seen, record } = await registeredRun('moved', true);
+    expect(seen).toEqual(['heimdall.checkpoint.created', 'heimdall.model.registered', 'heimdall.model.promoted']);
+    expect(report.events.at(-1)).toMatchObject({ type: 'heimdall.model.promoted', id: `${report.runId}.promoted.staging`, data: { version: '2', previous: '1', alias: 'staging', reason: 'gate passed' } });
+    expect(report).toMatchObject({ status: 'registered', alias: { name: 'staging', moved: true, previous: '1' }, gate: { passed: true } });
+    expect(record).toMatchObject({ status: 'registered', promotions: [{ type: 'heimdall.model.promoted', data: { version: '2' } }] });
+  });
+
+  it('publishes no promotion when the gate held the model back', async () => {
+    const { report, seen, record } = await registeredRun('held', false);
+    expect(seen).toEqual(['heimdall.checkpoint.created', 'heimdall.model.registered']);
+    expect(report).toMatchObject({ status: 'registered', alias: { moved: false } });
+    expect(record?.promotions).toBeUndefined();
   });
 });

@@ -10,6 +10,7 @@ import type { Logger } from '../logging/index.ts';
 import type { ModelRegistry } from '../registry/model-registry.ts';
 import type { ObjectStore } from '../storage/object-store.ts';
 import { failureEvent } from './failure.ts';
+import { followUps } from './follow-ups.ts';
 import { ingestLocalFile, UNKNOWN_RUN } from './local-ingest.ts';
 import { buildReport, type RunReport } from './report.ts';
 import { recordEvent, recordStageStart, type RunStateStore } from './run-state/run-state.ts';
@@ -29,12 +30,20 @@ export interface InProcessOptions {
   readonly onProgress?: (stage: StageName, message: string) => void;
 }
 
+/** The last event of a run: its failure, or its registration's last follow-up (the registration itself when it has none). */
+function endsRun(event: AnyCloudEvent): boolean {
+  if (event.type === 'heimdall.model.registered') return followUps(event).length === 0;
+  return event.type === 'heimdall.pipeline.failed' || event.type === 'heimdall.model.promoted';
+}
+
 /** How long a stopped run waits for the stage in flight to notice (stages check the signal between steps) before it is given up on. */
 export const ABORT_GRACE_MS = 3000;
 
 /**
  * Runs the whole pipeline in this process on an in-memory bus: each stage subscribes to its input
- * event, as it would on NATS, and the run ends at `model.registered` or `pipeline.failed`.
+ * event, as it would on NATS, and publishes its result and the result's follow-ups (the
+ * `model.promoted` of a gate that moved the alias); the run ends at `pipeline.failed`, or at the
+ * registration's last event.
  *
  * When `signal` aborts (SIGTERM, Ctrl-C) no further stage starts, the stage in flight is told (its
  * context's signal) and given ABORT_GRACE_MS to stop, and the run ends with `pipeline.failed`
@@ -62,7 +71,7 @@ export async function runInProcess(checkpointPath: string, options: InProcessOpt
     events.push(event);
     if (options.runState) await recordEvent(options.runState, event);
     options.onEvent?.(event);
-    if (event.type === 'heimdall.model.registered' || event.type === 'heimdall.pipeline.failed') finish();
+    if (endsRun(event)) finish();
   });
   const environment: StageEnvironment = { store: options.store, registry: options.registry, config: options.config, logger: options.logger, scratchDir };
   const subscriptions = options.stages.map((stage) =>
@@ -75,7 +84,7 @@ export async function runInProcess(checkpointPath: string, options: InProcessOpt
       if (over) return;
       // Stopped while it ran: whatever it returned, the run ends here (a model it registered stays registered).
       const stop = signal.aborted && result.type !== 'heimdall.model.registered';
-      await bus.publish(stop ? failureEvent(event.data.runId, stage.name, stopped()) : result);
+      for (const out of stop ? [failureEvent(event.data.runId, stage.name, stopped())] : [result, ...followUps(result)]) await bus.publish(out);
     }),
   );
   /** The run's end, or, once stopped, the grace period's: then the stage in flight is given up on. */

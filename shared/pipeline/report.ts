@@ -8,7 +8,10 @@ export interface RunReport {
   readonly onnx?: { uri: string; sha256: string; bytes: number };
   readonly parity?: Omit<EventData<'heimdall.model.parity-checked'>, 'runId' | 'checkpoint' | 'onnx'>;
   readonly benchmark?: Omit<EventData<'heimdall.model.benchmarked'>, 'runId' | 'checkpoint' | 'onnx' | 'parity'>;
-  readonly registry?: { name: string; version: string; alias: string; created: boolean };
+  readonly registry?: { name: string; version: string; created: boolean };
+  /** The gate's verdict on the registered model, and whether the alias moved to it. */
+  readonly gate?: EventData<'heimdall.model.registered'>['gate'];
+  readonly alias?: EventData<'heimdall.model.registered'>['alias'];
   readonly error?: { stage: string; code: string; message: string };
 }
 
@@ -27,7 +30,9 @@ export function buildReport(runId: string, events: readonly AnyCloudEvent[]): Ru
     ...(exported ? { onnx: { uri: exported.data.onnx.uri, sha256: exported.data.onnx.sha256, bytes: exported.data.onnx.bytes } } : {}),
     ...(parity ? { parity: omit(parity.data, ['runId', 'checkpoint', 'onnx']) } : {}),
     ...(benchmark ? { benchmark: omit(benchmark.data, ['runId', 'checkpoint', 'onnx', 'parity']) } : {}),
-    ...(registered ? { registry: { name: registered.data.registry.name, version: registered.data.registry.version, alias: registered.data.registry.alias, created: registered.data.registry.created } } : {}),
+    ...(registered
+      ? { registry: { name: registered.data.registry.name, version: registered.data.registry.version, created: registered.data.registry.created }, gate: registered.data.gate, alias: registered.data.alias }
+      : {}),
     ...(failed ? { error: { stage: failed.data.stage, code: failed.data.error.code, message: failed.data.error.message } } : {}),
   };
 }

@@ -1,20 +1,39 @@
 import { mkdir, readFile, rm, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import type { PromotionReason } from '../events/schemas.ts';
 import { ErrorCodes, HeimdallError } from '../errors/index.ts';
 import { writeAtomically } from '../storage/fs.ts';
-import { SHA256_TAG, type ModelRegistry, type ModelVersion, type RegistrationRequest } from './model-registry.ts';
+import { SHA256_TAG, type AliasChange, type ModelRegistry, type ModelVersion, type RegistrationRequest } from './model-registry.ts';
+
+interface StoredVersion {
+  readonly version: string;
+  readonly source: string;
+  readonly runId: string;
+  readonly tags: Record<string, string>;
+  readonly params: Record<string, string>;
+  readonly metrics: Record<string, number>;
+  readonly createdAt: string;
+}
+
+interface StoredModel {
+  readonly aliases: Record<string, string>;
+  /** Alias -> its moves, oldest first. Absent in files written before aliases had a history. */
+  history?: Record<string, AliasChange[]>;
+  readonly versions: StoredVersion[];
+}
 
 interface RegistryFile {
-  models: Record<string, { aliases: Record<string, string>; versions: Array<ModelVersion & { createdAt: string; metrics: Record<string, number>; params: Record<string, string> }> }>;
+  models: Record<string, StoredModel>;
 }
 
 const LOCK_STALE_MS = 30_000;
 
 /**
- * The embedded ModelRegistry: one JSON file in the data dir (`<dataDir>/registry/registry.json`),
- * updated under an exclusive lock (a lock directory) so concurrent registrations of the same model
- * still end with one version; each version's report is kept beside it.
+ * The embedded ModelRegistry: one JSON file in the data dir (`<dataDir>/registry/registry.json`)
+ * with versions, aliases and each alias's history, changed only under an exclusive lock (a lock
+ * directory), so concurrent registrations of the same model still end with one version and
+ * concurrent alias moves each leave their entry; each version's report is kept beside it.
  */
 export class LocalModelRegistry implements ModelRegistry {
   private readonly dir: string;
@@ -29,52 +48,72 @@ export class LocalModelRegistry implements ModelRegistry {
     return `models:/${version.name}/${version.version}`;
   }
 
+  async getVersion(name: string, version: string): Promise<ModelVersion | undefined> {
+    return this.find(name, (v) => v.version === version, await this.read());
+  }
+
   async getVersionByAlias(name: string, alias: string): Promise<ModelVersion | undefined> {
-    const model = (await this.read()).models[name];
-    const version = model?.aliases[alias];
-    return version ? this.public(name, model.versions.find((v) => v.version === version), model.aliases) : undefined;
+    const registry = await this.read();
+    const holder = registry.models[name]?.aliases[alias];
+    return holder === undefined ? undefined : this.find(name, (v) => v.version === holder, registry);
   }
 
   async findVersionBySha256(name: string, sha256: string): Promise<ModelVersion | undefined> {
+    return this.find(name, (v) => v.tags[SHA256_TAG] === sha256, await this.read());
+  }
+
+  async listVersions(name: string): Promise<ModelVersion[]> {
     const model = (await this.read()).models[name];
-    return this.public(name, model?.versions.find((v) => v.tags[SHA256_TAG] === sha256), model?.aliases ?? {});
+    if (!model) return [];
+    return [...model.versions].sort((a, b) => Number(a.version) - Number(b.version)).map((v) => publicVersion(name, v, model));
   }
 
   async register(request: RegistrationRequest): Promise<{ version: ModelVersion; created: boolean }> {
     return this.locked(async () => {
       const registry = await this.read();
-      const model = (registry.models[request.name] ??= { aliases: {}, versions: [] });
+      const model = (registry.models[request.name] ??= { aliases: {}, history: {}, versions: [] });
       const existing = model.versions.find((v) => v.tags[SHA256_TAG] === request.sha256);
-      if (existing) return { version: this.public(request.name, existing, model.aliases)!, created: false };
-      const version = String(model.versions.reduce((max, v) => Math.max(max, Number(v.version)), 0) + 1);
-      model.versions.push({
-        name: request.name,
-        version,
+      if (existing) return { version: publicVersion(request.name, existing, model), created: false };
+      const stored: StoredVersion = {
+        version: String(model.versions.reduce((max, v) => Math.max(max, Number(v.version)), 0) + 1),
         source: request.modelUri,
         runId: request.pipelineRunId,
         tags: { ...request.tags, [SHA256_TAG]: request.sha256 },
-        aliases: [],
         params: { ...request.params },
         metrics: { ...request.metrics },
         createdAt: new Date().toISOString(),
-      });
-      model.aliases[request.alias] = version;
-      await writeAtomically(join(this.dir, request.name, version, 'report.json'), JSON.stringify(request.report, null, 2));
+      };
+      model.versions.push(stored);
+      await writeAtomically(join(this.dir, request.name, stored.version, 'report.json'), JSON.stringify(request.report, null, 2));
       await writeAtomically(this.file, JSON.stringify(registry, null, 2));
-      return { version: this.public(request.name, model.versions.at(-1), model.aliases)!, created: true };
+      return { version: publicVersion(request.name, stored, model), created: true };
     });
   }
 
-  private public(name: string, stored: ModelVersion | undefined, aliases: Record<string, string>): ModelVersion | undefined {
-    if (!stored) return undefined;
-    return {
-      name,
-      version: stored.version,
-      source: stored.source,
-      runId: stored.runId,
-      tags: stored.tags,
-      aliases: Object.entries(aliases).filter(([, v]) => v === stored.version).map(([a]) => a),
-    };
+  /** `previous` is the version the alias named before this call (the version itself when nothing moved). */
+  async setAlias(name: string, alias: string, version: string, change: { reason: PromotionReason; actor: string }): Promise<{ previous?: string; moved: boolean }> {
+    return this.locked(async () => {
+      const registry = await this.read();
+      const model = registry.models[name];
+      if (!model?.versions.some((v) => v.version === version)) throw new HeimdallError(ErrorCodes.REGISTRY_REJECTED, `${name} has no version ${version}`);
+      const previous = model.aliases[alias];
+      if (previous === version) return { previous, moved: false };
+      model.aliases[alias] = version;
+      const history = (model.history ??= {});
+      (history[alias] ??= []).push({ version, ...(previous ? { previous } : {}), at: new Date().toISOString(), reason: change.reason, actor: change.actor });
+      await writeAtomically(this.file, JSON.stringify(registry, null, 2));
+      return { ...(previous ? { previous } : {}), moved: true };
+    });
+  }
+
+  async aliasHistory(name: string): Promise<Record<string, AliasChange[]>> {
+    return (await this.read()).models[name]?.history ?? {};
+  }
+
+  private find(name: string, match: (version: StoredVersion) => boolean, registry: RegistryFile): ModelVersion | undefined {
+    const model = registry.models[name];
+    const stored = model?.versions.find(match);
+    return stored && publicVersion(name, stored, model!);
   }
 
   private async read(): Promise<RegistryFile> {
@@ -108,4 +147,16 @@ export class LocalModelRegistry implements ModelRegistry {
       await rm(lock, { recursive: true, force: true });
     }
   }
+}
+
+function publicVersion(name: string, stored: StoredVersion, model: StoredModel): ModelVersion {
+  return {
+    name,
+    version: stored.version,
+    source: stored.source,
+    runId: stored.runId,
+    tags: stored.tags,
+    aliases: Object.entries(model.aliases).filter(([, v]) => v === stored.version).map(([alias]) => alias),
+    created: stored.createdAt,
+  };
 }

@@ -1,7 +1,10 @@
+import type { PromotionReason } from '../events/schemas.ts';
+
 /**
  * The ModelRegistry port, with MLflow's semantics (registered models, numbered versions, tags,
  * aliases). Registration is keyed by the model's sha256: registering the same bytes again returns
- * the existing version, so a redelivered event never creates a second one.
+ * the existing version, so a redelivered event never creates a second one. Registering never moves
+ * an alias: the gate decides (DESIGN §3 The gate and promotion) and calls `setAlias`.
  */
 export interface ModelVersion {
   readonly name: string;
@@ -12,11 +15,12 @@ export interface ModelVersion {
   readonly runId: string;
   readonly tags: Readonly<Record<string, string>>;
   readonly aliases: readonly string[];
+  /** When the version was created (ISO 8601). */
+  readonly created: string;
 }
 
 export interface RegistrationRequest {
   readonly name: string;
-  readonly alias: string;
   readonly sha256: string;
   /** Our pipeline run id. */
   readonly pipelineRunId: string;
@@ -27,17 +31,41 @@ export interface RegistrationRequest {
   readonly tags: Readonly<Record<string, string>>;
   readonly params: Readonly<Record<string, string>>;
   readonly metrics: Readonly<Record<string, number>>;
+  /** The training run that produced the checkpoint (an MLflow run id), when the trainer left one. */
+  readonly trainingRunId?: string;
   /** The pipeline report, stored beside the model where the registry keeps artifacts. */
   readonly report: unknown;
+}
+
+/** One move of an alias, kept by the registry (oldest first): what `heimdall versions` and rollback read. */
+export interface AliasChange {
+  readonly version: string;
+  /** The version that held the alias before; absent for the first. */
+  readonly previous?: string;
+  /** ISO 8601. */
+  readonly at: string;
+  readonly reason: PromotionReason;
+  readonly actor: string;
 }
 
 export interface ModelRegistry {
   /** `models:/<name>/<version>`-style uri of a version. */
   modelUri(version: ModelVersion): string;
+  getVersion(name: string, version: string): Promise<ModelVersion | undefined>;
   getVersionByAlias(name: string, alias: string): Promise<ModelVersion | undefined>;
   findVersionBySha256(name: string, sha256: string): Promise<ModelVersion | undefined>;
-  /** Idempotent: returns the existing version when a version with this sha256 exists. Points the alias at the version. */
+  /** Every version of `name`, lowest number first; [] for an unknown name. */
+  listVersions(name: string): Promise<ModelVersion[]>;
+  /** Idempotent: returns the existing version when a version with this sha256 exists. Moves no alias. */
   register(request: RegistrationRequest): Promise<{ version: ModelVersion; created: boolean }>;
+  /**
+   * Points `alias` at `version` and appends the move to the alias history. Setting the alias to
+   * the version it already names changes nothing and records nothing (a redelivery).
+   * REGISTRY_REJECTED for an unknown version.
+   */
+  setAlias(name: string, alias: string, version: string, change: { reason: PromotionReason; actor: string }): Promise<{ previous?: string; moved: boolean }>;
+  /** Alias -> its moves, oldest first (every alias of `name` that ever moved). */
+  aliasHistory(name: string): Promise<Record<string, AliasChange[]>>;
 }
 
 export const DEFAULT_MODEL_NAME = 'heimdall-localization';
@@ -45,5 +73,11 @@ export const DEFAULT_ALIAS = 'staging';
 
 /** Tag holding the model's sha256: the idempotency key. */
 export const SHA256_TAG = 'sha256';
-/** Tag holding the batch-1 p50 latency in ms: the next model's benchmark baseline. */
-export const LATENCY_TAG = 'latency_p50_batch1_ms';
+/** Tag holding the pipeline run id that produced a version (`model.promoted` names it). */
+export const PIPELINE_RUN_TAG = 'pipeline_run_id';
+/** Tag holding the object-store uri of the ONNX file: what the next benchmark times as the alias holder. */
+export const ONNX_URI_TAG = 'onnx_uri';
+/** Tag holding the gate's verdict (GateVerdict as JSON). */
+export const GATE_TAG = 'heimdall.gate';
+/** Prefix of the tags holding the training metrics (`training.val_loss`): what the metric check compares. */
+export const TRAINING_METRIC_PREFIX = 'training.';

@@ -1,50 +1,59 @@
 import { ErrorCodes, HeimdallError } from '../errors/index.ts';
 import type { LatencyStats } from '../events/schemas.ts';
+import { latencyStats, pairedRatio } from '../gate/statistics.ts';
 import type { ExecutionProvider } from './session.ts';
 import { startWorker } from './worker.ts';
 
 export interface BenchmarkRequest {
   readonly modelPath: string;
+  /** The model holding the alias: timed in the same worker, interleaved with the candidate. */
+  readonly holderPath?: string;
   readonly provider: ExecutionProvider;
   /** 0: one per core. */
   readonly threads: number;
-  /** Batch sizes with their number of timed runs, in order. */
-  readonly batches: ReadonlyArray<{ readonly batch: number; readonly runs: number }>;
+  /** Batch sizes, in order. */
+  readonly batches: readonly number[];
+  /** Warm-up runs at least per batch size; more until the timings settle. */
   readonly warmup: number;
+  /** Time for the timed runs of each batch size (both models together); warm-up may take as long again. */
+  readonly budgetMs: number;
+  /** Timed runs at least per batch size, even past the budget. */
+  readonly minRuns: number;
 }
 
 export type BenchmarkMessage =
   | { kind: 'session'; provider: ExecutionProvider; threads: number; createMs: number; warnings: string[] }
-  | { kind: 'batch'; batch: number; timings: number[] }
+  | { kind: 'batch'; batch: number; warmup: { runs: number; settled: boolean }; candidate: number[]; holder?: number[] }
   | { kind: 'done' }
   | { kind: 'error'; message: string; code: string };
+
+/** One batch size's figures: the candidate's, and with a holder its figures and the paired ratio. */
+export interface BatchResult {
+  readonly candidate: LatencyStats;
+  readonly holder?: LatencyStats;
+  readonly ratio?: ReturnType<typeof pairedRatio>;
+  readonly warmup: { readonly runs: number; readonly settled: boolean };
+}
 
 export interface BenchmarkResult {
   readonly provider: ExecutionProvider;
   readonly threads: number;
   readonly sessionCreateMs: number;
-  readonly perBatch: LatencyStats[];
+  readonly perBatch: BatchResult[];
   readonly warnings: string[];
 }
 
-/** Latency statistics of a set of timings (ms), nearest-rank percentiles. */
-export function latencyStats(batch: number, timings: readonly number[]): LatencyStats {
-  const sorted = [...timings].sort((a, b) => a - b);
-  const rank = (p: number) => sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
-  const mean = sorted.reduce((a, b) => a + b, 0) / sorted.length;
-  return { batch, p50: rank(50), p90: rank(90), p99: rank(99), mean, throughput: (batch * 1000) / mean };
-}
-
 /**
- * Benchmarks a model in a worker thread: session creation timed apart, warm-up runs, then timed runs
- * per batch size. `onBatch` reports progress as each batch size finishes.
+ * Benchmarks a model in a worker thread (DESIGN §5): session creation timed apart, then per batch
+ * size a warm-up until the timings settle and timed runs within the budget; with a holder, the two
+ * models alternate on the same input. `onBatch` reports progress as each batch size finishes.
  */
-export function runBenchmark(request: BenchmarkRequest, options: { signal?: AbortSignal; onBatch?: (stats: LatencyStats) => void } = {}): Promise<BenchmarkResult> {
+export function runBenchmark(request: BenchmarkRequest, options: { signal?: AbortSignal; onBatch?: (result: BatchResult) => void } = {}): Promise<BenchmarkResult> {
   return new Promise((resolve, reject) => {
     // A listener added to a signal that has already fired never runs.
     if (options.signal?.aborted) return reject(new HeimdallError(ErrorCodes.ABORTED, 'benchmark aborted before it started'));
     const worker = startWorker(new URL('./benchmark-worker.ts', import.meta.url), request);
-    const perBatch: LatencyStats[] = [];
+    const perBatch: BatchResult[] = [];
     let session: Extract<BenchmarkMessage, { kind: 'session' }> | undefined;
     let settled = false;
     const finish = (error?: HeimdallError) => {
@@ -60,9 +69,9 @@ export function runBenchmark(request: BenchmarkRequest, options: { signal?: Abor
     worker.on('message', (message: BenchmarkMessage) => {
       if (message.kind === 'session') session = message;
       else if (message.kind === 'batch') {
-        const stats = latencyStats(message.batch, message.timings);
-        perBatch.push(stats);
-        options.onBatch?.(stats);
+        const result = batchResult(message);
+        perBatch.push(result);
+        options.onBatch?.(result);
       } else if (message.kind === 'done') finish();
       else finish(new HeimdallError(message.code === ErrorCodes.INVALID_MODEL ? ErrorCodes.INVALID_MODEL : ErrorCodes.BENCHMARK_FAILED, message.message));
     });
@@ -73,3 +82,10 @@ export function runBenchmark(request: BenchmarkRequest, options: { signal?: Abor
   });
 }
 
+function batchResult({ batch, warmup, candidate, holder }: Extract<BenchmarkMessage, { kind: 'batch' }>): BatchResult {
+  return {
+    candidate: latencyStats(batch, candidate),
+    ...(holder ? { holder: latencyStats(batch, holder), ratio: pairedRatio(candidate, holder) } : {}),
+    warmup,
+  };
+}

@@ -18,7 +18,7 @@ export interface OpenedSession {
  * `cpu` with a warning when the CUDA provider cannot load here (no GPU, or the CUDA binaries of
  * onnxruntime-node not installed: onnxruntime lists the backend either way, so only a try tells).
  */
-export async function openSession(path: string, options: { provider?: ExecutionProvider; threads?: number } = {}): Promise<OpenedSession> {
+export async function openSession(path: string, options: { provider?: ExecutionProvider; threads?: number; spinning?: boolean } = {}): Promise<OpenedSession> {
   const warnings: string[] = [];
   const threads = options.threads && options.threads > 0 ? options.threads : availableParallelism();
   const create = async (provider: ExecutionProvider) => {
@@ -28,6 +28,8 @@ export async function openSession(path: string, options: { provider?: ExecutionP
       intraOpNumThreads: threads,
       interOpNumThreads: 1,
       graphOptimizationLevel: 'all',
+      // onnxruntime's intra-op threads busy-wait for work after each run unless told not to.
+      ...(options.spinning === false ? { extra: { session: { intra_op: { allow_spinning: '0' } } } } : {}),
     });
     return { session, provider, threads, createMs: performance.now() - started, warnings };
   };

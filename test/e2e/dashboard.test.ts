@@ -12,6 +12,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startDashboard, type Dashboard } from '../../shared/dashboard/index.ts';
 import { FsRunStateStore } from '../../shared/pipeline/run-state/fs.ts';
 import type { RunReport } from '../../shared/pipeline/report.ts';
+import { LocalModelRegistry } from '../../shared/registry/local.ts';
+import { DEFAULT_MODEL_NAME } from '../../shared/registry/model-registry.ts';
 import { heimdallRun } from '../support/heimdall-cli.ts';
 import { writeHostileCheckpoint } from '../support/hostile-checkpoint.ts';
 import { writeSmallCheckpoint } from '../support/small-model.ts';
@@ -37,7 +39,7 @@ beforeAll(async () => {
   await writeSmallCheckpoint(second, { seed: 22 });
   await copyFile(await writeHostileCheckpoint(dir), hostile);
 
-  dashboard = await startDashboard({ runState: new FsRunStateStore(workdir), port: 0, host: '127.0.0.1', logger: pino({ level: 'warn' }), refreshSeconds: 1 });
+  dashboard = await startDashboard({ runState: new FsRunStateStore(workdir), models: { registry: new LocalModelRegistry(workdir), name: DEFAULT_MODEL_NAME }, port: 0, host: '127.0.0.1', logger: pino({ level: 'warn' }), refreshSeconds: 1 });
   browser = await chromium.launch({ executablePath: CHROMIUM });
   page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
   await page.goto(dashboard.url);
@@ -94,24 +96,39 @@ describe('the status page after two successful runs and a failed one', () => {
     for (const [report, version] of [[reports.first, '1'], [reports.second, '2']] as const) {
       const row = page.locator(`tr.run[data-run-id="${report.runId}"]`);
       await expect(row.locator('td.parity').textContent()).resolves.toMatch(/max \|diff\| \d\.\de-\d+ ≤ 1e-5\s+4 reference-impl samples/);
-      const p50 = report.benchmark!.perBatch.find((s) => s.batch === 1)!.p50;
-      await expect(row.locator('td.benchmark').textContent()).resolves.toContain(`b1 ${p50.toFixed(p50 < 10 ? 2 : 1)} ms / `);
+      const { p50, p50Interval, n } = report.benchmark!.perBatch.find((s) => s.batch === 1)!;
+      await expect(row.locator('td.benchmark').textContent()).resolves.toContain(`b1 ${p50.toFixed(p50 < 10 ? 2 : 1)} ms [${p50Interval[0].toFixed(2)}–${p50Interval[1].toFixed(2)}] / `);
+      await expect(row.locator('td.benchmark').textContent()).resolves.toContain(`n=${n}`);
       await expect(row.locator('.model').textContent()).resolves.toBe(`heimdall-localization v${version}`);
     }
   });
 
-  it('charts p50 and p99 per batch with one point per registered version', async () => {
+  it('charts p50 with its interval per batch, one point per registered version, and p99 only where the run reported one', async () => {
     const chart = page.locator('svg.chart');
     await expect(chart.locator('text.version').allTextContents()).resolves.toEqual(['v1', 'v2']);
-    for (const batch of ['1', '8', '32']) {
-      for (const stat of ['p50', 'p99']) {
-        const points = chart.locator(`circle.point[data-batch="${batch}"][data-stat="${stat}"]`);
-        expect(await points.evaluateAll((cs) => cs.map((c) => c.getAttribute('data-version')))).toEqual(['1', '2']);
-      }
+    const versionsOf = (selector: string) => chart.locator(selector).evaluateAll((els) => els.map((e) => e.getAttribute('data-version')));
+    for (const batch of [1, 8, 32]) {
+      expect(await versionsOf(`circle.point[data-batch="${batch}"][data-stat="p50"]`)).toEqual(['1', '2']);
+      expect(await versionsOf(`line.interval[data-batch="${batch}"]`)).toEqual(['1', '2']);
+      const withP99 = [reports.first, reports.second].flatMap((r, i) => (r.benchmark!.perBatch.find((s) => s.batch === batch)?.p99 === undefined ? [] : [String(i + 1)]));
+      expect(await versionsOf(`circle.point[data-batch="${batch}"][data-stat="p99"]`)).toEqual(withP99);
     }
     // Higher latency is drawn higher: batch 32 above batch 1 for the same version.
     const cy = async (batch: number) => Number(await chart.locator(`circle.point[data-version="1"][data-batch="${batch}"][data-stat="p50"]`).getAttribute('cy'));
     expect(await cy(32)).toBeLessThan(await cy(1));
+  });
+
+  it('shows the alias with its holder and every move the registry recorded, newest first', async () => {
+    const registry = new LocalModelRegistry(workdir);
+    const holder = (await registry.getVersionByAlias(DEFAULT_MODEL_NAME, 'staging'))!.version;
+    const moves = (await registry.aliasHistory(DEFAULT_MODEL_NAME)).staging!;
+    // The first model of a name passes the gate: staging moved at least once, to v1.
+    expect(moves[0]).toMatchObject({ version: '1', reason: 'gate passed', actor: 'heimdall/register' });
+    const row = page.locator(`tr.alias[data-alias="staging"]`);
+    await expect(row.getAttribute('data-holder')).resolves.toBe(holder);
+    await expect(row.locator('.holder').textContent()).resolves.toBe(`v${holder}`);
+    const shown = await row.locator('li.move').evaluateAll((lis) => lis.map((li) => [li.getAttribute('data-version'), li.getAttribute('data-reason')]));
+    expect(shown).toEqual(moves.map((m) => [m.version, m.reason]).reverse());
   });
 
   it('serves the same runs as JSON', async () => {

@@ -53,7 +53,8 @@ describe('NATS workers with S3 and MLflow', () => {
     await Promise.all([observer.notify(notification), observer.notify(notification)]);
 
     const registered = await waitFor('the registration', () => observer.of('heimdall.model.registered')[0], 180_000);
-    expect(registered.data.registry).toMatchObject({ name: MODEL, version: '1', alias: 'staging', created: true });
+    expect(registered.data.registry).toMatchObject({ name: MODEL, version: '1', created: true });
+    expect(registered.data.alias).toEqual({ name: 'staging', moved: true });
     const exported = observer.of('heimdall.model.exported')[0]!;
     expect(exported.data.checkpoint.uri).toBe(`s3://${TRAINING_BUCKET}/${key}`);
 

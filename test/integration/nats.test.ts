@@ -18,7 +18,8 @@ import { startWebhookReceiver } from '../support/webhook-receiver.ts';
 import { tempDir } from '../support/temp.ts';
 
 const heimdall = join(import.meta.dirname, '../../bin/heimdall.js');
-const SIX_EVENTS = ['heimdall.checkpoint.created', 'heimdall.model.exported', 'heimdall.model.validated', 'heimdall.model.parity-checked', 'heimdall.model.benchmarked', 'heimdall.model.registered'];
+/** A first model's run: the six stages' events, then the gate's promotion of it to the alias. */
+const RUN_EVENTS = ['heimdall.checkpoint.created', 'heimdall.model.exported', 'heimdall.model.validated', 'heimdall.model.parity-checked', 'heimdall.model.benchmarked', 'heimdall.model.registered', 'heimdall.model.promoted'];
 
 let server: NatsServer;
 let dir: string;
@@ -80,8 +81,9 @@ describe('heimdall serve on NATS JetStream', () => {
     const { env, upload, observer, first } = await pipeline('full', { args: ['--dashboard', '--port', '0'] });
     await upload('runs/2026-11-27/epoch 12.pth', 1);
     const runId = await registeredRun(observer, 'runs/2026-11-27/epoch 12.pth');
-    expect(observer.events.filter((e) => e.data.runId === runId).map((e) => e.type)).toEqual(SIX_EVENTS);
-    expect(observer.events.every((e) => e.id === `${e.data.runId}.${e.source.split('/')[1]}`)).toBe(true);
+    expect(observer.events.filter((e) => e.data.runId === runId).map((e) => e.type)).toEqual(RUN_EVENTS);
+    // Deterministic ids: `<runId>.<stage>` for each stage's result, `<runId>.promoted.<alias>` for the gate's move.
+    expect(observer.events.map((e) => e.id)).toEqual(observer.events.map((e) => (e.type === 'heimdall.model.promoted' ? `${e.data.runId}.promoted.staging` : `${e.data.runId}.${e.source.split('/')[1]}`)));
 
     const run = promisify(execFile);
     const status = await run(process.execPath, [heimdall, 'status', runId.slice(0, 8), '--json'], { env: { ...process.env, ...env } });
@@ -91,13 +93,13 @@ describe('heimdall serve on NATS JetStream', () => {
     const { runs } = (await (await fetch(new URL('api/runs', page))).json()) as { runs: Array<{ runId: string; status: string }> };
     expect(runs).toEqual([expect.objectContaining({ runId, status: 'registered' })]);
 
-    // watch --all replays the stream: six lines, each readable on an 80-column terminal.
+    // watch --all replays the stream: seven lines, each readable on an 80-column terminal.
     const watch = startWatch(['--all', '--run', runId], env);
-    await waitFor('six watch lines', () => watch.stdout.length >= 6, 60_000);
+    await waitFor('seven watch lines', () => watch.stdout.length >= 7, 60_000);
     watch.child.kill('SIGINT');
     expect(await watch.exited).toBe(0);
     const lines = watch.stdout;
-    expect(lines.map((l) => l.split(/\s+/)[2])).toEqual(['ingest', 'export', 'validate', 'parity', 'benchmark', 'register']);
+    expect(lines.map((l) => l.split(/\s+/)[2])).toEqual(['ingest', 'export', 'validate', 'parity', 'benchmark', 'register', 'promote']);
     expect(Math.max(...lines.map((l) => l.length))).toBeLessThanOrEqual(80);
   });
 
@@ -228,7 +230,7 @@ describe('heimdall serve on NATS JetStream', () => {
     const { first, upload, observer } = await pipeline('http', { args: ['--http'] });
     await upload('runs/http.pth', 7);
     const runId = await registeredRun(observer, 'runs/http.pth');
-    expect(observer.events.filter((e) => e.data.runId === runId).map((e) => e.type)).toEqual(SIX_EVENTS);
+    expect(observer.events.filter((e) => e.data.runId === runId).map((e) => e.type)).toEqual(RUN_EVENTS);
     // Each function counted its event: the broker delivered over HTTP, no NATS stage worker ran.
     const ports = Object.fromEntries([...first.stderr().matchAll(/(export|validate|parity|benchmark|register):(\d+)/g)].map((m) => [m[1], m[2]]));
     for (const [stage, input] of [['export', 'checkpoint.created'], ['validate', 'model.exported'], ['parity', 'model.validated'], ['benchmark', 'model.parity-checked'], ['register', 'model.benchmarked']]) {
@@ -249,7 +251,7 @@ describe('heimdall serve on NATS JetStream', () => {
     expect(first.stderr()).toContain('draining');
     spawnWorker();
     const runId = await registeredRun(observer, 'runs/drain.pth');
-    for (const type of SIX_EVENTS) expect(observer.of(type as 'heimdall.model.exported', runId), type).toHaveLength(1);
+    for (const type of RUN_EVENTS) expect(observer.of(type as 'heimdall.model.exported', runId), type).toHaveLength(1);
     expect(await registryVersions(dataDir)).toHaveLength(1);
   });
 });

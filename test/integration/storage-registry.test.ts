@@ -5,7 +5,7 @@
  * wrong credentials and missing objects fail clearly and leave nothing half-registered.
  */
 import { randomBytes } from 'node:crypto';
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -82,7 +82,7 @@ describe('heimdall run with S3 and MLflow', () => {
   it('registers the model in MLflow so that Python MLflow loads it, with the outputs of onnxruntime-node', async () => {
     expect(first.report.error).toBeUndefined();
     expect(first.code).toBe(0);
-    expect(first.report.registry).toEqual({ name: MODEL, version: '1', alias: 'staging', created: true });
+    expect(first.report.registry).toMatchObject({ name: MODEL, version: '1', created: true });
 
     const model = await store.fetchFile(MODELS_BUCKET, modelKey(first.report.runId));
     const session = await ort.InferenceSession.create(model.path);
@@ -108,15 +108,17 @@ describe('heimdall run with S3 and MLflow', () => {
     }
   });
 
-  it('records one MLflow run per model: params, metrics, the model directory and the report', () => {
+  it('records one MLflow run per model: params, metrics and the report', () => {
     const { runId, onnx } = first.report;
     const checkpointUri = `s3://${CHECKPOINTS_BUCKET}/${runId}/small-1.pth`;
-    expect(loaded.version).toMatchObject({ version: '1', aliases: ['staging'], source: expect.stringMatching(/^mlflow-artifacts:\/\d+\/[0-9a-f]{32}\/artifacts\/model$/) });
-    expect(loaded.version.tags).toMatchObject({ sha256: onnx!.sha256, onnx_uri: `s3://${MODELS_BUCKET}/${modelKey(runId)}`, checkpoint_uri: checkpointUri, latency_p50_batch1_ms: expect.any(String) });
+    // MLflow 3: the version's source is the LoggedModel holding the model directory.
+    expect(loaded.version).toMatchObject({ version: '1', aliases: ['staging'], source: expect.stringMatching(/^models:\/m-[0-9a-f]{32}$/) });
+    expect(loaded.version.tags).toMatchObject({ sha256: onnx!.sha256, onnx_uri: `s3://${MODELS_BUCKET}/${modelKey(runId)}`, checkpoint_uri: checkpointUri });
     expect(loaded.run.status).toBe('FINISHED');
     expect(loaded.run.params).toMatchObject({ variant: 'custom', opset: '14', sha256: onnx!.sha256, checkpoint_uri: checkpointUri });
     expect(loaded.run.metrics).toEqual(expect.arrayContaining(['latency_p50_batch1_ms', 'throughput_batch8', 'parity_max_abs_positions', 'model_bytes']));
-    expect(loaded.run.artifacts).toEqual(['model/MLmodel', 'model/conda.yaml', 'model/model.onnx', 'model/python_env.yaml', 'model/requirements.txt', 'report.json']);
+    // The model directory lives in the LoggedModel (test/integration/mlflow3.test.ts); the run keeps the report.
+    expect(loaded.run.artifacts).toEqual(['report.json']);
   });
 
   it('stores the ONNX model in the bucket with the metadata of DESIGN §3 and its sha256', async () => {
@@ -135,13 +137,17 @@ describe('heimdall run with S3 and MLflow', () => {
     const model = await store.fetchFile(MODELS_BUCKET, modelKey(runId));
     expect(model.sha256).toBe(onnx!.sha256);
     await model.release();
-    expect(await store.stat(MODELS_BUCKET, reportKey(runId))).toMatchObject({ metadata: { 'run-id': runId, sha256: onnx!.sha256 } });
+    // The report carries no sha256 of its own model's bytes: the store reads it back (it checks a sha256 it finds).
+    expect(await store.stat(MODELS_BUCKET, reportKey(runId))).toMatchObject({ metadata: { 'run-id': runId } });
+    const report = await store.fetchFile(MODELS_BUCKET, reportKey(runId));
+    expect(JSON.parse(await readFile(report.path, 'utf8'))).toMatchObject({ runId });
+    await report.release();
   });
 
   it('registers the same checkpoint once, however often it runs', async () => {
     const again = await runOnServices(1);
     expect(again.code).toBe(0);
-    expect(again.report.registry).toEqual({ name: MODEL, version: '1', alias: 'staging', created: false });
+    expect(again.report.registry).toMatchObject({ name: MODEL, version: '1', created: false });
     expect(await versionsWithSha256(first.report.onnx!.sha256)).toEqual(['1']);
   });
 
@@ -153,7 +159,7 @@ describe('heimdall run with S3 and MLflow', () => {
       expect(result.report.error).toBeUndefined();
       expect(result.report.registry).toMatchObject({ version: '2', created: true });
       // The benchmark's baseline came from MLflow: version 1 held the alias.
-      expect(result.report.benchmark!.baseline).toMatchObject({ version: '1', p50: expect.any(Number) });
+      expect(result.report.benchmark!.baseline).toMatchObject({ version: '1', ratio: expect.any(Number) });
       expect(proxy.requests).toBeGreaterThan(4);
     } finally {
       await proxy.stop();
@@ -201,7 +207,7 @@ describe('MlflowModelRegistry on a real MLflow server', () => {
     new MlflowModelRegistry({ trackingUri: mlflow.url, username: mlflow.username, password: mlflow.password, experimentName, ...overrides });
   const request = (name: string, overrides: Partial<RegistrationRequest> = {}): RegistrationRequest => {
     const sha256 = randomBytes(32).toString('hex');
-    return { name, alias: 'candidate', sha256, pipelineRunId: sha256.slice(0, 16), modelPath: modelFile, modelUri: 's3://heimdall-models/x/model.onnx', tags: { latency_p50_batch1_ms: '1.5' }, params: { variant: 'tiny' }, metrics: { model_bytes: 4096 }, report: { ok: true }, ...overrides };
+    return { name, sha256, pipelineRunId: sha256.slice(0, 16), modelPath: modelFile, modelUri: 's3://heimdall-models/x/model.onnx', tags: { latency_p50_batch1_ms: '1.5' }, params: { variant: 'tiny' }, metrics: { model_bytes: 4096 }, report: { ok: true }, ...overrides };
   };
 
   it('registers one version when several workers register the same model at once', async () => {
@@ -214,7 +220,7 @@ describe('MlflowModelRegistry on a real MLflow server', () => {
     const experiment = await mlflowApi.get<{ experiment: { experiment_id: string } }>('experiments/get-by-name', { experiment_name: 'raced' });
     const { runs = [] } = await mlflowApi.post<{ runs?: unknown[] }>('runs/search', { experiment_ids: [experiment.experiment.experiment_id], run_view_type: 'ACTIVE_ONLY' });
     expect(runs).toHaveLength(1);
-    expect(await registry('raced').getVersionByAlias('raced-model', 'candidate')).toMatchObject({ version: '1', aliases: ['candidate'], tags: { sha256: same.sha256 } });
+    expect(await registry('raced').findVersionBySha256('raced-model', same.sha256)).toMatchObject({ version: '1', aliases: [], tags: { sha256: same.sha256 } });
   });
 
   it('restores a deleted experiment and registers into it', async () => {
@@ -229,6 +235,10 @@ describe('MlflowModelRegistry on a real MLflow server', () => {
     const broken = request('half-model', { modelPath: join(dir, 'vanished.onnx') });
     await expect(registry('half').register(broken)).rejects.toThrow();
     expect(await registry('half').findVersionBySha256('half-model', broken.sha256)).toBeUndefined();
+    // Its LoggedModel, created before the upload failed, is deleted (search leaves deleted ones out).
+    const { experiment } = await mlflowApi.get<{ experiment: { experiment_id: string } }>('experiments/get-by-name', { experiment_name: 'half' });
+    const { models = [] } = await mlflowApi.post<{ models?: unknown[] }>('logged-models/search', { experiment_ids: [experiment.experiment_id] });
+    expect(models).toEqual([]);
   });
 
   it('authenticates with a bearer token, and maps a refused one to REGISTRY_AUTH', async () => {

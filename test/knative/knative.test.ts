@@ -96,7 +96,7 @@ const ROUTES: Record<string, string[]> = {
   'heimdall.model.exported': ['heimdall-validate'],
   'heimdall.model.validated': ['heimdall-parity'],
   'heimdall.model.parity-checked': ['heimdall-benchmark'],
-  'heimdall.model.benchmarked': ['heimdall-alerts', 'heimdall-register'],
+  'heimdall.model.benchmarked': ['heimdall-register'],
   'heimdall.model.registered': ['heimdall-alerts'],
   'heimdall.pipeline.failed': ['heimdall-alerts'],
 };
@@ -154,7 +154,8 @@ describe('knative.yaml routing', () => {
     }
     for (const consumers of Object.values(routes)) consumers.sort();
     expect(routes).toEqual(ROUTES);
-    expect(Object.keys(routes).sort()).toEqual([...EVENT_TYPES].sort());
+    // model.promoted is for deployers outside the project: nothing of ours consumes it.
+    expect(Object.keys(routes).sort()).toEqual(EVENT_TYPES.filter((t) => t !== 'heimdall.model.promoted').sort());
   });
 
   it('sends each event to a Service in the file that runs the stage consuming its type', () => {
@@ -181,8 +182,8 @@ describe('knative.yaml routing', () => {
   });
 
   it('feeds the Broker from the ingest adapter through a SinkBinding', () => {
-    const [binding] = ofKind('sources.knative.dev/v1', 'SinkBinding');
     const [ingest] = ofKind('apps/v1', 'Deployment');
+    const binding = ofKind('sources.knative.dev/v1', 'SinkBinding').find((b) => b.spec.subject.kind === 'Deployment');
     expect(binding!.spec.subject).toEqual({ apiVersion: 'apps/v1', kind: 'Deployment', name: ingest!.metadata.name });
     expect(binding!.spec.sink.ref).toEqual({ apiVersion: 'eventing.knative.dev/v1', kind: 'Broker', name: 'heimdall' });
     const container = ingest!.spec.template.spec.containers[0];
@@ -190,6 +191,11 @@ describe('knative.yaml routing', () => {
     // Its drain (up to its ack wait) fits in the pod's grace period.
     const ackWait = Number(container.env.find((e: { name: string }) => e.name === 'HEIMDALL_ACK_WAIT_SECONDS').value);
     expect(ackWait).toBeLessThan(ingest!.spec.template.spec.terminationGracePeriodSeconds);
+  });
+  it("lets the register function post the model.promoted that follows its reply to the Broker (K_SINK)", () => {
+    const binding = ofKind('sources.knative.dev/v1', 'SinkBinding').find((b) => b.spec.subject.kind === 'Service');
+    expect(binding!.spec.subject).toEqual({ apiVersion: 'serving.knative.dev/v1', kind: 'Service', name: 'heimdall-register' });
+    expect(binding!.spec.sink.ref).toEqual({ apiVersion: 'eventing.knative.dev/v1', kind: 'Broker', name: 'heimdall' });
   });
 });
 

@@ -3,6 +3,7 @@ import { loadConfig } from '../../config/index.ts';
 import { createLogger } from '../../logging/index.ts';
 import { createAdapters } from '../../pipeline/adapters.ts';
 import { runInProcess } from '../../pipeline/in-process.ts';
+import type { RunReport } from '../../pipeline/report.ts';
 import { FsRunStateStore } from '../../pipeline/run-state/fs.ts';
 import type { AnyStage } from '../../pipeline/stage.ts';
 import type { SubscriberFunction } from '../../pipeline/subscriber.ts';
@@ -62,7 +63,7 @@ export async function runCommand(argv: string[], io: CommandIO, stages: readonly
     const elapsed = formatSeconds(performance.now() - started);
     if (report.status === 'registered') {
       const r = report.registry!;
-      io.stdout(`${r.created ? 'registered' : 'already registered:'} ${r.name} version ${r.version} (alias ${r.alias}) from run ${report.runId} in ${elapsed}; data in ${resolve(config.dataDir)}`);
+      io.stdout(`${r.created ? 'registered' : 'already registered:'} ${r.name} version ${r.version} (${aliasOutcome(report)}) from run ${report.runId} in ${elapsed}; data in ${resolve(config.dataDir)}`);
     } else {
       io.stderr(`error: ${report.error!.code}: run ${report.runId} failed at ${report.error!.stage}: ${report.error!.message}`);
     }
@@ -75,4 +76,12 @@ export async function runCommand(argv: string[], io: CommandIO, stages: readonly
     progress?.done();
     stop.dispose();
   }
+}
+
+/** `alias staging`, or why it stayed where it was: `staging held back by latency`. */
+function aliasOutcome(report: RunReport): string {
+  const { alias, gate } = report;
+  if (!alias || alias.moved) return `alias ${alias?.name ?? '?'}`;
+  const blocking = gate?.checks.filter((c) => !c.passed && c.policy === 'block').map((c) => c.name) ?? [];
+  return `${alias.name} held back by ${blocking.join(', ') || 'the gate'}`;
 }

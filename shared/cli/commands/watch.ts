@@ -48,7 +48,7 @@ async function followNats(config: Config, logger: Logger, show: (event: AnyCloud
   await runtime.close();
 }
 
-/** The embedded default has no bus between processes: the run records carry each stage's event. */
+/** The embedded default has no bus between processes: the run records carry each stage's event and the run's promotions. */
 async function followFiles(config: Config, show: (event: AnyCloudEvent) => void, all: boolean, stopped: Promise<void>): Promise<void> {
   const store = new FsRunStateStore(config.dataDir);
   const seen = new Set<string>();
@@ -57,7 +57,7 @@ async function followFiles(config: Config, show: (event: AnyCloudEvent) => void,
   void stopped.then(() => (running = false));
   while (running) {
     const events = (await store.list())
-      .flatMap((run) => Object.values(run.stages).flatMap((stage) => (stage?.event ? [stage.event] : [])))
+      .flatMap((run) => [...Object.values(run.stages).flatMap((stage) => (stage?.event ? [stage.event] : [])), ...(run.promotions ?? [])])
       .filter((event) => !seen.has(event.id))
       .sort((a, b) => a.time.localeCompare(b.time));
     for (const event of events) {
@@ -77,7 +77,20 @@ const RESET = '\x1b[0m';
 
 function colored(line: string, event: AnyCloudEvent, enabled: boolean): string {
   if (!enabled) return line;
-  const tone =
-    event.type === 'heimdall.pipeline.failed' ? RED : event.type === 'heimdall.model.registered' ? GREEN : event.type === 'heimdall.model.benchmarked' && event.data.baseline?.regression ? YELLOW : '';
-  return `${DIM}${line.slice(0, 17)}${RESET} ${tone}${line.slice(18)}${tone ? RESET : ''}`;
+  const color = tone(event);
+  return `${DIM}${line.slice(0, 17)}${RESET} ${color}${line.slice(18)}${color ? RESET : ''}`;
+}
+
+/** Red for a failure, yellow for a model held back or warned about, green for an alias that moved. */
+function tone(event: AnyCloudEvent): string {
+  switch (event.type) {
+    case 'heimdall.pipeline.failed':
+      return RED;
+    case 'heimdall.model.registered':
+      return event.data.alias.moved && event.data.gate.checks.every((check) => check.passed) ? GREEN : YELLOW;
+    case 'heimdall.model.promoted':
+      return GREEN;
+    default:
+      return '';
+  }
 }

@@ -1,6 +1,8 @@
 import { stat } from 'node:fs/promises';
 import { openCheckpoint, type CheckpointFormat, type CheckpointLayout } from '../../checkpoint/index.ts';
 import { alignedBuffer, countNonFinite } from '../../checkpoint/weight-buffers.ts';
+import type { Training } from '../../events/schemas.ts';
+import { readTraining } from '../../lineage/training.ts';
 import { writeModel, type WriteProgress, type WrittenModel } from '../../onnx/writer.ts';
 import { scanFile } from '../../runtime/sha256.ts';
 import type { LocalizationNetSpec } from './architecture.ts';
@@ -17,6 +19,8 @@ export interface ExportOptions {
   externalData?: boolean;
   /** Stops the export between tensors; the partial output is removed (see WriteOptions.signal). */
   signal?: AbortSignal;
+  /** User metadata of the object the checkpoint was read from (its `mlflow-run-id`: the training run). */
+  sourceMetadata?: Readonly<Record<string, string>>;
 }
 
 export interface ExportResult {
@@ -26,6 +30,8 @@ export interface ExportResult {
   readonly irVersion: number;
   readonly checkpoint: { readonly path: string; readonly sha256: string; readonly bytes: number; readonly format: CheckpointFormat; readonly layout: CheckpointLayout };
   readonly onnx: WrittenModel;
+  /** What the trainer left beside the weights (shared/lineage/training.ts); absent when nothing was. */
+  readonly training?: Training;
   readonly warnings: readonly string[];
   readonly durationMs: number;
 }
@@ -37,6 +43,7 @@ export async function exportCheckpoint(checkpointPath: string, outPath: string, 
   const checkpoint = await openCheckpoint(checkpointPath);
   try {
     const spec = inferArchitecture(checkpoint.tensors, checkpoint.config);
+    const lineage = readTraining(checkpoint, options.sourceMetadata);
     const parameters = parameterCount(spec);
     // A worker hashes the checkpoint while the weights are written (the digest goes into the metadata,
     // written last). It streams the whole file anyway, so it also checks the CRC-32 of the records we
@@ -93,6 +100,7 @@ export async function exportCheckpoint(checkpointPath: string, outPath: string, 
     const { sha256 } = await scanning;
     const warnings = [
       ...checkpoint.warnings,
+      ...lineage.warnings,
       ...[...nonFinite].map(([name, count]) => `${count} NaN/Inf values in ${name}`),
     ];
     const { size } = await stat(checkpointPath);
@@ -103,6 +111,7 @@ export async function exportCheckpoint(checkpointPath: string, outPath: string, 
       irVersion: IR_VERSION[opset],
       checkpoint: { path: checkpointPath, sha256, bytes: size, format: checkpoint.format, layout: checkpoint.layout },
       onnx,
+      ...(lineage.training ? { training: lineage.training } : {}),
       warnings,
       durationMs: performance.now() - started,
     };

@@ -14,7 +14,8 @@ export interface Route {
 /**
  * A local stand-in for Knative's NATS JetStream Broker (`heimdall serve --http`): for each Trigger a
  * durable consumer on the stage's input posts the event to the function and publishes its reply,
- * with the Broker's reading of status codes (reply.ts): 200 delivered (reply published), 400 not
+ * with the Broker's reading of status codes (reply.ts): 200 delivered (reply published, with its
+ * follow-ups: the functions here have no K_SINK to post them to, app.ts), 400 not
  * retried, anything else retried with backoff; on the last delivery the function's failure event
  * (or one of our own when it sent none) is published, as a dead-letter sink would receive it.
  */

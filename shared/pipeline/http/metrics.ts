@@ -55,7 +55,10 @@ export class FunctionMetrics {
     if (result.type === 'heimdall.model.benchmarked') {
       for (const stats of result.data.perBatch) {
         for (const [quantile, ms] of [['0.5', stats.p50], ['0.9', stats.p90], ['0.99', stats.p99]] as const) {
-          this.#inferenceLatency.set({ provider: result.data.provider, batch: String(stats.batch), quantile }, ms / 1000);
+          const labels = { provider: result.data.provider, batch: String(stats.batch), quantile };
+          // A tail the sample count did not support is absent, not the last model's figure.
+          if (ms === undefined) this.#inferenceLatency.remove(labels);
+          else this.#inferenceLatency.set(labels, ms / 1000);
         }
       }
     }

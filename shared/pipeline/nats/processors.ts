@@ -8,6 +8,7 @@ import { isObjectCreated, kindOf, parseNotification, uploadId } from '../../even
 import type { Logger } from '../../logging/index.ts';
 import { executeStage, withStageContext, type StageEnvironment } from '../execute.ts';
 import { failureEvent } from '../failure.ts';
+import { followUps } from '../follow-ups.ts';
 import { recordEvent, recordStageStart, type RunStateStore } from '../run-state/run-state.ts';
 import type { AnyStage, IngestFunction } from '../stage.ts';
 import type { Delivery, Disposition, Processor } from './worker.ts';
@@ -30,10 +31,15 @@ export function shouldRetry(result: AnyCloudEvent, delivery: Delivery): boolean 
   return result.type === 'heimdall.pipeline.failed' && result.data.retriable && delivery.attempt < delivery.maxDeliver;
 }
 
-/** Publishes, then records (a run-state hiccup must not lose the result: the event stream is the truth). */
-export async function announce(event: AnyCloudEvent, env: ProcessorEnvironment): Promise<void> {
-  await env.publish(event);
-  await recordEvent(env.runState, event).catch((error: unknown) => env.logger.warn({ err: error, event: event.id }, 'run state not updated'));
+/**
+ * Publishes a result and what follows from it (follow-ups.ts), each then recorded (a run-state
+ * hiccup must not lose the result: the event stream is the truth).
+ */
+export async function announce(result: AnyCloudEvent, env: ProcessorEnvironment): Promise<void> {
+  for (const event of [result, ...followUps(result)]) {
+    await env.publish(event);
+    await recordEvent(env.runState, event).catch((error: unknown) => env.logger.warn({ err: error, event: event.id }, 'run state not updated'));
+  }
 }
 
 /** A stage on its input event: the result (or failure) is published before the message is acked. */

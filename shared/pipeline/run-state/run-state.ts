@@ -6,13 +6,21 @@ import type { StageName } from '../stage.ts';
  * run id, folded from the events the run published plus the runners' "stage started" marks. The
  * record keeps each stage's last event, so any figure can be shown without replaying the stream.
  */
+/** An event as a run record keeps it (envelope attributes a reader needs, and the data). */
+export interface RecordedEvent {
+  readonly type: string;
+  readonly id: string;
+  readonly time: string;
+  readonly data: unknown;
+}
+
 export interface StageRecord {
   readonly status: 'running' | 'done' | 'failed';
   readonly attempts: number;
   readonly startedAt?: string;
   readonly finishedAt?: string;
   /** The event that ended the stage (its result or its `pipeline.failed`). */
-  readonly event?: { readonly type: string; readonly id: string; readonly time: string; readonly data: unknown };
+  readonly event?: RecordedEvent;
 }
 
 export interface RunState {
@@ -23,6 +31,8 @@ export interface RunState {
   readonly updatedAt: string;
   readonly stages: Readonly<Partial<Record<StageName, StageRecord>>>;
   readonly error?: { readonly stage: string; readonly code: string; readonly message: string };
+  /** `model.promoted` events of the version this run registered (by the gate or by hand), oldest first. */
+  readonly promotions?: readonly RecordedEvent[];
 }
 
 /** The stage whose result an event is (the failing stage for `pipeline.failed`). */
@@ -33,6 +43,8 @@ const producers: Record<AnyCloudEvent['type'], StageName | undefined> = {
   'heimdall.model.parity-checked': 'parity',
   'heimdall.model.benchmarked': 'benchmark',
   'heimdall.model.registered': 'register',
+  // An alias move follows a registration (or a person): it is no stage's result.
+  'heimdall.model.promoted': undefined,
   'heimdall.pipeline.failed': undefined,
 };
 
@@ -54,6 +66,7 @@ export function stageStarted(state: RunState | undefined, runId: string, stage: 
 export function applyEvent(state: RunState | undefined, event: AnyCloudEvent): RunState {
   const runId = event.data.runId;
   const run = state ?? emptyRun(runId, event.time);
+  if (event.type === 'heimdall.model.promoted') return withPromotion(run, event);
   const failed = event.type === 'heimdall.pipeline.failed';
   const stage = failed ? (event.data.stage as StageName) : producers[event.type]!;
   const previous = run.stages[stage];
@@ -75,6 +88,16 @@ export function applyEvent(state: RunState | undefined, event: AnyCloudEvent): R
   };
 }
 
+/** A promotion is recorded beside the stages, once per event id; the run's outcome is not touched. */
+function withPromotion(run: RunState, event: AnyCloudEvent): RunState {
+  if (run.promotions?.some((p) => p.id === event.id)) return run;
+  return {
+    ...run,
+    updatedAt: event.time > run.updatedAt ? event.time : run.updatedAt,
+    promotions: [...(run.promotions ?? []), { type: event.type, id: event.id, time: event.time, data: event.data }],
+  };
+}
+
 /**
  * What may name a run record: run ids are 16 hex digits, `unknown` when a file could not even be
  * hashed; anything else (from a URL or a file name) is refused before it reaches a store.
@@ -92,5 +115,12 @@ export interface RunStateStore {
   update(runId: string, change: (state: RunState | undefined) => RunState): Promise<RunState>;
 }
 
-export const recordEvent = (store: RunStateStore, event: AnyCloudEvent) => store.update(event.data.runId, (state) => applyEvent(state, event));
+/**
+ * Folds an event into its run's record. A promotion is recorded only on a run that has a record: a
+ * version registered elsewhere (another data dir, another tool) gets no record made up for it.
+ */
+export async function recordEvent(store: RunStateStore, event: AnyCloudEvent): Promise<RunState | undefined> {
+  if (event.type === 'heimdall.model.promoted' && !(isRunKey(event.data.runId) && (await store.get(event.data.runId)))) return undefined;
+  return store.update(event.data.runId, (state) => applyEvent(state, event));
+}
 export const recordStageStart = (store: RunStateStore, runId: string, stage: StageName) => store.update(runId, (state) => stageStarted(state, runId, stage));

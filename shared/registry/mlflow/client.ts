@@ -82,6 +82,10 @@ export class MlflowClient {
     return this.json('POST', `api/2.0/mlflow/${endpoint}`, body);
   }
 
+  patch<T>(endpoint: string, body: unknown): Promise<T> {
+    return this.json('PATCH', `api/2.0/mlflow/${endpoint}`, body);
+  }
+
   delete<T>(endpoint: string, body: unknown): Promise<T> {
     return this.json('DELETE', `api/2.0/mlflow/${endpoint}`, body);
   }

@@ -16,7 +16,7 @@
 #   HEIMDALL_VENV_PYTHON  interpreter that creates the venv (default: python3 on PATH)
 set -euo pipefail
 
-REQUIREMENTS="mlflow[auth]==3.17.2 moto[server]==5.2.5 onnx==1.23.2 onnxruntime==1.30.0"
+REQUIREMENTS="mlflow[auth]==3.17.2 moto[server]==5.2.5 onnx==1.23.2 onnxruntime==1.30.0 numpy==2.4.6"
 
 CACHE_DIR="${HEIMDALL_CACHE_DIR:-${HOME:?HOME is not set}/.cache/heimdall}"
 VENV_DIR="$CACHE_DIR/services-venv"

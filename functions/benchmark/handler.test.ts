@@ -1,0 +1,144 @@
+/**
+ * The benchmark stage on the embedded default (local folder as bucket, local registry): figures
+ * with their sample counts and intervals, and the alias holder fetched from the store and timed
+ * beside the candidate, or left out when it is the same model or its file is gone.
+ */
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { loadConfig } from '../../shared/config/index.ts';
+import type { AnyCloudEvent, CloudEvent, OnnxArtifact } from '../../shared/events/index.ts';
+import { minSamplesForInterval } from '../../shared/gate/statistics.ts';
+import { createLogger } from '../../shared/logging/index.ts';
+import { createAdapters } from '../../shared/pipeline/adapters.ts';
+import { executeStage, type StageEnvironment } from '../../shared/pipeline/execute.ts';
+import { ingestLocalFile } from '../../shared/pipeline/local-ingest.ts';
+import { ONNX_URI_TAG } from '../../shared/registry/model-registry.ts';
+import { fetchUri, MODELS_BUCKET, modelKey } from '../../shared/storage/object-store.ts';
+import { writeSmallCheckpoint } from '../../test/support/small-model.ts';
+import { tempDir } from '../../test/support/temp.ts';
+import { stageFunctions } from '../index.ts';
+
+const dir = await tempDir('heimdall-benchmark-');
+let environment: StageEnvironment;
+let parityChecked: CloudEvent<'heimdall.model.parity-checked'>;
+let other: OnnxArtifact;
+
+const stage = (name: string) => stageFunctions.find((s) => s.name === name)!;
+const training = { epoch: 7, step: 700, metrics: { val_loss: 0.21 }, hyperParameters: { lr: 0.001 } };
+
+/** A model exported from a small checkpoint of this seed, in the store. */
+async function exported(seed: number): Promise<CloudEvent<'heimdall.model.exported'>> {
+  const path = join(dir, `seed-${seed}.pth`);
+  await writeSmallCheckpoint(path, { seed });
+  const created = await ingestLocalFile(path, environment.store, () => undefined);
+  return (await executeStage(stage('export'), created, environment)) as CloudEvent<'heimdall.model.exported'>;
+}
+
+/** Registers `onnx` under `name` as the pipeline would, and points the alias at it. */
+async function holdAlias(name: string, onnx: OnnxArtifact, uri = onnx.uri): Promise<string> {
+  const file = await fetchUri(environment.store, onnx.uri);
+  try {
+    const { version } = await environment.registry.register({
+      name,
+      sha256: onnx.sha256,
+      pipelineRunId: onnx.sha256.slice(0, 16),
+      modelPath: file.path,
+      modelUri: uri,
+      tags: { [ONNX_URI_TAG]: uri },
+      params: {},
+      metrics: {},
+      report: {},
+    });
+    await environment.registry.setAlias(name, environment.config.alias, version.version, { reason: 'manual', actor: 'test' });
+    return version.version;
+  } finally {
+    await file.release();
+  }
+}
+
+/** The benchmark stage on the candidate, with this model name and batch sizes (and budget); its result and progress lines. */
+async function benchmark(modelName: string, batches = '2,4', budgetMs = '40'): Promise<{ event: AnyCloudEvent; progress: string[] }> {
+  // One thread: both models on the same one, so a 40 ms budget on a busy machine still compares like with like (test/integration/gate-statistics.test.ts).
+  const config = loadConfig({ HEIMDALL_DATA_DIR: join(dir, 'data'), HEIMDALL_MODEL_NAME: modelName, HEIMDALL_BENCHMARK_BATCHES: batches, HEIMDALL_BENCHMARK_BUDGET_MS: budgetMs, HEIMDALL_BENCHMARK_WARMUP: '1', HEIMDALL_BENCHMARK_THREADS: '1' });
+  const progress: string[] = [];
+  const event = await executeStage(stage('benchmark'), parityChecked, { ...environment, config }, { progress: (line) => progress.push(line) });
+  return { event, progress };
+}
+
+beforeAll(async () => {
+  const config = loadConfig({ HEIMDALL_DATA_DIR: join(dir, 'data') });
+  await mkdir(join(dir, 'scratch'), { recursive: true });
+  environment = { ...createAdapters(config), config, logger: createLogger('silent'), scratchDir: join(dir, 'scratch') };
+  let event: AnyCloudEvent = await exported(5);
+  for (const name of ['validate', 'parity'] as const) event = await executeStage(stage(name), event, environment);
+  expect(event.type).toBe('heimdall.model.parity-checked');
+  // What export found in the checkpoint travels to register.
+  parityChecked = { ...event, data: { ...event.data, training } } as CloudEvent<'heimdall.model.parity-checked'>;
+  other = (await exported(6)).data.onnx;
+});
+
+describe('benchmark', () => {
+  it('reports per batch n, p50 inside its interval, mean and throughput, and carries the training lineage; no holder, no baseline', async () => {
+    const { event, progress } = await benchmark('no-holder-yet');
+    expect(event.type).toBe('heimdall.model.benchmarked');
+    const data = (event as CloudEvent<'heimdall.model.benchmarked'>).data;
+    expect(data.perBatch.map((s) => s.batch)).toEqual([2, 4]);
+    for (const s of data.perBatch) {
+      expect(s.n).toBeGreaterThanOrEqual(minSamplesForInterval());
+      expect(s.p50Interval[0]).toBeLessThanOrEqual(s.p50);
+      expect(s.p50).toBeLessThanOrEqual(s.p50Interval[1]);
+      expect(s.throughput).toBeCloseTo((s.batch * 1000) / s.mean, 6);
+    }
+    expect(data.baseline).toBeUndefined();
+    expect(data.training).toEqual(training);
+    expect(progress.filter((l) => /^batch \d+: n \d+, p50 [\d.]+ ms \[[\d.]+ ms, [\d.]+ ms\], [\d.]+ samples\/s, after \d+ warm-up runs/.test(l))).toHaveLength(2);
+  });
+
+  it('says so when the warm-up time ran out before the timings settled', async () => {
+    // A 1 ms budget bounds the warm-up to 1 ms: fewer runs than the settle rule's three windows of five.
+    const { event, progress } = await benchmark('no-holder-yet', '2', '1');
+    expect((event as CloudEvent<'heimdall.model.benchmarked'>).data.warnings).toEqual([expect.stringMatching(/^batch 2: timings had not settled after ([1-9]|1[0-4]) warm-up runs \(the warm-up time limit\)$/)]);
+    expect(progress.at(-1)).toMatch(/after ([1-9]|1[0-4]) warm-up runs \(not settled\)$/);
+  });
+
+  it('times the alias holder interleaved with the candidate and reports the ratio at the smallest batch when batch 1 is not timed', async () => {
+    const version = await holdAlias('other-holds', other);
+    const { event, progress } = await benchmark('other-holds', '4,2');
+    const { baseline, perBatch } = (event as CloudEvent<'heimdall.model.benchmarked'>).data;
+    expect(baseline).toMatchObject({ version, sha256: other.sha256, threshold: 0.1 });
+    expect(baseline!.perBatch.map((s) => [s.batch, s.n])).toEqual(perBatch.map((s) => [s.batch, s.n]));
+    expect(baseline!.ratioInterval[0]).toBeLessThanOrEqual(baseline!.ratio);
+    expect(baseline!.ratio).toBeLessThanOrEqual(baseline!.ratioInterval[1]);
+    expect(baseline!.regression).toBe(baseline!.ratioInterval[0] > 1.1);
+    // Same architecture, other weights: the same work, so the ratio is near 1.
+    expect(baseline!.ratio).toBeGreaterThan(0.8);
+    expect(baseline!.ratio).toBeLessThan(1.25);
+    const batch2 = progress.find((l) => l.startsWith('batch 2:'))!;
+    expect(batch2).toMatch(/; alias holder n \d+, p50 .*; ratio [\d.]+ \[[\d.]+, [\d.]+\]$/);
+    expect(batch2).toContain(`ratio ${baseline!.ratio.toFixed(3)} [${baseline!.ratioInterval[0].toFixed(3)}, ${baseline!.ratioInterval[1].toFixed(3)}]`);
+  });
+
+  it('leaves the baseline out when the alias holder is the candidate itself', async () => {
+    await holdAlias('self-holds', parityChecked.data.onnx);
+    const { event } = await benchmark('self-holds');
+    expect(event.type).toBe('heimdall.model.benchmarked');
+    expect((event as CloudEvent<'heimdall.model.benchmarked'>).data.baseline).toBeUndefined();
+  });
+
+  // A registry tag never fails the candidate's run: a holder that cannot be read means no baseline, said in a warning.
+  for (const [why, uri, code] of [
+    ["the holder's file is gone from the store", () => environment.store.uri(MODELS_BUCKET, modelKey('0123456789abcdef')), 'OBJECT_NOT_FOUND'],
+    ['the holder was registered from another store (a uri this store cannot read)', () => 's3://another-bucket/models/localization/0123456789abcdef/model.onnx', 'INVALID_EVENT'],
+  ] as const) {
+    it(`benchmarks without a baseline, and says why, when ${why}`, async () => {
+      const name = `holder-${code.toLowerCase()}`;
+      const version = await holdAlias(name, other, uri());
+      const { event } = await benchmark(name);
+      expect(event.type).toBe('heimdall.model.benchmarked');
+      const data = (event as CloudEvent<'heimdall.model.benchmarked'>).data;
+      expect(data.baseline).toBeUndefined();
+      expect(data.warnings).toContain(`no latency baseline: the model of version ${version} (staging) cannot be read from ${uri()} (${code})`);
+    });
+  }
+});
