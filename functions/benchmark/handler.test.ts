@@ -3,7 +3,7 @@
  * with their sample counts and intervals, and the alias holder fetched from the store and timed
  * beside the candidate, or left out when it is the same model or its file is gone.
  */
-import { mkdir } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../shared/config/index.ts';
@@ -14,6 +14,7 @@ import { createAdapters } from '../../shared/pipeline/adapters.ts';
 import { executeStage, type StageEnvironment } from '../../shared/pipeline/execute.ts';
 import { ingestLocalFile } from '../../shared/pipeline/local-ingest.ts';
 import { ONNX_URI_TAG } from '../../shared/registry/model-registry.ts';
+import { sha256File } from '../../shared/runtime/sha256.ts';
 import { fetchUri, MODELS_BUCKET, modelKey } from '../../shared/storage/object-store.ts';
 import { writeSmallCheckpoint } from '../../test/support/small-model.ts';
 import { tempDir } from '../../test/support/temp.ts';
@@ -124,6 +125,28 @@ describe('benchmark', () => {
     const { event } = await benchmark('self-holds');
     expect(event.type).toBe('heimdall.model.benchmarked');
     expect((event as CloudEvent<'heimdall.model.benchmarked'>).data.baseline).toBeUndefined();
+  });
+
+  it("benchmarks without a baseline when the holder's key holds another model now (its checkpoint exported again)", async () => {
+    const replaced = await holdAlias('holder-replaced', other, parityChecked.data.onnx.uri);
+    const { event } = await benchmark('holder-replaced');
+    const data = (event as CloudEvent<'heimdall.model.benchmarked'>).data;
+    expect(data.baseline).toBeUndefined();
+    expect(data.warnings).toContain(`no latency baseline: ${parityChecked.data.onnx.uri} no longer holds the model of version ${replaced} (staging)`);
+  });
+
+  it("benchmarks without a baseline, and says why, when the holder's model does not load here", async () => {
+    const garbage = join(dir, 'not-a-model.onnx');
+    await writeFile(garbage, 'not an ONNX model');
+    const sha256 = await sha256File(garbage);
+    const key = modelKey('fedcba9876543210');
+    await environment.store.putFile(MODELS_BUCKET, key, garbage, { sha256 });
+    await holdAlias('holder-unloadable', { ...other, uri: environment.store.uri(MODELS_BUCKET, key), sha256 });
+    const { event } = await benchmark('holder-unloadable');
+    expect(event.type).toBe('heimdall.model.benchmarked');
+    const data = (event as CloudEvent<'heimdall.model.benchmarked'>).data;
+    expect(data.baseline).toBeUndefined();
+    expect(data.warnings).toContainEqual(expect.stringMatching(/^no latency baseline: the alias holder's model does not load here \(/));
   });
 
   // A registry tag never fails the candidate's run: a holder that cannot be read means no baseline, said in a warning.

@@ -16,9 +16,9 @@ export const exportHandler: StageHandler<'heimdall.checkpoint.created', 'heimdal
   const { bucket, key, runId, versionId, etag } = event.data;
   // The version ingest hashed (the run id is its sha256), even when newer uploads replaced it since.
   const checkpoint = await ctx.store.fetchFile(bucket, key, { ...(versionId ? { versionId } : {}), ...(etag ? { etag } : {}) });
-  const sourceMetadata = await uploadMetadata(ctx, event.data);
   const out = join(ctx.scratchDir, `${runId}.onnx`);
   try {
+    const sourceMetadata = await uploadMetadata(ctx, event.data);
     ctx.progress(`exporting ${key} (${formatBytes(event.data.size)})`);
     const result = await exportCheckpoint(checkpoint.path, out, {
       opset: ctx.config.opset,

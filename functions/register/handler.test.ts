@@ -162,4 +162,21 @@ describe('register', () => {
     expect(registered.data.alias).toEqual({ name: 'staging', moved: false, previous: '3' });
     expect(await holderOf()).toBe('3');
   });
+
+  it('never repeats its move: a redelivery after a rollback leaves the alias where the rollback put it', async () => {
+    const moved = await benchmarked(5, { valLoss: 0.1 });
+    const registered = await register(moved);
+    expect(registered.data.alias).toEqual({ name: 'staging', moved: true, previous: '3' });
+    await registry.setAlias(NAME, 'staging', '3', { reason: 'rollback', actor: 'test' });
+    const redelivered = await register(moved);
+    expect(redelivered.data.alias).toEqual({ name: 'staging', moved: false, previous: '3' });
+    expect(followUps(redelivered)).toEqual([]);
+    expect(await holderOf()).toBe('3');
+    expect((await registry.aliasHistory(NAME)).staging!.map((c) => [c.version, c.reason])).toEqual([
+      ['1', 'gate passed'],
+      ['3', 'gate passed'],
+      ['5', 'gate passed'],
+      ['3', 'rollback'],
+    ]);
+  });
 });

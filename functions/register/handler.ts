@@ -7,7 +7,8 @@ import { GATE_ACTOR, promote } from '../../shared/gate/promotion.ts';
 import { registryFields } from '../../shared/lineage/registry-fields.ts';
 import { readModelSummary } from '../../shared/onnx/reader.ts';
 import { source, type StageContext, type StageHandler } from '../../shared/pipeline/stage.ts';
-import { GATE_TAG, ONNX_URI_TAG, PIPELINE_RUN_TAG, type ModelRegistry, type ModelVersion } from '../../shared/registry/model-registry.ts';
+import { GATE_TAG, ONNX_URI_TAG, PIPELINE_RUN_TAG, type AliasChange, type ModelRegistry, type ModelVersion } from '../../shared/registry/model-registry.ts';
+import { gateVerdictOf } from '../../shared/registry/versions.ts';
 import { writeAtomically } from '../../shared/storage/fs.ts';
 import { fetchUri, MODELS_BUCKET, reportKey } from '../../shared/storage/object-store.ts';
 
@@ -20,49 +21,50 @@ type Benchmarked = CloudEvent<'heimdall.model.benchmarked'>;
  * moves the alias (the runners announce the move as `model.promoted`: shared/pipeline/follow-ups.ts).
  */
 export const registerHandler: StageHandler<'heimdall.model.benchmarked', 'heimdall.model.registered'> = async (event, ctx) => {
-  const { runId, onnx, baseline, training } = event.data;
+  const { onnx, baseline, training } = event.data;
   const { modelName: name, alias } = ctx.config;
   const existing = await ctx.registry.findVersionBySha256(name, onnx.sha256);
-  const holder = await holderBefore(ctx.registry, name, alias, existing);
+  const holder = await ctx.registry.getVersionByAlias(name, alias);
+  const earlierMove = existing ? await gateMoveOf(ctx.registry, name, alias, existing.version) : undefined;
+  // The gate moves an alias once per version: a redelivery, or the same checkpoint run again, reports
+  // that move and never repeats it (which would undo a rollback made since). To put an old version
+  // back, promote it by hand.
+  if (existing && earlierMove) {
+    return registered(event, ctx, existing, false, gateVerdictOf(existing.tags[GATE_TAG]) ?? decideGate({ config: ctx.config.gate, holder, baseline, training }), {
+      moved: holder?.version === existing.version,
+      previous: earlierMove.previous,
+    });
+  }
   const gate = decideGate({ config: ctx.config.gate, holder, baseline, training });
   const { version, created } = existing ? { version: existing, created: false } : await registerModel(event, gate, ctx);
-  const previous = gate.passed ? await moveAlias(ctx, version, holder) : holder?.version;
+  // Held back, or already holding the alias by a move by hand: nothing for the gate to move.
+  if (!gate.passed || holder?.version === version.version) return registered(event, ctx, version, created, gate, { moved: false, previous: holder?.version });
+  ctx.progress(`gate passed: moving ${name}@${alias} to version ${version.version}`);
+  // Compare-and-set: when another run moved the alias since this gate read it, the move is refused
+  // (retriable), and the redelivery decides again against the new holder.
+  const { previous } = await promote(ctx.registry, { name, alias, version: version.version, reason: 'gate passed', actor: GATE_ACTOR, expectedHolder: holder?.version ?? null });
+  return registered(event, ctx, version, created, gate, { moved: true, previous });
+};
+
+function registered(event: Benchmarked, ctx: StageContext, version: ModelVersion, created: boolean, gate: GateVerdict, move: { moved: boolean; previous?: string | undefined }): CloudEvent<'heimdall.model.registered'> {
+  const { runId, onnx, training } = event.data;
   return createEvent('heimdall.model.registered', {
     stage: 'register',
     source: source('register'),
     data: {
       runId,
-      registry: { name, version: version.version, runId: version.runId, modelUri: ctx.registry.modelUri(version), created },
+      registry: { name: ctx.config.modelName, version: version.version, runId: version.runId, modelUri: ctx.registry.modelUri(version), created },
       gate,
-      alias: { name: alias, moved: gate.passed, ...(previous ? { previous } : {}) },
+      alias: { name: ctx.config.alias, moved: move.moved, ...(move.previous ? { previous: move.previous } : {}) },
       onnx,
       ...(training ? { training } : {}),
     },
   });
-};
-
-/**
- * The version the candidate is compared with, and that held the alias before it: the holder now or,
- * when a redelivery finds the alias already on the candidate, the one it took the alias from (so the
- * redelivered event says what the first delivery said).
- */
-async function holderBefore(registry: ModelRegistry, name: string, alias: string, candidate: ModelVersion | undefined): Promise<ModelVersion | undefined> {
-  const current = await registry.getVersionByAlias(name, alias);
-  if (!current || current.version !== candidate?.version) return current;
-  const previous = (await registry.aliasHistory(name))[alias]?.findLast((change) => change.version === current.version)?.previous;
-  return previous === undefined ? undefined : registry.getVersion(name, previous);
 }
 
-/**
- * Points the alias at the version the gate passed; returns the version that held it before: the
- * registry's answer when it moved (another run may have moved the alias since we looked), the holder
- * we compared with when a redelivery finds the alias already here.
- */
-async function moveAlias(ctx: StageContext, version: ModelVersion, holder: ModelVersion | undefined): Promise<string | undefined> {
-  const { modelName: name, alias } = ctx.config;
-  ctx.progress(`gate passed: moving ${name}@${alias} to version ${version.version}`);
-  const promotion = await promote(ctx.registry, { name, alias, version: version.version, reason: 'gate passed', actor: GATE_ACTOR });
-  return promotion.event ? promotion.previous : holder?.version;
+/** The gate's move of this alias to this version, if it ever made one (the alias history keeps it). */
+async function gateMoveOf(registry: ModelRegistry, name: string, alias: string, version: string): Promise<AliasChange | undefined> {
+  return (await registry.aliasHistory(name))[alias]?.findLast((change) => change.version === version && change.reason === 'gate passed');
 }
 
 /** Registers the model with everything the stages found, and stores the run's report beside it. */

@@ -52,7 +52,7 @@ async function fromTorchZip(file: RandomAccessFile): Promise<Checkpoint> {
   checkTensorsBacked(tensors, file.size, 'state dict');
   if (parity) checkTensorsBacked(parity, file.size, 'parity');
   // A bare state dict holds nothing but its tensors.
-  const trainerState = layout === 'bare' ? {} : await readTrainerState(root as Map<PickleValue, PickleValue>);
+  const trainerState = layout === 'bare' ? {} : await lineageOrNothing(root as Map<PickleValue, PickleValue>, warnings);
   return {
     format: 'torch-zip',
     layout,
@@ -64,6 +64,20 @@ async function fromTorchZip(file: RandomAccessFile): Promise<Checkpoint> {
     deferRecordChecks: () => zip.deferChecks(storageEntries(tensors.values())),
     close: () => file.close(),
   };
+}
+
+/**
+ * The trainer's state, or nothing with a warning when it is too large to read as plain data (a
+ * per-step loss history in `metrics`): lineage is worth a line, not the export of a valid model.
+ */
+async function lineageOrNothing(root: Map<PickleValue, PickleValue>, warnings: string[]): Promise<Record<string, unknown>> {
+  try {
+    return await readTrainerState(root);
+  } catch (error) {
+    if (!(error instanceof HeimdallError && error.code === ErrorCodes.INVALID_CONFIG)) throw error;
+    warnings.push(`training metadata left out: ${error.message}`);
+    return {};
+  }
 }
 
 /** Finds the model weights in the layouts trainers write (DESIGN §4). */

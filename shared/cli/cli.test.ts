@@ -127,10 +127,19 @@ describe('heimdall versions, promote and rollback on the local registry', () => 
   });
 
   it('refuses bad arguments with USAGE (exit 2), and unknown versions or aliases with REGISTRY_REJECTED (exit 1)', async () => {
-    for (const argv of [['promote'], ['promote', 'v2'], ['promote', '1', '2'], ['rollback', '3'], ['versions', 'extra'], ['promote', '1', '--stage', 'x']]) {
+    for (const argv of [['promote'], ['promote', 'v2'], ['promote', '1', '2'], ['rollback', '3'], ['versions', 'extra'], ['promote', '1', '--stage', 'x'], ['promote', '1', '--alias', 'latest'], ['promote', '1', '--alias', 'v3']]) {
       const { code, stderr } = await cli(...argv);
       expect(code, argv.join(' ')).toBe(2);
       expect(stderr[0], argv.join(' ')).toMatch(/^error: USAGE: /);
+    }
+    // The configured alias follows the same rule, at start-up.
+    const saved = process.env.HEIMDALL_MODEL_ALIAS;
+    process.env.HEIMDALL_MODEL_ALIAS = 'Latest';
+    try {
+      expect(await cli('versions')).toMatchObject({ code: 2, stderr: [expect.stringMatching(/^error: USAGE: invalid configuration: HEIMDALL_MODEL_ALIAS: invalid alias name "Latest"/)] });
+    } finally {
+      if (saved === undefined) delete process.env.HEIMDALL_MODEL_ALIAS;
+      else process.env.HEIMDALL_MODEL_ALIAS = saved;
     }
     expect((await cli('promote', '9')).stderr).toEqual([`error: REGISTRY_REJECTED: ${MODEL} has no version 9`]);
     expect((await cli('rollback', '--alias', 'canary'))).toMatchObject({ code: 1, stderr: [`error: REGISTRY_REJECTED: ${MODEL}@canary has never been set: nothing to roll back`] });

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { ErrorCodes, HeimdallError } from '../errors/index.ts';
+import { checkAliasName } from '../gate/promotion.ts';
 import { DEFAULT_ALIAS, DEFAULT_MODEL_NAME } from '../registry/model-registry.ts';
 
 /**
@@ -14,7 +15,14 @@ const number = (fallback: number) => z.coerce.number().refine(Number.isFinite, '
 const Environment = z.object({
   HEIMDALL_DATA_DIR: z.string().min(1).default('.heimdall'),
   HEIMDALL_MODEL_NAME: z.string().min(1).default(DEFAULT_MODEL_NAME),
-  HEIMDALL_MODEL_ALIAS: z.string().min(1).default(DEFAULT_ALIAS),
+  HEIMDALL_MODEL_ALIAS: z.string().min(1).default(DEFAULT_ALIAS).superRefine((alias, ctx) => {
+    // The gate's moves must not be refused after a model was registered: the same rule promote() applies.
+    try {
+      checkAliasName(alias);
+    } catch (error) {
+      ctx.addIssue({ code: 'custom', message: (error as Error).message });
+    }
+  }),
   HEIMDALL_OPSET: z.enum(['14', '17', '20']).default('14').transform(Number),
   HEIMDALL_PARITY_TOLERANCE: number(1e-5).refine((v) => v > 0, 'must be positive'),
   /** Samples compared against the reference forward pass when a checkpoint has no golden samples. */

@@ -72,10 +72,16 @@ describe('decideGate', () => {
       [true, null, 'not compared: the benchmark did not time v4'],
       [true, null, 'val_loss not compared: the candidate has none'],
     ]);
-    expect(details({ holder: { version: '4', tags: {} }, baseline: baseline(2, [1.9, 2.1], 0.1, '3'), training: training({ val_loss: 0.2 }) })).toEqual([
-      [true, null, 'not compared: benchmarked against v3, v4 holds the alias now'],
+    expect(details({ holder: { version: '4', tags: {} }, baseline: baseline(1.02, [0.99, 1.05], 0.1, '3'), training: training({ val_loss: 0.2 }) })).toEqual([
+      [true, 0.99, '1.02x [0.99, 1.05] of v3 <= 1.10; v4 holds the alias now, not timed'],
       [true, null, 'val_loss not compared: v4 has none'],
     ]);
+  });
+
+  it('holds back a model found slower than an earlier holder even when another run has moved the alias since (no pass by a race)', () => {
+    const verdict = decideGate({ config: blocking, holder: { version: '4', tags: {} }, baseline: baseline(2, [1.9, 2.1], 0.1, '3') });
+    expect(verdict.passed).toBe(false);
+    expect(verdict.checks[0]).toMatchObject({ name: 'latency', passed: false, value: 1.9, limit: 1.1, detail: '2.00x [1.90, 2.10] of v3 > 1.10; v4 holds the alias now, not timed' });
   });
 
   it('omits the checks that are off', () => {

@@ -12,6 +12,7 @@ import { tempDir } from '../../test/support/temp.ts';
 import { openCheckpoint } from '../checkpoint/index.ts';
 import { pyDict, pyFloat, tensor, type PickleValue } from '../checkpoint/pickle-writer.ts';
 import { RandomAccessFile } from '../checkpoint/random-access-file.ts';
+import { MAX_CONFIG_VALUES } from '../checkpoint/plain-data.ts';
 import { MAX_SCALAR_TENSORS } from '../checkpoint/trainer-state.ts';
 import { ZipReader } from '../checkpoint/zip-reader.ts';
 import { ModelExported } from '../events/schemas.ts';
@@ -148,6 +149,20 @@ describe('readTraining on hostile checkpoints', () => {
     expect(Object.keys(training!.hyperParameters).at(-1)).toBe(`param_${MAX_HYPER_PARAMETERS - 1}`);
     expect(values.every((v) => v === long.slice(0, MAX_VALUE_CHARS))).toBe(true);
     expect(warnings).toEqual([`${5000 - MAX_HYPER_PARAMETERS} hyper-parameters past the first ${MAX_HYPER_PARAMETERS} (or with keys over 250 characters) left out`]);
+  });
+
+  it('leaves the lineage out, with a warning, when the trainer state is too large to read (a per-step loss history), and still opens the model', async () => {
+    const history = Array.from({ length: MAX_CONFIG_VALUES + 1 }, (_, i) => pyFloat(1 / (i + 1)));
+    const path = await develop('history.pth', { val_loss: pyFloat(0.2), metrics: pyDict({ loss_per_step: history }) });
+    const checkpoint = await openCheckpoint(path);
+    try {
+      expect(checkpoint.tensors.size).toBeGreaterThan(0);
+      expect(checkpoint.trainerState).toEqual({});
+      expect(checkpoint.warnings).toEqual([expect.stringMatching(/^training metadata left out: .*expands to more than 100000 values/)]);
+      expect(readTraining(checkpoint).training).toBeUndefined();
+    } finally {
+      await checkpoint.close();
+    }
   });
 
   it('leaves out non-finite metrics, saying which', async () => {

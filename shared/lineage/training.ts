@@ -1,5 +1,6 @@
 import type { Checkpoint } from '../checkpoint/index.ts';
 import type { Training } from '../events/schemas.ts';
+import { TRAINING_METRIC_PREFIX } from '../registry/model-registry.ts';
 
 /**
  * What the trainer left beside the weights, as the `training` of the exported event (DESIGN §3
@@ -28,6 +29,8 @@ export const MAX_HYPER_PARAMETERS = 200;
 export const MAX_METRICS = 100;
 /** MLflow's key limit (mlflow/utils/validation.py MAX_ENTITY_KEY_LENGTH). */
 export const MAX_KEY_CHARS = 250;
+/** A metric is logged as `training.<key>`, and MLflow refuses a key over MAX_KEY_CHARS (with it the whole registration). */
+const MAX_METRIC_KEY_CHARS = MAX_KEY_CHARS - TRAINING_METRIC_PREFIX.length;
 export const MAX_VALUE_CHARS = 500;
 
 const MLFLOW_RUN_ID = /^[0-9a-f]{32}$/;
@@ -105,7 +108,7 @@ class Found {
 
   metric(key: string, value: number): void {
     if (!Number.isFinite(value)) this.warnings.push(`training metric ${clip(key)} is ${value}: left out`);
-    else if (this.metrics.size >= MAX_METRICS || key.length > MAX_KEY_CHARS) this.dropped.metrics++;
+    else if (this.metrics.size >= MAX_METRICS || key.length > MAX_METRIC_KEY_CHARS) this.dropped.metrics++;
     else this.metrics.set(key, value);
   }
 
@@ -123,7 +126,7 @@ class Found {
   }
 
   result(): TrainingRead {
-    if (this.dropped.metrics > 0) this.warnings.push(`${this.dropped.metrics} training metrics past the first ${MAX_METRICS} (or with keys over ${MAX_KEY_CHARS} characters) left out`);
+    if (this.dropped.metrics > 0) this.warnings.push(`${this.dropped.metrics} training metrics past the first ${MAX_METRICS} (or with keys over ${MAX_METRIC_KEY_CHARS} characters) left out`);
     if (this.dropped.hyperParameters > 0) {
       this.warnings.push(`${this.dropped.hyperParameters} hyper-parameters past the first ${MAX_HYPER_PARAMETERS} (or with keys over ${MAX_KEY_CHARS} characters) left out`);
     }

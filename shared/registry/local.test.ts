@@ -79,6 +79,31 @@ describe('LocalModelRegistry', () => {
     expect(await registry.aliasHistory(NAME)).toEqual({});
   });
 
+  it('moves an alias only when it still names the expected holder (compare-and-set), else refuses and records nothing', async () => {
+    const registry = new LocalModelRegistry(join(dir, 'cas'));
+    for (const sha of ['1', '2', '3']) await registry.register(request(sha.repeat(64)));
+    // Expected unset, but someone set it meanwhile.
+    await registry.setAlias(NAME, 'staging', '1', { reason: 'manual', actor: 'ada' });
+    const before = await registry.aliasHistory(NAME);
+    await expect(registry.setAlias(NAME, 'staging', '2', { ...gate, expectedHolder: null })).rejects.toMatchObject({
+      code: 'REGISTRY_ERROR',
+      message: expect.stringMatching(new RegExp(`^${NAME}@staging moved to v1 meanwhile \\(expected unset\\): `)),
+    });
+    await expect(registry.setAlias(NAME, 'staging', '2', { ...gate, expectedHolder: '3' })).rejects.toMatchObject({
+      code: 'REGISTRY_ERROR',
+      message: expect.stringMatching(new RegExp(`^${NAME}@staging moved to v1 meanwhile \\(expected v3\\): `)),
+    });
+    expect((await registry.getVersionByAlias(NAME, 'staging'))?.version).toBe('1');
+    expect(await registry.aliasHistory(NAME)).toEqual(before);
+    // The right holder moves it; the target already holding it is a no-op whatever was expected.
+    expect(await registry.setAlias(NAME, 'staging', '2', { ...gate, expectedHolder: '1' })).toEqual({ previous: '1', moved: true });
+    expect(await registry.setAlias(NAME, 'staging', '2', { ...gate, expectedHolder: '1' })).toEqual({ previous: '2', moved: false });
+    expect(await registry.setAlias(NAME, 'production', '3', { ...gate, expectedHolder: null })).toEqual({ moved: true });
+    const history = await registry.aliasHistory(NAME);
+    expect(history.staging!.map((c) => [c.version, c.previous])).toEqual([['1', undefined], ['2', '1']]);
+    expect(history.production!.map((c) => c.version)).toEqual(['3']);
+  });
+
   it('never registers the same model twice, even when two registrations race', async () => {
     const registry = new LocalModelRegistry(join(dir, 'b'));
     const others = [new LocalModelRegistry(join(dir, 'b')), new LocalModelRegistry(join(dir, 'b'))];

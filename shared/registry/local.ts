@@ -90,14 +90,18 @@ export class LocalModelRegistry implements ModelRegistry {
     });
   }
 
-  /** `previous` is the version the alias named before this call (the version itself when nothing moved). */
-  async setAlias(name: string, alias: string, version: string, change: { reason: PromotionReason; actor: string }): Promise<{ previous?: string; moved: boolean }> {
+  /**
+   * `previous` is the version the alias named before this call (the version itself when nothing
+   * moved). With `expectedHolder` the holder is compared under the lock: a true compare-and-set.
+   */
+  async setAlias(name: string, alias: string, version: string, change: { reason: PromotionReason; actor: string; expectedHolder?: string | null }): Promise<{ previous?: string; moved: boolean }> {
     return this.locked(async () => {
       const registry = await this.read();
       const model = registry.models[name];
       if (!model?.versions.some((v) => v.version === version)) throw new HeimdallError(ErrorCodes.REGISTRY_REJECTED, `${name} has no version ${version}`);
       const previous = model.aliases[alias];
       if (previous === version) return { previous, moved: false };
+      if (change.expectedHolder !== undefined && previous !== (change.expectedHolder ?? undefined)) throw movedMeanwhile(name, alias, version, previous, change.expectedHolder);
       model.aliases[alias] = version;
       const history = (model.history ??= {});
       (history[alias] ??= []).push({ version, ...(previous ? { previous } : {}), at: new Date().toISOString(), reason: change.reason, actor: change.actor });
@@ -147,6 +151,12 @@ export class LocalModelRegistry implements ModelRegistry {
       await rm(lock, { recursive: true, force: true });
     }
   }
+}
+
+/** The refusal of a compare-and-set move whose expected holder no longer holds the alias (retriable: the gate decides again). */
+function movedMeanwhile(name: string, alias: string, version: string, holder: string | undefined, expected: string | null): HeimdallError {
+  const named = (v: string | null | undefined) => (v == null ? 'unset' : `v${v}`);
+  return new HeimdallError(ErrorCodes.REGISTRY_ERROR, `${name}@${alias} moved to ${named(holder)} meanwhile (expected ${named(expected)}): not moving it to v${version}; the gate decides again against the new holder`);
 }
 
 function publicVersion(name: string, stored: StoredVersion, model: StoredModel): ModelVersion {

@@ -62,8 +62,14 @@ export interface ModelRegistry {
    * Points `alias` at `version` and appends the move to the alias history. Setting the alias to
    * the version it already names changes nothing and records nothing (a redelivery).
    * REGISTRY_REJECTED for an unknown version.
+   *
+   * Compare-and-set when `change.expectedHolder` is given (the version the caller saw holding the
+   * alias, or null for "unset"): when the alias names neither `expectedHolder` nor `version` any
+   * more, nothing moves and nothing is recorded: REGISTRY_ERROR `<name>@<alias> moved to v<X>
+   * meanwhile (expected v<Y>|unset): …`, retriable on purpose (the gate's stage is redelivered and
+   * decides again against the new holder). Without it the alias moves whoever holds it (moves by hand).
    */
-  setAlias(name: string, alias: string, version: string, change: { reason: PromotionReason; actor: string }): Promise<{ previous?: string; moved: boolean }>;
+  setAlias(name: string, alias: string, version: string, change: { reason: PromotionReason; actor: string; expectedHolder?: string | null }): Promise<{ previous?: string; moved: boolean }>;
   /** Alias -> its moves, oldest first (every alias of `name` that ever moved). */
   aliasHistory(name: string): Promise<Record<string, AliasChange[]>>;
 }

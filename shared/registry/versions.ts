@@ -29,7 +29,7 @@ export async function modelVersions(registry: ModelRegistry, name: string): Prom
 }
 
 /** The GATE_TAG's verdict; null when the tag is absent or not a verdict (a tag anyone can edit in MLflow). */
-function gateVerdictOf(tag: string | undefined): GateVerdict | null {
+export function gateVerdictOf(tag: string | undefined): GateVerdict | null {
   if (tag === undefined) return null;
   try {
     const parsed = GateVerdict.safeParse(JSON.parse(tag));

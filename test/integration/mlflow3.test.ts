@@ -4,14 +4,16 @@
  * and its run the training run, the model directory is what `mlflow.onnx.log_model` writes for the
  * same ONNX file (diffed field by field), `mlflow models serve` scores the registered input
  * example, concurrent registrations of one sha256 leave one version, and aliases move with their
- * history so that `models:/<name>@production` loads the version holding it.
+ * history so that `models:/<name>@production` loads the version holding it; a move expecting a
+ * holder that changed meanwhile is refused, an alias MLflow rejects leaves no history behind, and
+ * `checkAliasName` refuses exactly the names this MLflow refuses.
  */
 import { createHash } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { userInfo } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { rollbackTarget } from '../../shared/gate/promotion.ts';
+import { checkAliasName, promote, rollbackTarget } from '../../shared/gate/promotion.ts';
 import { exportCheckpoint } from '../../shared/models/localization-net/export.ts';
 import { MlflowClient } from '../../shared/registry/mlflow/client.ts';
 import { inputExample, SERVING_INPUT_FILE } from '../../shared/registry/mlflow/mlmodel.ts';
@@ -240,5 +242,79 @@ describe('registration and aliases on MLflow 3', () => {
     expect(loaded.version.version).toBe('1');
     expect(loaded.sha256).toBe(models[1]!.sha256);
     expect(loaded.onnx['positions']).toHaveLength(2);
+  });
+
+  it('refuses a compare-and-set move when the alias moved meanwhile, recording nothing, and makes it when the holder is the expected one', async () => {
+    const third = (await registry.listVersions(MODEL)).at(-1)!.version;
+    const manual = { reason: 'manual', actor: 'ops' } as const;
+    expect(await registry.setAlias(MODEL, 'staging', '1', manual)).toEqual({ moved: true });
+    const before = await registry.aliasHistory(MODEL);
+    await expect(registry.setAlias(MODEL, 'staging', '2', { reason: 'gate passed', actor: 'heimdall/register', expectedHolder: null })).rejects.toMatchObject({
+      code: 'REGISTRY_ERROR',
+      message: expect.stringMatching(new RegExp(`^${MODEL}@staging moved to v1 meanwhile \\(expected unset\\): `)),
+    });
+    await expect(promote(registry, { name: MODEL, alias: 'staging', version: '2', reason: 'gate passed', actor: 'heimdall/register', expectedHolder: third })).rejects.toMatchObject({
+      code: 'REGISTRY_ERROR',
+      message: expect.stringMatching(new RegExp(`^${MODEL}@staging moved to v1 meanwhile \\(expected v${third}\\): `)),
+    });
+    expect(await registry.aliasHistory(MODEL)).toEqual(before);
+    expect(await registry.getVersionByAlias(MODEL, 'staging')).toMatchObject({ version: '1' });
+
+    const moved = await promote(registry, { name: MODEL, alias: 'staging', version: '2', reason: 'gate passed', actor: 'heimdall/register', expectedHolder: '1' });
+    expect(moved).toMatchObject({ previous: '1', event: { data: { version: '2', previous: '1', alias: 'staging' } } });
+    expect(moved.event!.data).not.toHaveProperty('expectedHolder');
+    expect(await registry.setAlias(MODEL, 'staging', '2', { ...manual, expectedHolder: '1' })).toEqual({ previous: '2', moved: false });
+    expect((await registry.aliasHistory(MODEL))['staging']!.map((c) => [c.version, c.previous])).toEqual([['1', undefined], ['2', '1']]);
+  });
+
+  it('leaves the alias history as it was when MLflow rejects the alias, and promote() refuses such names before MLflow sees them', async () => {
+    const rawTags = async () => (await api.get<{ registered_model: { tags?: Array<{ key: string; value: string }> } }>('registered-models/get', { name: MODEL })).registered_model.tags ?? [];
+    const manual = { reason: 'manual', actor: 'ops' } as const;
+    const before = await rawTags();
+    // No history yet: the tag written before the alias is deleted again.
+    await expect(registry.setAlias(MODEL, 'latest', '2', manual)).rejects.toMatchObject({ code: 'REGISTRY_REJECTED', message: expect.stringContaining('INVALID_PARAMETER_VALUE') });
+    expect(await rawTags()).toEqual(before);
+    // A history already there (left by hand): put back byte for byte.
+    const kept = JSON.stringify([{ version: '1', at: '2024-01-01T00:00:00.000Z', reason: 'manual', actor: 'someone' }]);
+    await api.post('registered-models/set-tag', { name: MODEL, key: 'heimdall.alias_history.v7', value: kept });
+    const withTag = await rawTags();
+    await expect(registry.setAlias(MODEL, 'v7', '2', manual)).rejects.toMatchObject({ code: 'REGISTRY_REJECTED' });
+    expect(await rawTags()).toEqual(withTag);
+    expect((await registry.aliasHistory(MODEL))['v7']).toEqual(JSON.parse(kept));
+    await api.delete('registered-models/delete-tag', { name: MODEL, key: 'heimdall.alias_history.v7' });
+    expect((await registry.listVersions(MODEL)).flatMap((v) => v.aliases).sort()).toEqual(['production', 'staging']);
+
+    // promote() refuses them with USAGE before reading the registry: the same refusal locally.
+    for (const alias of ['latest', 'v7']) {
+      await expect(promote(registry, { name: MODEL, alias, version: '2', reason: 'manual', actor: 'ops' })).rejects.toMatchObject({ code: 'USAGE' });
+    }
+    expect(await rawTags()).toEqual(before);
+  });
+
+  // Through setAlias, so MLflow judges the alias and its history tag's key (which caps an alias at 227 characters).
+  it('checkAliasName refuses exactly the alias names this MLflow refuses', async () => {
+    const names = ['latest', 'LaTeSt', 'v1', 'V012', 'v\u0661', 'a b', 'a/b', 'a.b', 'e\u0301', 'x'.repeat(256), 'x'.repeat(228), 'x'.repeat(227), 'canary-2_b', 'caf\u00e9', 'v1x', 'latest2', '\u216b'];
+    const manual = { reason: 'manual', actor: 'ops' } as const;
+    for (const alias of names) {
+      const ours = (() => {
+        try {
+          checkAliasName(alias);
+          return 'accepted';
+        } catch (error) {
+          expect(error, alias).toMatchObject({ code: 'USAGE' });
+          return 'refused';
+        }
+      })();
+      const theirs = await registry.setAlias(MODEL, alias, '2', manual).then(
+        () => 'accepted',
+        (error: unknown) => {
+          expect(error, alias).toMatchObject({ code: 'REGISTRY_REJECTED' });
+          return 'refused';
+        },
+      );
+      expect(ours, JSON.stringify(alias)).toBe(theirs);
+    }
+    expect(() => checkAliasName('')).toThrow(expect.objectContaining({ code: 'USAGE' }));
+    expect(() => checkAliasName('prod\n')).toThrow(expect.objectContaining({ code: 'USAGE' }));
   });
 });

@@ -132,23 +132,53 @@ export class MlflowModelRegistry implements ModelRegistry {
     return { version: toModelVersion(winner), created: winner.version === mine.version };
   }
 
-  /** `previous` is the version the alias named before this call (the version itself when nothing moved). */
-  async setAlias(name: string, alias: string, version: string, change: { reason: PromotionReason; actor: string }): Promise<{ previous?: string; moved: boolean }> {
+  /**
+   * `previous` is the version the alias named before this call (the version itself when nothing
+   * moved). With `expectedHolder` the alias is read just before the move and compared: MLflow has
+   * no conditional write (no compare-and-set on registered-models/alias), so a move by someone else
+   * in the few milliseconds between that read and our write is not seen; anything earlier is refused.
+   */
+  async setAlias(name: string, alias: string, version: string, change: { reason: PromotionReason; actor: string; expectedHolder?: string | null }): Promise<{ previous?: string; moved: boolean }> {
     if (!(await this.getVersion(name, version))) throw new HeimdallError(ErrorCodes.REGISTRY_REJECTED, `${name} has no version ${version}`);
     const model = await this.registeredModel(name);
-    const previous = model?.aliases?.find((a) => a.alias === alias)?.version;
+    const previous = holderOf(model, alias);
     if (previous === version) return { previous, moved: false };
+    if (change.expectedHolder !== undefined && previous !== (change.expectedHolder ?? undefined)) throw movedMeanwhile(name, alias, version, previous, change.expectedHolder);
     // History first, then the alias: a crash in between leaves an entry that the retry's own
     // entry would repeat, so a move already recorded last is not recorded twice. (MLflow has no
     // conditional write: two concurrent moves of one alias may each keep only their own entry.)
+    const key = `${ALIAS_HISTORY_TAG_PREFIX}${alias}`;
     const history = historyOf(model, alias);
     const last = history.at(-1);
-    if (last?.version !== version || last.previous !== previous) {
+    const recorded = last?.version !== version || last.previous !== previous;
+    if (recorded) {
       history.push({ version, ...(previous ? { previous } : {}), at: new Date().toISOString(), reason: change.reason, actor: change.actor });
-      await this.client.post('registered-models/set-tag', { name, key: `${ALIAS_HISTORY_TAG_PREFIX}${alias}`, value: JSON.stringify(history.slice(-ALIAS_HISTORY_LIMIT)) });
+      await this.client.post('registered-models/set-tag', { name, key, value: JSON.stringify(history.slice(-ALIAS_HISTORY_LIMIT)) });
     }
-    await this.client.post('registered-models/alias', { name, alias, version });
+    try {
+      await this.client.post('registered-models/alias', { name, alias, version });
+    } catch (error) {
+      if (recorded) await this.undoHistory(name, alias, version, key, model?.tags?.find((t) => t.key === key)?.value);
+      throw error;
+    }
     return { ...(previous ? { previous } : {}), moved: true };
+  }
+
+  /**
+   * After a failed alias write: puts the history tag back as it was (deleted when there was none),
+   * so that no move that did not happen is recorded; unless the alias names `version` after all
+   * (the write went through and only its answer was lost), when the entry is true and stays.
+   * Best effort: when MLflow cannot be reached to undo, the entry stays, and the retry's move,
+   * the same one, is not recorded twice (see setAlias).
+   */
+  private async undoHistory(name: string, alias: string, version: string, key: string, before: string | undefined): Promise<void> {
+    try {
+      if (holderOf(await this.registeredModel(name), alias) === version) return;
+      if (before === undefined) await this.client.delete('registered-models/delete-tag', { name, key });
+      else await this.client.post('registered-models/set-tag', { name, key, value: before });
+    } catch {
+      // the original error is the one to report
+    }
   }
 
   async aliasHistory(name: string): Promise<Record<string, AliasChange[]>> {
@@ -397,6 +427,16 @@ function contextTags(user: string): Tag[] {
     { key: 'mlflow.source.name', value: 'heimdall' },
     { key: 'mlflow.source.type', value: 'JOB' },
   ];
+}
+
+function holderOf(model: MlflowRegisteredModel | undefined, alias: string): string | undefined {
+  return model?.aliases?.find((a) => a.alias === alias)?.version;
+}
+
+/** The refusal of a compare-and-set move whose expected holder no longer holds the alias (retriable: the gate decides again). */
+function movedMeanwhile(name: string, alias: string, version: string, holder: string | undefined, expected: string | null): HeimdallError {
+  const named = (v: string | null | undefined) => (v == null ? 'unset' : `v${v}`);
+  return new HeimdallError(ErrorCodes.REGISTRY_ERROR, `${name}@${alias} moved to ${named(holder)} meanwhile (expected ${named(expected)}): not moving it to v${version}; the gate decides again against the new holder`);
 }
 
 function historyOf(model: MlflowRegisteredModel | undefined, alias: string): AliasChange[] {
