@@ -4,7 +4,9 @@
 #   docker build --build-arg VARIANT=cuda -t heimdall:cuda .   + onnxruntime's CUDA 12 execution provider
 #   docker run -p 8080:8080 heimdall validate              = heimdall function validate on $PORT
 # No build step: tsx runs the TypeScript sources (a production dependency).
-ARG NODE_VERSION=20.19
+# Node 24 (LTS, maintained to April 2028): Node 20 left maintenance in April 2026. The sources also
+# run on Node 20.19+ (package.json engines), what the CI machine has.
+ARG NODE_VERSION=24
 ARG VARIANT=cpu
 
 # Production dependencies only, with the project's .npmrc (install scripts off: onnxruntime-node's

@@ -7,7 +7,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tempDir } from '../../test/support/temp.ts';
 import type { GateVerdict } from '../events/index.ts';
 import { LocalModelRegistry } from '../registry/local.ts';
-import { DEFAULT_MODEL_NAME, GATE_TAG } from '../registry/model-registry.ts';
+import { FsRunStateStore } from '../pipeline/run-state/fs.ts';
+import { stageStarted } from '../pipeline/run-state/run-state.ts';
+import { DEFAULT_MODEL_NAME, GATE_TAG, PIPELINE_RUN_TAG } from '../registry/model-registry.ts';
 import { runCli } from './main.ts';
 
 const heimdall = join(import.meta.dirname, '../../bin/heimdall.js');
@@ -71,7 +73,7 @@ describe('heimdall versions, promote and rollback on the local registry', () => 
     const registry = new LocalModelRegistry(dataDir);
     for (const [i, gate] of [passed, failedLatency, undefined].entries()) {
       const sha256 = String(i + 1).repeat(64);
-      await registry.register({ name: MODEL, sha256, pipelineRunId: sha256.slice(0, 16), modelPath: join(dataDir, 'unused.onnx'), modelUri: `file:///models/${i}.onnx`, tags: gate ? { [GATE_TAG]: JSON.stringify(gate) } : {}, params: {}, metrics: {}, report: {} });
+      await registry.register({ name: MODEL, sha256, pipelineRunId: sha256.slice(0, 16), modelPath: join(dataDir, 'unused.onnx'), modelUri: `file:///models/${i}.onnx`, tags: { [PIPELINE_RUN_TAG]: sha256.slice(0, 16), ...(gate ? { [GATE_TAG]: JSON.stringify(gate) } : {}) }, params: {}, metrics: {}, report: {} });
     }
   });
   afterAll(() => {
@@ -101,7 +103,12 @@ describe('heimdall versions, promote and rollback on the local registry', () => 
 
   it('moves an alias by hand and back, recording who and why, and says when nothing changed', async () => {
     const actor = userInfo().username;
+    // Version 2's run has a record (as `heimdall run` leaves it): the move is filed on it for status and watch.
+    const runState = new FsRunStateStore(dataDir);
+    const run2 = '2'.repeat(16);
+    await runState.update(run2, (state) => stageStarted(state, run2, 'register'));
     expect(await cli('promote', '2', '--alias', 'production')).toEqual({ code: 0, stdout: [`${MODEL}@production: unset -> v2 (manual)`], stderr: [] });
+    expect((await runState.get(run2))?.promotions).toEqual([expect.objectContaining({ type: 'heimdall.model.promoted', data: expect.objectContaining({ version: '2', alias: 'production', reason: 'manual', actor }) })]);
     expect((await cli('promote', '3', '--alias', 'production')).stdout).toEqual([`${MODEL}@production: v2 -> v3 (manual)`]);
     expect((await cli('promote', '3', '--alias', 'production')).stdout).toEqual([`${MODEL}@production already names v3: nothing changed`]);
     expect((await cli('rollback', '--alias', 'production')).stdout).toEqual([`${MODEL}@production: v3 -> v2 (rollback)`]);

@@ -2,13 +2,15 @@ import { userInfo } from 'node:os';
 import { closeNats, connectNats, withoutCredentials } from '../../bus/nats/connection.ts';
 import { NatsEventBus } from '../../bus/nats/event-bus.ts';
 import { provisionStreams } from '../../bus/nats/provision.ts';
-import { loadConfig } from '../../config/index.ts';
+import { loadConfig, type Config } from '../../config/index.ts';
 import { ErrorCodes, HeimdallError } from '../../errors/index.ts';
 import type { CloudEvent } from '../../events/index.ts';
 import type { PromotionReason } from '../../events/schemas.ts';
 import { promote, rollbackTarget } from '../../gate/promotion.ts';
 import { createLogger, type Logger } from '../../logging/index.ts';
 import { createAdapters } from '../../pipeline/adapters.ts';
+import { openRunState } from '../../pipeline/run-state/open.ts';
+import { recordEvent } from '../../pipeline/run-state/run-state.ts';
 import type { ModelRegistry } from '../../registry/model-registry.ts';
 import { parseCommandArgs } from '../args.ts';
 import type { CliEnvironment } from '../main.ts';
@@ -61,9 +63,28 @@ async function moveAlias(
     }
     env.io.stdout(`${name}@${alias}: ${previous ? `v${previous}` : 'unset'} -> v${version} (${reason})`);
     await publisher?.publish(event);
+    await recordOnRun(event, config, logger);
     return 0;
   } finally {
     await publisher?.close();
+  }
+}
+
+/**
+ * The move on its run's record, as the workers record what they publish (`status`, `watch` and the
+ * status page read it there). The registry already holds the move: a record that cannot be written
+ * is a warning, not a failed command.
+ */
+async function recordOnRun(event: CloudEvent<'heimdall.model.promoted'>, config: Config, logger: Logger): Promise<void> {
+  try {
+    const { runState, close } = await openRunState(config, logger);
+    try {
+      await recordEvent(runState, event);
+    } finally {
+      await close();
+    }
+  } catch (error) {
+    logger.warn({ err: error, event: event.id }, 'the alias moved; its run record was not updated');
   }
 }
 
