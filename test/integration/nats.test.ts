@@ -5,9 +5,12 @@
 import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { jetstreamManager } from '@nats-io/jetstream';
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
+import { headers as natsHeaders } from '@nats-io/transport-node';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { encodeEvent } from '../../shared/bus/nats/codec.ts';
 import { openKv } from '../../shared/bus/nats/provision.ts';
+import { EVENTS_STREAM, subjectOf } from '../../shared/bus/nats/subjects.ts';
 import { KvRunStateStore } from '../../shared/pipeline/run-state/kv.ts';
 import { CHECKPOINTS_BUCKET } from '../../shared/storage/object-store.ts';
 import { FsObjectStore } from '../../shared/storage/fs.ts';
@@ -213,6 +216,48 @@ describe('heimdall serve on NATS JetStream', () => {
     // The alerts subscriber on its shared consumer: one alert, naming the run, stage and code.
     await webhook.waitForRequests(1);
     expect(webhook.accepted()).toEqual([expect.stringMatching(new RegExp(`${failed.data.runId}[\\s\\S]*ingest[\\s\\S]*OBJECT_NOT_FOUND`))]);
+    await webhook.close();
+  });
+
+  it('terminates a foreign, invalid message on a stage subject: no run changes state, nothing is published, no alert', async () => {
+    const webhook = await startWebhookReceiver();
+    const { observer, upload, first } = await pipeline('foreign', { env: { HEIMDALL_ALERT_WEBHOOKS: `${webhook.url}/alerts` } });
+    await upload('runs/foreign.pth', 8);
+    const runId = await registeredRun(observer, 'runs/foreign.pth');
+    const idle = () => Promise.all(['heimdall-export', 'heimdall-register', 'heimdall-subscribers'].map((durable) => waitFor(`${durable} to be idle`, () => observer.idle(EVENTS_STREAM, durable))));
+    await idle();
+    const jsm = await jetstreamManager(observer.nc);
+    const runState = new KvRunStateStore(await openKv(observer.nc, 'heimdall_runs'));
+    const before = { runs: await runState.list(), messages: (await jsm.streams.info(EVENTS_STREAM)).state.messages, alerts: webhook.requests.length };
+    expect(before.runs).toEqual([expect.objectContaining({ runId, status: 'registered' })]);
+
+    // Messages naming the registered run that are no valid event of the stage's input.
+    const created = observer.of('heimdall.checkpoint.created', runId)[0]!;
+    const binary = encodeEvent(created).headers;
+    const js = jetstream(observer.nc);
+    const structured = natsHeaders();
+    structured.set('content-type', 'application/cloudevents+json');
+    const benchmarked = natsHeaders();
+    for (const [name, value] of Object.entries({ 'ce-specversion': '1.0', 'ce-id': `${runId}.benchmark`, 'ce-type': 'heimdall.model.benchmarked', 'ce-source': 'elsewhere' })) benchmarked.set(name, value);
+    const foreign: Array<[string, string, ReturnType<typeof natsHeaders> | undefined]> = [
+      [subjectOf('heimdall.checkpoint.created'), JSON.stringify({ runId, data: { runId } }), undefined],
+      [subjectOf('heimdall.checkpoint.created'), JSON.stringify({ ...created, specversion: '0.3' }), undefined],
+      [subjectOf('heimdall.checkpoint.created'), JSON.stringify({ ...created.data, size: -1 }), binary],
+      [subjectOf('heimdall.checkpoint.created'), JSON.stringify({ ...created, data: { ...created.data, size: -1 } }), structured],
+      [subjectOf('heimdall.model.benchmarked'), JSON.stringify({ runId }), benchmarked],
+    ];
+    for (const [subject, body, headers] of foreign) await js.publish(subject, body, headers ? { headers } : {});
+    await idle();
+
+    // Terminated once each, not redelivered; no failure event or anything else published; the run as it was.
+    for (const durable of ['heimdall-export', 'heimdall-register']) expect((await jsm.consumers.info(EVENTS_STREAM, durable)).num_redelivered, durable).toBe(0);
+    expect((await jsm.streams.info(EVENTS_STREAM)).state.messages).toBe(before.messages + foreign.length);
+    expect(observer.of('heimdall.pipeline.failed')).toHaveLength(0);
+    expect(await runState.list()).toEqual(before.runs);
+    expect(first.stderr().match(/export: invalid event terminated/g)).toHaveLength(4);
+    expect(first.stderr()).toMatch(/register: invalid event terminated/);
+    expect(webhook.requests.length).toBe(before.alerts);
+    expect(first.child.exitCode).toBeNull();
     await webhook.close();
   });
 

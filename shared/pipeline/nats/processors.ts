@@ -3,7 +3,7 @@ import type { KV } from '@nats-io/kv';
 import { decodeEvent } from '../../bus/nats/codec.ts';
 import { ErrorCodes, HeimdallError } from '../../errors/index.ts';
 import { backoffDelayMs } from '../../errors/retry.ts';
-import { RunId, type AnyCloudEvent } from '../../events/index.ts';
+import type { AnyCloudEvent } from '../../events/index.ts';
 import { isObjectCreated, kindOf, parseNotification, uploadId } from '../../events/minio.ts';
 import type { Logger } from '../../logging/index.ts';
 import { executeStage, withStageContext, type StageEnvironment } from '../execute.ts';
@@ -62,22 +62,28 @@ export function stageProcessor(stage: AnyStage, env: ProcessorEnvironment): Proc
 
 /**
  * The input event of a stage's delivery, its start recorded; or, for a message that is not a valid
- * event of the stage's input type, the verdict: it can never succeed, so it is terminated, with a
- * failure event when the run is known.
+ * event of the stage's input type, the verdict: it can never succeed, so it is terminated and
+ * logged. It files no failure: a foreign message is no run's outcome, whatever run id it contains.
  */
 export async function startStage(stage: AnyStage, delivery: Delivery, env: ProcessorEnvironment): Promise<AnyCloudEvent | Disposition> {
-  let event: AnyCloudEvent;
-  try {
-    event = decodeEvent(delivery.headers, delivery.body);
-    if (event.type !== stage.input) throw new HeimdallError(ErrorCodes.INVALID_EVENT, `${stage.name} consumes ${stage.input}, not ${event.type}`);
-  } catch (error) {
-    const runId = runIdIn(delivery.body);
-    env.logger.warn({ err: error, runId }, `${stage.name}: invalid event terminated`);
-    if (runId) await announce(failureEvent(runId, stage.name, error, delivery.attempt), env);
-    return { kind: 'term', reason: (error as Error).message };
+  const event = inputEvent(stage, delivery);
+  if (!('type' in event)) {
+    env.logger.warn({ err: event.error, stage: stage.name, bytes: Buffer.byteLength(delivery.body) }, `${stage.name}: invalid event terminated`);
+    return { kind: 'term', reason: event.error.message };
   }
   await recordStageStart(env.runState, event.data.runId, stage.name).catch(() => undefined);
   return event;
+}
+
+/** The stage's input event in a message, or why it is not one. */
+function inputEvent(stage: AnyStage, delivery: Pick<Delivery, 'headers' | 'body'>): AnyCloudEvent | { error: Error } {
+  try {
+    const event = decodeEvent(delivery.headers, delivery.body);
+    if (event.type !== stage.input) throw new HeimdallError(ErrorCodes.INVALID_EVENT, `${stage.name} consumes ${stage.input}, not ${event.type}`);
+    return event;
+  } catch (error) {
+    return { error: error instanceof Error ? error : new Error(String(error)) };
+  }
 }
 
 /** JetStream gave up on a notification (ingest crashed or hung on every delivery): filed under the message's hash. */
@@ -92,8 +98,10 @@ export function ingestExhaustedHandler(env: ProcessorEnvironment) {
 /** JetStream gave up on a stage's message (crashes or timeouts on every delivery): the run fails. */
 export function exhaustedHandler(stage: AnyStage, env: ProcessorEnvironment) {
   return async (delivery: Pick<Delivery, 'headers' | 'body' | 'attempt'>) => {
-    const runId = runIdIn(delivery.body);
-    if (!runId) return;
+    // Only a valid input event is a run's message (an invalid one was terminated, never exhausted).
+    const event = inputEvent(stage, delivery);
+    if (!('type' in event)) return;
+    const runId = event.data.runId;
     const error = new HeimdallError(ErrorCodes.DELIVERY_EXHAUSTED, `${stage.name} did not finish in ${delivery.attempt} deliveries (worker crashed or exceeded the ack wait each time)`);
     await announce(failureEvent(runId, stage.name, error, delivery.attempt), env);
   };
@@ -146,15 +154,4 @@ export function ingestProcessor(ingest: IngestFunction, seen: KV, env: Processor
     }
     return ACK;
   };
-}
-
-/** The run id in a message body that may not be a valid event (for filing its failure). */
-export function runIdIn(body: string): string | undefined {
-  try {
-    const json = JSON.parse(body) as { runId?: unknown; data?: { runId?: unknown } };
-    const runId = json.runId ?? json.data?.runId;
-    return RunId.safeParse(runId).success ? (runId as string) : undefined;
-  } catch {
-    return undefined;
-  }
 }
