@@ -1,3 +1,4 @@
+import { formatMs } from '../../shared/cli/format.ts';
 import type { Config } from '../../shared/config/index.ts';
 import { ErrorCodes, HeimdallError } from '../../shared/errors/index.ts';
 import { createEvent } from '../../shared/events/index.ts';
@@ -110,8 +111,7 @@ function baselineOf(holder: ModelVersion, perBatch: readonly BatchResult[], conf
   };
 }
 
-const ms = (v: number) => `${v.toFixed(v < 10 ? 2 : 1)} ms`;
-const stats = (s: LatencyStats) => `n ${s.n}, p50 ${ms(s.p50)} [${ms(s.p50Interval[0])}, ${ms(s.p50Interval[1])}]`;
+const stats = (s: LatencyStats) => `n ${s.n}, p50 ${formatMs(s.p50)} [${formatMs(s.p50Interval[0])}, ${formatMs(s.p50Interval[1])}]`;
 
 function progressLine({ candidate, holder, ratio, warmup }: BatchResult): string {
   const line = `batch ${candidate.batch}: ${stats(candidate)}, ${candidate.throughput.toFixed(1)} samples/s, after ${warmup.runs} warm-up runs${warmup.settled ? '' : ' (not settled)'}`;

@@ -1,5 +1,6 @@
 import { html } from 'hono/html';
 import type { VersionPoint } from './data.ts';
+import { formatMs } from '../cli/format.ts';
 
 const WIDTH = 720;
 const HEIGHT = 300;
@@ -79,6 +80,3 @@ export function logTicks(values: readonly number[]): number[] {
   return (span.length > 8 ? span.filter((s, i) => s.decade || i === 0 || i === span.length - 1) : span).map((s) => s.value);
 }
 
-export function formatMs(ms: number): string {
-  return `${ms.toFixed(ms < 10 ? 2 : 1)} ms`;
-}

@@ -1,6 +1,6 @@
 import { html, raw } from 'hono/html';
-import { formatBytes, formatCount, formatSeconds } from '../cli/format.ts';
-import { formatMs, latencyChart } from './chart.ts';
+import { formatBytes, formatCount, formatMs, formatSeconds } from '../cli/format.ts';
+import { latencyChart } from './chart.ts';
 import { describeGate } from '../registry/versions.ts';
 import type { DashboardData, ModelAliases, RunView, StageView } from './data.ts';
 

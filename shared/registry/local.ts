@@ -4,7 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { PromotionReason } from '../events/schemas.ts';
 import { ErrorCodes, HeimdallError } from '../errors/index.ts';
 import { writeAtomically } from '../storage/fs.ts';
-import { SHA256_TAG, type AliasChange, type ModelRegistry, type ModelVersion, type RegistrationRequest } from './model-registry.ts';
+import { checkExpectedHolder, SHA256_TAG, type AliasChange, type ModelRegistry, type ModelVersion, type RegistrationRequest } from './model-registry.ts';
 
 interface StoredVersion {
   readonly version: string;
@@ -101,7 +101,7 @@ export class LocalModelRegistry implements ModelRegistry {
       if (!model?.versions.some((v) => v.version === version)) throw new HeimdallError(ErrorCodes.REGISTRY_REJECTED, `${name} has no version ${version}`);
       const previous = model.aliases[alias];
       if (previous === version) return { previous, moved: false };
-      if (change.expectedHolder !== undefined && previous !== (change.expectedHolder ?? undefined)) throw movedMeanwhile(name, alias, version, previous, change.expectedHolder);
+      checkExpectedHolder(name, alias, version, previous, change.expectedHolder);
       model.aliases[alias] = version;
       const history = (model.history ??= {});
       (history[alias] ??= []).push({ version, ...(previous ? { previous } : {}), at: new Date().toISOString(), reason: change.reason, actor: change.actor });
@@ -151,12 +151,6 @@ export class LocalModelRegistry implements ModelRegistry {
       await rm(lock, { recursive: true, force: true });
     }
   }
-}
-
-/** The refusal of a compare-and-set move whose expected holder no longer holds the alias (retriable: the gate decides again). */
-function movedMeanwhile(name: string, alias: string, version: string, holder: string | undefined, expected: string | null): HeimdallError {
-  const named = (v: string | null | undefined) => (v == null ? 'unset' : `v${v}`);
-  return new HeimdallError(ErrorCodes.REGISTRY_ERROR, `${name}@${alias} moved to ${named(holder)} meanwhile (expected ${named(expected)}): not moving it to v${version}; the gate decides again against the new holder`);
 }
 
 function publicVersion(name: string, stored: StoredVersion, model: StoredModel): ModelVersion {

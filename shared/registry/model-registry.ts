@@ -1,3 +1,4 @@
+import { ErrorCodes, HeimdallError } from '../errors/index.ts';
 import type { PromotionReason } from '../events/schemas.ts';
 
 /**
@@ -87,3 +88,13 @@ export const ONNX_URI_TAG = 'onnx_uri';
 export const GATE_TAG = 'heimdall.gate';
 /** Prefix of the tags holding the training metrics (`training.val_loss`): what the metric check compares. */
 export const TRAINING_METRIC_PREFIX = 'training.';
+
+/**
+ * The compare-and-set of `setAlias`: refuses (retriable: the gate decides again against the new
+ * holder) when an expected holder was given and the alias names another version now.
+ */
+export function checkExpectedHolder(name: string, alias: string, version: string, holder: string | undefined, expected: string | null | undefined): void {
+  if (expected === undefined || holder === (expected ?? undefined)) return;
+  const named = (v: string | null | undefined) => (v == null ? 'unset' : `v${v}`);
+  throw new HeimdallError(ErrorCodes.REGISTRY_ERROR, `${name}@${alias} moved to ${named(holder)} meanwhile (expected ${named(expected)}): not moving it to v${version}; the gate decides again against the new holder`);
+}

@@ -2,7 +2,7 @@ import { stat } from 'node:fs/promises';
 import { userInfo } from 'node:os';
 import type { PromotionReason } from '../../events/schemas.ts';
 import { ErrorCodes, HeimdallError } from '../../errors/index.ts';
-import { PIPELINE_RUN_TAG, SHA256_TAG, TRAINING_METRIC_PREFIX, type AliasChange, type ModelRegistry, type ModelVersion, type RegistrationRequest } from '../model-registry.ts';
+import { checkExpectedHolder, PIPELINE_RUN_TAG, SHA256_TAG, TRAINING_METRIC_PREFIX, type AliasChange, type ModelRegistry, type ModelVersion, type RegistrationRequest } from '../model-registry.ts';
 import { isMlflowError, MlflowClient, MlflowError, type MlflowConnection } from './client.ts';
 import { modelDirectoryFiles, ONNX_FILE } from './mlmodel.ts';
 
@@ -143,7 +143,7 @@ export class MlflowModelRegistry implements ModelRegistry {
     const model = await this.registeredModel(name);
     const previous = holderOf(model, alias);
     if (previous === version) return { previous, moved: false };
-    if (change.expectedHolder !== undefined && previous !== (change.expectedHolder ?? undefined)) throw movedMeanwhile(name, alias, version, previous, change.expectedHolder);
+    checkExpectedHolder(name, alias, version, previous, change.expectedHolder);
     // History first, then the alias: a crash in between leaves an entry that the retry's own
     // entry would repeat, so a move already recorded last is not recorded twice. (MLflow has no
     // conditional write: two concurrent moves of one alias may each keep only their own entry.)
@@ -431,12 +431,6 @@ function contextTags(user: string): Tag[] {
 
 function holderOf(model: MlflowRegisteredModel | undefined, alias: string): string | undefined {
   return model?.aliases?.find((a) => a.alias === alias)?.version;
-}
-
-/** The refusal of a compare-and-set move whose expected holder no longer holds the alias (retriable: the gate decides again). */
-function movedMeanwhile(name: string, alias: string, version: string, holder: string | undefined, expected: string | null): HeimdallError {
-  const named = (v: string | null | undefined) => (v == null ? 'unset' : `v${v}`);
-  return new HeimdallError(ErrorCodes.REGISTRY_ERROR, `${name}@${alias} moved to ${named(holder)} meanwhile (expected ${named(expected)}): not moving it to v${version}; the gate decides again against the new holder`);
 }
 
 function historyOf(model: MlflowRegisteredModel | undefined, alias: string): AliasChange[] {
