@@ -10,9 +10,9 @@ export function createAlerts(config: AlertsConfig, logger: Logger): EventSubscri
   return {
     types: ALERT_EVENT_TYPES,
     notifier,
-    accept: (event) => {
+    accept: async (event) => {
       const alert = alertFor(event);
-      if (alert) notifier.notify(alert);
+      return alert ? notifier.notify(alert) : { kind: 'done' };
     },
     close: (timeoutMs) => notifier.close(timeoutMs),
   };

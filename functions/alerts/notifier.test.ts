@@ -5,6 +5,7 @@ import { MemoryEventBus } from '../../shared/bus/memory.ts';
 import type { AlertsConfig } from '../../shared/config/index.ts';
 import { HeimdallError } from '../../shared/errors/index.ts';
 import { failureEvent } from '../../shared/pipeline/failure.ts';
+import { registeredEvent } from '../../test/support/events.ts';
 import { attachSubscriber } from '../../shared/pipeline/subscriber.ts';
 import { startWebhookReceiver } from '../../test/support/webhook-receiver.ts';
 import { createAlerts } from './index.ts';
@@ -127,6 +128,62 @@ describe('alerts on an event bus (how `heimdall serve` attaches them)', () => {
     expect(webhook.requests).toHaveLength(1);
     expect(alerts.notifier.stats).toMatchObject({ delivered: 0, failed: 1, abandoned: 4 });
     expect(lines.find((l) => l.msg === 'alerts left undelivered at shutdown')).toMatchObject({ queued: 4, timeoutMs: 300 });
+  });
+});
+
+describe('alerts acknowledged after delivery (how the NATS runner uses them)', () => {
+  it('settles an alert when the webhook took it; an alert it already took is done at once when offered again', async () => {
+    const webhook = await receiver();
+    const alerts = createAlerts(settings([webhook.url]), capturedLogger().logger);
+    expect(await alerts.accept(failure('00000000000000d1'))).toEqual({ kind: 'done' });
+    expect(webhook.requests).toHaveLength(1);
+    // A redelivery after the ack was lost: no second post.
+    expect(await alerts.accept(failure('00000000000000d1'))).toEqual({ kind: 'done' });
+    expect(await alerts.accept(registeredEvent('00000000000000d1', '1'))).toEqual({ kind: 'done' });
+    expect(webhook.requests).toHaveLength(1);
+    await alerts.close(1000);
+  });
+
+  it('hands back an alert the webhook still refuses after its retries, the delay doubling on; offered again it is delivered once, on the same token', async () => {
+    const webhook = await receiver([500, 500, 500, 500]);
+    const alerts = createAlerts(settings([webhook.url], { retries: 1, backoffMs: 50, ratePerMinute: 1 }), capturedLogger().logger);
+    // Retries wait 50 ms; the handbacks go on from there: 100 ms, then 200 ms.
+    expect(await alerts.accept(failure('00000000000000d2'))).toEqual({ kind: 'later', delayMs: 100 });
+    expect(await alerts.accept(failure('00000000000000d2'))).toEqual({ kind: 'later', delayMs: 200 });
+    expect(await alerts.accept(failure('00000000000000d2'))).toEqual({ kind: 'done' });
+    expect(webhook.requests.map((r) => r.answer)).toEqual([500, 500, 500, 500, 200]);
+    // One token a minute, spent by the first offer: the redeliveries were no new alerts.
+    expect(alerts.notifier.stats).toMatchObject({ delivered: 1, rateLimited: 0 });
+    await alerts.close(1000);
+  });
+
+  it('offers a handed-back alert only to the webhooks that did not take it', async () => {
+    const [up, down] = [await receiver(), await receiver([503])];
+    const alerts = createAlerts(settings([up.url, down.url], { retries: 0, backoffMs: 10 }), capturedLogger().logger);
+    expect(await alerts.accept(failure('00000000000000d3'))).toMatchObject({ kind: 'later' });
+    expect(await alerts.accept(failure('00000000000000d3'))).toEqual({ kind: 'done' });
+    expect([up.requests.length, down.requests.length]).toEqual([1, 2]);
+    await alerts.close(1000);
+  });
+
+  it('is done with an alert a webhook refused for good (404) or the rate limit dropped: nothing to hand back', async () => {
+    const webhook = await receiver([404]);
+    const alerts = createAlerts(settings([webhook.url], { ratePerMinute: 1 }), capturedLogger().logger);
+    expect(await alerts.accept(failure('00000000000000d4'))).toEqual({ kind: 'done' });
+    expect(await alerts.accept(failure('00000000000000d5'))).toEqual({ kind: 'done' });
+    expect(alerts.notifier.stats).toMatchObject({ failed: 1, rateLimited: 1 });
+    await alerts.close(1000);
+  });
+
+  it('hands back, with no delay, what a stopping process has not delivered', async () => {
+    const webhook = await receiver(['hang']);
+    const alerts = createAlerts(settings([webhook.url]), capturedLogger().logger);
+    const [inFlight, queued] = [alerts.accept(failure('00000000000000d6')), alerts.accept(failure('00000000000000d7'))];
+    await webhook.waitForRequests(1);
+    await alerts.close(100);
+    expect(await inFlight).toEqual({ kind: 'later', delayMs: 0 });
+    expect(await queued).toEqual({ kind: 'later', delayMs: 0 });
+    expect(await alerts.accept(failure('00000000000000d8'))).toEqual({ kind: 'later', delayMs: 0 });
   });
 });
 

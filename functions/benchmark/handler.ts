@@ -10,7 +10,7 @@ import { runBenchmark, type BatchResult, type BenchmarkResult } from '../../shar
 import { fetchUri, locateUri } from '../../shared/storage/object-store.ts';
 
 /**
- * model.parity-checked -> model.benchmarked: onnxruntime latency in a worker thread (DESIGN §5),
+ * model.parity-checked -> model.benchmarked: onnxruntime latency in a process of its own (DESIGN §5),
  * with the model that holds the alias timed in the same worker, interleaved with the candidate, so
  * the gate reads a ratio of like with like and its interval.
  */
@@ -27,7 +27,7 @@ export const benchmarkHandler: StageHandler<'heimdall.model.parity-checked', 'he
     const against = holderModel ? `, interleaved with version ${holder!.version} (${ctx.config.alias})` : '';
     ctx.progress(`opening a session on ${settings.provider}; per batch ${settings.batches.join(', ')}: warm-up until settled, then ${settings.budgetMs} ms of timed runs${against}`);
     result = await runBenchmark(
-      { modelPath: model.path, ...(holderModel ? { holderPath: holderModel.path } : {}), provider: settings.provider, threads: settings.threads, batches: settings.batches, warmup: settings.warmup, budgetMs: settings.budgetMs, minRuns: settings.minRuns },
+      { modelPath: model.path, modelSha256: onnx.sha256, ...(holderModel ? { holderPath: holderModel.path } : {}), provider: settings.provider, threads: settings.threads, batches: settings.batches, warmup: settings.warmup, budgetMs: settings.budgetMs, minRuns: settings.minRuns },
       { signal: ctx.signal, onBatch: (b) => ctx.progress(progressLine(b)) },
     );
   } finally {
@@ -51,6 +51,7 @@ export const benchmarkHandler: StageHandler<'heimdall.model.parity-checked', 'he
       provider: result.provider,
       threads: result.threads,
       sessionCreateMs: result.sessionCreateMs,
+      measurementMs: result.measurementMs,
       perBatch: result.perBatch.map((b) => b.candidate),
       ...(baseline ? { baseline } : {}),
       parity: { reference: event.data.reference, samples: event.data.samples, perOutput: event.data.perOutput, tolerance: event.data.tolerance, passed: event.data.passed },

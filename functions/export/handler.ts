@@ -1,6 +1,7 @@
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { createEvent } from '../../shared/events/index.ts';
+import { ErrorCodes, HeimdallError } from '../../shared/errors/index.ts';
+import { createEvent, runIdOf } from '../../shared/events/index.ts';
 import { formatBytes } from '../../shared/cli/format.ts';
 import { exportCheckpoint } from '../../shared/models/localization-net/export.ts';
 import { source, type StageContext, type StageHandler } from '../../shared/pipeline/stage.ts';
@@ -10,7 +11,10 @@ import { MODELS_BUCKET, modelKey } from '../../shared/storage/object-store.ts';
  * checkpoint.created -> model.exported: reads the checkpoint from the object store (the version and
  * etag the event names: OBJECT_NOT_FOUND when that upload was replaced), writes the ONNX
  * model to `models/localization/<runId>/model.onnx` with its metadata. Idempotent: the export is
- * deterministic and the key content-addressed, so a redelivery rewrites the same bytes.
+ * deterministic and the key content-addressed, so a redelivery rewrites the same bytes. The run's
+ * sha256 (ingest's hash, the run id's source) is carried, not recomputed as a new truth: the one read
+ * the exporter makes of the whole file (for the zip's CRC checks, beside the writer) hashes it on the
+ * way, and bytes that are not the run's are never exported under its id.
  */
 export const exportHandler: StageHandler<'heimdall.checkpoint.created', 'heimdall.model.exported'> = async (event, ctx) => {
   const { bucket, key, runId, versionId, etag } = event.data;
@@ -27,6 +31,7 @@ export const exportHandler: StageHandler<'heimdall.checkpoint.created', 'heimdal
       onProgress: ({ phase, doneBytes, totalBytes }) =>
         ctx.progress(`${phase === 'hash' ? 'hashing checkpoint' : 'writing weights'} ${formatBytes(doneBytes)} / ${formatBytes(totalBytes)}`),
     });
+    checkSameBytes(event.data, result.checkpoint.sha256);
     for (const warning of result.warnings) ctx.logger.warn({ runId, warning }, 'export warning');
     const checkpointUri = ctx.store.uri(bucket, key);
     ctx.progress(`uploading model.onnx (${formatBytes(result.onnx.bytes)})`);
@@ -59,6 +64,17 @@ export const exportHandler: StageHandler<'heimdall.checkpoint.created', 'heimdal
     await rm(out, { force: true });
   }
 };
+
+/**
+ * The bytes exported are those ingest hashed: their sha256 is the one the event carries (or, from a
+ * producer that carries none, begins with the run id). Else the object changed in the store since
+ * (replaced in place, damaged): CHECKPOINT_CORRUPT, before anything is uploaded.
+ */
+function checkSameBytes(created: { runId: string; sha256?: string | undefined; key: string }, read: string): void {
+  const expected = created.sha256 ?? `${created.runId}…`;
+  if (created.sha256 ? read === created.sha256 : runIdOf(read) === created.runId) return;
+  throw new HeimdallError(ErrorCodes.CHECKPOINT_CORRUPT, `${created.key} now has sha256 ${read}, not ${expected} that run ${created.runId} was started from: it changed in the store since it was ingested`);
+}
 
 /**
  * The checkpoint object's user metadata (a trainer's `mlflow-run-id`), when it is that of the upload

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../shared/config/index.ts';
 import { isRetriable, type HeimdallError } from '../../shared/errors/index.ts';
-import { runIdOf, type AnyCloudEvent } from '../../shared/events/index.ts';
+import { parseTraceparent, runIdOf, type AnyCloudEvent } from '../../shared/events/index.ts';
 import type { ObjectRecord } from '../../shared/events/minio.ts';
 import { createLogger } from '../../shared/logging/index.ts';
 import { createAdapters } from '../../shared/pipeline/adapters.ts';
@@ -60,6 +60,12 @@ describe('ingest of an uploaded ONNX model', () => {
       },
     });
     expect((event.data as { architecture: { params: number } }).architecture.params).toBeGreaterThan(0);
+  });
+
+  it('starts a new trace for each run it starts (random trace id, sampled), about the uploaded key', async () => {
+    const [first, second] = [await ingestUpload('uploads/model.onnx', onnxPath), await ingestUpload('uploads/again.onnx', onnxPath)];
+    expect(first).toMatchObject({ source: 'heimdall/ingest', subject: 'uploads/model.onnx', traceparent: expect.stringMatching(/^00-[0-9a-f]{32}-[0-9a-f]{16}-01$/) });
+    expect(parseTraceparent(first.traceparent!)?.traceId).not.toBe(parseTraceparent(second.traceparent!)?.traceId);
   });
 
   it('refuses a file that is not a model with INVALID_MODEL, not retriable', async () => {

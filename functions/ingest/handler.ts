@@ -1,7 +1,7 @@
-import { createEvent, runIdOf, type CloudEvent } from '../../shared/events/index.ts';
+import { runIdOf, type CloudEvent } from '../../shared/events/index.ts';
 import { formatBytes } from '../../shared/cli/format.ts';
 import { readModelSummary } from '../../shared/onnx/reader.ts';
-import { source, type StageContext } from '../../shared/pipeline/stage.ts';
+import { runStartEvent, type StageContext } from '../../shared/pipeline/stage.ts';
 import { sha256File } from '../../shared/runtime/sha256.ts';
 import { MODELS_BUCKET, modelKey, type ObjectVersion } from '../../shared/storage/object-store.ts';
 import { kindOf, type ObjectRecord } from '../../shared/events/minio.ts';
@@ -14,7 +14,8 @@ export type IngestResult = CloudEvent<'heimdall.checkpoint.created'> | CloudEven
  * `checkpoint.created`; an `.onnx` file is already exported: it is placed at the run's model key
  * and announced as `model.exported`, so the run goes straight to validate. Callers filter with
  * `kindOf` first. The bytes hashed are those of the version the notification names (its version id
- * and etag); when that upload is no longer there, OBJECT_NOT_FOUND.
+ * and etag); when that upload is no longer there, OBJECT_NOT_FOUND. Either event starts the run's
+ * trace (runStartEvent).
  */
 export async function ingestHandler(object: ObjectRecord, ctx: StageContext): Promise<IngestResult> {
   // The version the notification names, not whatever the key holds now: MinIO replays queued
@@ -25,10 +26,9 @@ export async function ingestHandler(object: ObjectRecord, ctx: StageContext): Pr
     const sha256 = await sha256File(file.path);
     const runId = runIdOf(sha256);
     if (kindOf(object.key) === 'model') return await announceModel(object, file.path, sha256, ctx);
-    return createEvent('heimdall.checkpoint.created', {
+    return runStartEvent('heimdall.checkpoint.created', {
       stage: 'ingest',
-      source: source('ingest'),
-      subject: object.key,
+      key: object.key,
       data: { bucket: object.bucket, key: object.key, size: object.size, etag: object.etag, ...(object.versionId ? { versionId: object.versionId } : {}), runId, sha256 },
     });
   } finally {
@@ -54,10 +54,9 @@ async function announceModel(object: ObjectRecord, path: string, sha256: string,
   const claimed = Number(summary.metadata.parameters);
   const counted = summary.graph.initializers.reduce((sum, i) => sum + i.dims.reduce((a, b) => a * Math.max(0, b), 1), 0);
   const params = Number.isSafeInteger(claimed) && claimed > 0 ? claimed : Number.isSafeInteger(counted) ? counted : 0;
-  return createEvent('heimdall.model.exported', {
+  return runStartEvent('heimdall.model.exported', {
     stage: 'export',
-    source: source('ingest'),
-    subject: object.key,
+    key: object.key,
     data: {
       runId,
       checkpoint: { uri: uploadedUri, sha256, format: 'onnx', ...(object.versionId ? { versionId: object.versionId } : {}) },

@@ -13,7 +13,7 @@ import { createLogger } from '../../shared/logging/index.ts';
 import { createAdapters } from '../../shared/pipeline/adapters.ts';
 import { executeStage, type StageEnvironment } from '../../shared/pipeline/execute.ts';
 import { ingestLocalFile } from '../../shared/pipeline/local-ingest.ts';
-import { sampleInput } from '../../shared/runtime/session.ts';
+import { sampleInput } from '../../shared/runtime/sample-input.ts';
 import { CHECKPOINTS_BUCKET, fetchUri, PARITY_SIDECAR_SUFFIX } from '../../shared/storage/object-store.ts';
 import { writeSmallCheckpoint } from '../../test/support/small-model.ts';
 import { tempDir } from '../../test/support/temp.ts';
@@ -64,7 +64,7 @@ beforeAll(async () => {
   validated = event as CloudEvent<'heimdall.model.validated'>;
 
   // What PyTorch would have computed at training time: here, the model itself on SAMPLES inputs in one batch.
-  const inputs = sampleInput(SAMPLES, 3).data as Float32Array;
+  const inputs = sampleInput(SAMPLES, 3);
   const model = await fetchUri(environment.store, validated.data.onnx.uri);
   const session = await ort.InferenceSession.create(model.path);
   const out = await session.run({ mel_spectrogram: new ort.Tensor('float32', inputs, [SAMPLES, 3, 128, 32]) });

@@ -1,12 +1,12 @@
-import * as ort from 'onnxruntime-node';
 import { openCheckpoint, type Checkpoint, type LazyTensor } from '../../shared/checkpoint/index.ts';
 import { ErrorCodes, HeimdallError } from '../../shared/errors/index.ts';
 import { createEvent, type ParityResult } from '../../shared/events/index.ts';
 import { INPUT_NAME, INPUT_SHAPE, OUTPUT_NAMES } from '../../shared/models/localization-net/architecture.ts';
 import { inferArchitecture } from '../../shared/models/localization-net/infer.ts';
-import { ReferenceModel } from '../../shared/models/localization-net/reference.ts';
+import { referencePass } from '../../shared/models/localization-net/reference-pass.ts';
 import { source, type StageContext, type StageHandler } from '../../shared/pipeline/stage.ts';
-import { openSession, sampleInput } from '../../shared/runtime/session.ts';
+import { openModel, type HostedModel, type ModelOutputs } from '../../shared/runtime/model-host.ts';
+import { sampleInput } from '../../shared/runtime/sample-input.ts';
 import { fetchUri, locateUri, PARITY_SIDECAR_SUFFIX } from '../../shared/storage/object-store.ts';
 
 /** Where expected outputs come from, and the inputs they belong to. */
@@ -34,12 +34,12 @@ export const parityHandler: StageHandler<'heimdall.model.validated', 'heimdall.m
   let actual: Record<(typeof OUTPUT_NAMES)[number], Float32Array>;
   try {
     // On the provider the model will serve on (a GPU pod runs parity on CUDA): its numerics are what must match.
-    const { session, warnings } = await openSession(model.path, { provider: ctx.config.benchmark.provider, threads: ctx.config.benchmark.threads });
-    for (const warning of warnings) ctx.logger.warn({ runId }, warning);
+    const session = await openModel(model.path, { provider: ctx.config.benchmark.provider, threads: ctx.config.benchmark.threads }, { signal: ctx.signal, sha256: onnx.sha256 });
+    for (const warning of session.warnings) ctx.logger.warn({ runId }, warning);
     try {
       actual = await runInBatches(session, expected.inputs, expected.samples);
     } finally {
-      await session.release();
+      await session.close();
     }
   } finally {
     await model.release();
@@ -78,7 +78,7 @@ async function checkpointSamples(location: ObjectLocation, ctx: StageContext): P
         ctx.progress('using the golden samples inside the checkpoint');
         return await fromGolden(checkpoint.parity, 'parity entry');
       }
-      return (await sidecarSamples(location, ctx)) ?? (await referenceSamples(checkpoint, ctx));
+      return (await sidecarSamples(location, ctx)) ?? (await referenceSamples(file.path, checkpoint, ctx));
     } finally {
       await checkpoint.close();
     }
@@ -136,16 +136,19 @@ async function fromGolden(tensors: ReadonlyMap<string, LazyTensor>, where: strin
   return { reference: 'golden', inputs: await inputs.readFloat32(), samples, outputs };
 }
 
-async function referenceSamples(checkpoint: Checkpoint, ctx: StageContext): Promise<Expected> {
+/**
+ * Our reference forward pass on the checkpoint's weights, on worker threads (one per core). It runs
+ * before the ONNX model does, and the model's session (opened after it, or kept from validate where
+ * the run shares its sessions) has no threads spinning meanwhile: the two never compete for the cores.
+ */
+async function referenceSamples(path: string, checkpoint: Checkpoint, ctx: StageContext): Promise<Expected> {
   const samples = ctx.config.parity.samples;
-  ctx.progress(`loading weights for the reference forward pass`);
   const spec = inferArchitecture(checkpoint.tensors, checkpoint.config);
-  const model = await ReferenceModel.load(checkpoint.tensors, spec);
-  const inputs = sampleInput(samples, 7).data as Float32Array;
-  // Yields between blocks: the event loop keeps answering health checks and sending heartbeats.
-  const { positions, uncertainties } = await model.forwardAsync(inputs, samples, {
+  const inputs = sampleInput(samples, 7);
+  ctx.progress(`reference forward pass on ${samples} samples (${spec.variant})`);
+  const { positions, uncertainties } = await referencePass(path, spec, inputs, samples, {
     signal: ctx.signal,
-    onProgress: (done, total) => ctx.progress(`reference forward pass: ${done}/${total} samples (${spec.variant})`),
+    onProgress: (fraction) => ctx.progress(`reference forward pass: ${Math.floor(fraction * 100)}% of ${samples} samples (${spec.variant})`),
   });
   return { reference: 'reference-impl', inputs, samples, outputs: { positions, uncertainties } };
 }
@@ -158,19 +161,22 @@ export const PARITY_BATCH = 32;
  * batch size that fails here (an output missing or of another size, onnxruntime refusing the
  * inputs) is at fault itself: INVALID_MODEL, as validate would have said.
  */
-async function runInBatches(session: ort.InferenceSession, inputs: Float32Array, samples: number): Promise<Record<(typeof OUTPUT_NAMES)[number], Float32Array>> {
+async function runInBatches(session: HostedModel, inputs: Float32Array, samples: number): Promise<Record<(typeof OUTPUT_NAMES)[number], Float32Array>> {
   const perSample = inputs.length / samples;
   const outputs = Object.fromEntries(OUTPUT_NAMES.map((name) => [name, new Float32Array(samples * 2)])) as Record<(typeof OUTPUT_NAMES)[number], Float32Array>;
   for (let start = 0; start < samples; start += PARITY_BATCH) {
     const batch = Math.min(PARITY_BATCH, samples - start);
-    let result: ort.InferenceSession.OnnxValueMapType;
+    let result: ModelOutputs;
     try {
-      result = await session.run({ [INPUT_NAME]: new ort.Tensor('float32', inputs.subarray(start * perSample, (start + batch) * perSample), [batch, ...INPUT_SHAPE]) });
+      // A copy: a view would carry the whole input buffer across to the model's process, batch after batch.
+      result = await session.run({ [INPUT_NAME]: { data: inputs.slice(start * perSample, (start + batch) * perSample), dims: [batch, ...INPUT_SHAPE] } });
     } catch (error) {
+      // The machine (the process died) or a stop: not the model's fault.
+      if (error instanceof HeimdallError) throw error;
       throw new HeimdallError(ErrorCodes.INVALID_MODEL, `onnxruntime cannot run the model on samples ${start}-${start + batch - 1}: ${(error instanceof Error ? error.message : String(error)).split('\n')[0]}`, { cause: error });
     }
     for (const name of OUTPUT_NAMES) {
-      const data = (result[name] as ort.Tensor | undefined)?.data;
+      const data = result[name]?.data;
       if (!(data instanceof Float32Array) || data.length !== batch * 2) throw new HeimdallError(ErrorCodes.INVALID_MODEL, `the model's ${name} output is not [${batch}, 2] float32`);
       outputs[name].set(data, start * 2);
     }

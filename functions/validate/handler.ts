@@ -1,4 +1,3 @@
-import * as ort from 'onnxruntime-node';
 import { ErrorCodes, HeimdallError } from '../../shared/errors/index.ts';
 import { createEvent } from '../../shared/events/index.ts';
 import { checkUncertaintyRange, INPUT_NAME, INPUT_SHAPE, OUTPUT_NAMES, OUTPUT_WIDTH } from '../../shared/models/localization-net/architecture.ts';
@@ -7,7 +6,8 @@ import { BATCH_DIM } from '../../shared/models/localization-net/graph.ts';
 import { readModelSummary, type ValueSummary } from '../../shared/onnx/reader.ts';
 import { structuralProblems } from '../../shared/onnx/structure.ts';
 import { source, type StageHandler } from '../../shared/pipeline/stage.ts';
-import { openSession, sampleInput } from '../../shared/runtime/session.ts';
+import { openModel, type ModelOutputs } from '../../shared/runtime/model-host.ts';
+import { sampleInput } from '../../shared/runtime/sample-input.ts';
 import { fetchUri } from '../../shared/storage/object-store.ts';
 
 /** DESIGN §5: the batch sizes every model must serve. */
@@ -39,17 +39,22 @@ export const validateHandler: StageHandler<'heimdall.model.exported', 'heimdall.
     const range = uncertaintyRange(summary.metadata);
 
     ctx.progress('loading in onnxruntime');
-    const { session } = await openSession(model.path, { threads: ctx.config.benchmark.threads });
+    // One session for every batch size, on the provider the model will serve on (as parity and the
+    // benchmark open it: a run that shares its sessions opens the model once for all three).
+    const session = await openModel(model.path, { provider: ctx.config.benchmark.provider, threads: ctx.config.benchmark.threads }, { signal: ctx.signal, sha256: onnx.sha256 });
     try {
       for (const batch of VALIDATION_BATCHES) {
         ctx.progress(`inference at batch ${batch}`);
         // A model onnxruntime loads but cannot run (a fixed batch size, a wrong input) fails this check: INVALID_MODEL.
-        const outputs = await session.run({ [INPUT_NAME]: sampleInput(batch, batch) }).catch((error: unknown) => error instanceof Error ? error : new Error(String(error)));
+        const outputs = await session.run({ [INPUT_NAME]: { data: sampleInput(batch, batch), dims: [batch, ...INPUT_SHAPE] } }).catch((error: unknown) => {
+          if (ctx.signal.aborted || (error instanceof HeimdallError && error.code === ErrorCodes.IO_ERROR)) throw error;
+          return error instanceof Error ? error : new Error(String(error));
+        });
         const problems = outputs instanceof Error ? [`onnxruntime cannot run it: ${outputs.message.split('\n')[0]}`] : outputProblems(outputs, batch, range);
         check(`batch-${batch}`, problems, `shapes [${batch}, ${OUTPUT_WIDTH}], finite, uncertainties in [${range.min}, ${range.max}]`);
       }
     } finally {
-      await session.release();
+      await session.close();
     }
   } finally {
     await model.release();
@@ -103,16 +108,20 @@ function uncertaintyRange(metadata: Readonly<Record<string, string>>): { min: nu
   }
 }
 
-function outputProblems(outputs: ort.InferenceSession.OnnxValueMapType, batch: number, range: { min: number; max: number }): string[] {
+function outputProblems(outputs: ModelOutputs, batch: number, range: { min: number; max: number }): string[] {
   const problems: string[] = [];
   for (const name of OUTPUT_NAMES) {
-    const tensor = outputs[name] as ort.Tensor | undefined;
+    const tensor = outputs[name];
     if (!tensor) {
       problems.push(`no ${name} output`);
       continue;
     }
     if (JSON.stringify(tensor.dims) !== JSON.stringify([batch, OUTPUT_WIDTH])) problems.push(`${name} has shape [${tensor.dims.join(', ')}]`);
-    const values = tensor.data as Float32Array;
+    if (!(tensor.data instanceof Float32Array)) {
+      problems.push(`${name} is ${tensor.type}, not float32`);
+      continue;
+    }
+    const values = tensor.data;
     const nonFinite = values.filter((v) => !Number.isFinite(v)).length;
     if (nonFinite > 0) problems.push(`${nonFinite} non-finite values in ${name}`);
     if (name === 'uncertainties') {

@@ -6,6 +6,7 @@ import { sampleCommand, sampleUsage } from './commands/sample.ts';
 import { runCommand, runUsage } from './commands/run.ts';
 import { processIO, type CommandIO } from './io.ts';
 import { promoteCommand, promoteUsage, rollbackCommand, rollbackUsage } from './commands/promote.ts';
+import { reconcileCommand, reconcileUsage } from './commands/reconcile.ts';
 import type { AnyStage, IngestFunction } from '../pipeline/stage.ts';
 import { serveCommand, serveUsage } from './commands/serve.ts';
 import { statusCommand, statusUsage } from './commands/status.ts';
@@ -35,6 +36,7 @@ const commands: Record<string, { run: Command; usage: string; summary: string }>
   promote: { run: promoteCommand, usage: promoteUsage, summary: 'point an alias at a version by hand (publishes model.promoted on NATS when configured)' },
   rollback: { run: rollbackCommand, usage: rollbackUsage, summary: 'return an alias to the version that held it before (publishes model.promoted)' },
   watch: { run: watchCommand, usage: watchUsage, summary: 'tail pipeline events live' },
+  reconcile: { run: reconcileCommand, usage: reconcileUsage, summary: 'start runs for checkpoints in the bucket whose notification never came' },
   demo: { run: (argv, env) => demoCommand(argv, env), usage: demoUsage, summary: 'make a sample checkpoint and run the pipeline on it' },
   function: { run: functionCommand, usage: functionUsage, summary: 'serve one stage as an HTTP CloudEvent function on $PORT (default 8080): what a Knative container runs' },
 };

@@ -9,6 +9,7 @@ import { serveFunction } from '../pipeline/http/server.ts';
 import { connectRuntime } from '../pipeline/nats/runtime.ts';
 import { startSubscribers } from '../pipeline/nats/subscribers.ts';
 import { processorEnvironment, startWorkers, workerOptions } from '../pipeline/nats/workers.ts';
+import { natsSweepPorts, startPeriodicSweep } from '../pipeline/reconcile.ts';
 import { FsRunStateStore } from '../pipeline/run-state/fs.ts';
 import { stageNamed, type AnyStage, type IngestFunction, type StageName } from '../pipeline/stage.ts';
 import type { SubscriberFunction } from '../pipeline/subscriber.ts';
@@ -36,6 +37,8 @@ export interface Serving {
   readonly functionPorts: Readonly<Partial<Record<StageName, number>>>;
   /** How long an in-flight message may take to finish once stopping (the ack wait); 0 without NATS. */
   readonly graceMs: number;
+  /** The reconciliation sweep this process takes part in (it serves ingest and HEIMDALL_RECONCILE_INTERVAL is not `off`). */
+  readonly reconcile?: { readonly bucket: string; readonly intervalMs: number };
   /**
    * Drains everything: workers finish their in-flight message (handed back past `graceMs`),
    * functions their requests, the connection flushes (at most DRAIN_TIMEOUT_MS, then it closes).
@@ -90,6 +93,14 @@ export async function startServing(options: ServeOptions): Promise<Serving> {
       phases.workers.push(() => broker.stop());
     }
 
+    // Lost notifications: the processes serving ingest sweep the bucket, one at a time by the lock.
+    const { bucket, intervalMs } = config.reconcile;
+    const reconcile = intervalMs !== undefined && options.names.includes('ingest') ? { bucket, intervalMs } : undefined;
+    if (reconcile) {
+      const sweeper = startPeriodicSweep(await natsSweepPorts(runtime), { ...reconcile, logger });
+      phases.workers.push(() => sweeper.stop());
+    }
+
     const subscribers = options.subscribers.map((f) => f.create(config, logger)).filter((s) => s !== undefined);
     if (subscribers.length > 0) {
       const running = await startSubscribers(subscribers, logger, workerOptions(runtime, logger));
@@ -98,7 +109,7 @@ export async function startServing(options: ServeOptions): Promise<Serving> {
 
     const dashboard = options.dashboard && (await startDashboard({ runState: runtime.runState, models: { registry: runtime.environment.registry, name: config.modelName }, logger, ...options.dashboard }));
     if (dashboard) phases.dashboard.push(() => dashboard.close());
-    return { ...(dashboard ? { dashboardUrl: dashboard.url } : {}), functionPorts, graceMs, stop: stopAll };
+    return { ...(dashboard ? { dashboardUrl: dashboard.url } : {}), functionPorts, graceMs, ...(reconcile ? { reconcile } : {}), stop: stopAll };
   } catch (error) {
     await stopAll();
     throw error;

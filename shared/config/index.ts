@@ -2,6 +2,8 @@ import { z } from 'zod';
 import { ErrorCodes, HeimdallError } from '../errors/index.ts';
 import { checkAliasName } from '../gate/promotion.ts';
 import { DEFAULT_ALIAS, DEFAULT_MODEL_NAME } from '../registry/model-registry.ts';
+import { CHECKPOINTS_BUCKET, isBucketName } from '../storage/object-store.ts';
+import { endpointProblem, type ServerSideEncryption, type UploadChecksum } from '../storage/s3.ts';
 
 /**
  * Configuration from environment variables, validated once at start-up: a bad value stops the
@@ -59,10 +61,40 @@ const Environment = z.object({
   /** Several processes serving one stage share its durable consumer; these bound a message's life. */
   HEIMDALL_ACK_WAIT_SECONDS: z.coerce.number().int().min(5).default(60),
   HEIMDALL_MAX_DELIVER: z.coerce.number().int().min(1).default(5),
-  S3_ENDPOINT: optional(z.url()),
+  /**
+   * How often `serve` sweeps the checkpoint bucket for uploads whose notification never came
+   * (reconciliation; one process at a time): a duration (`90s`, `10m`, `1h`), or `off`.
+   */
+  HEIMDALL_RECONCILE_INTERVAL: z
+    .string()
+    .default('10m')
+    .transform((v, ctx) => {
+      if (v === 'off') return undefined;
+      const ms = durationMs(v);
+      if (ms === undefined || ms < 1000) ctx.addIssue({ code: 'custom', message: 'must be a duration of at least 1s (e.g. 30s, 10m, 1h) or off' });
+      return ms;
+    }),
+  /** The bucket the sweep (and `heimdall reconcile` without --bucket) lists: where the trainer uploads. */
+  HEIMDALL_RECONCILE_BUCKET: z.string().default(CHECKPOINTS_BUCKET).refine(isBucketName, 'must be a bucket name'),
+  /** Copies of each stream, consumer and KV bucket in a JetStream cluster (3 for the usual cluster of three); provisioning only ever raises it. */
+  HEIMDALL_NATS_REPLICAS: z.coerce.number().int().min(1).max(5).default(1),
+  /** `http(s)://host[:port]`, nothing after: a path (a server behind `/minio`), a query or credentials are refused. */
+  S3_ENDPOINT: optional(
+    z.string().superRefine((endpoint, ctx) => {
+      const problem = endpointProblem(endpoint);
+      if (problem) ctx.addIssue({ code: 'custom', message: problem });
+    }),
+  ),
   S3_ACCESS_KEY: optional(z.string().min(1)),
   S3_SECRET_KEY: optional(z.string().min(1)),
   S3_REGION: z.string().min(1).default('us-east-1'),
+  /** `true`: buckets addressed by path (MinIO's way); `false`: by virtual host, `<bucket>.<host>` (AWS's way). */
+  S3_FORCE_PATH_STYLE: z.enum(['true', 'false'], { error: 'must be true or false' }).default('true').transform((v) => v === 'true'),
+  /** Server-side encryption asked for on every upload: `AES256` (SSE-S3) or `aws:kms` (SSE-KMS, with S3_SSE_KMS_KEY_ID). */
+  S3_SSE: optional(z.enum(['AES256', 'aws:kms'], { error: 'must be AES256 or aws:kms' })),
+  S3_SSE_KMS_KEY_ID: optional(z.string().min(1)),
+  /** `sha256`: uploads carry x-amz-checksum-sha256, checked by the server; `off` for servers that refuse it (Content-MD5 then). */
+  S3_CHECKSUM: z.enum(['sha256', 'off'], { error: 'must be sha256 or off' }).default('sha256'),
   MLFLOW_TRACKING_URI: optional(z.url()),
   MLFLOW_TRACKING_TOKEN: optional(z.string().min(1)),
   MLFLOW_TRACKING_USERNAME: optional(z.string().min(1)),
@@ -85,6 +117,8 @@ const Environment = z.object({
   HEIMDALL_ALERT_TIMEOUT_MS: z.coerce.number().int().min(100).default(5000),
 })
   .refine((e) => !e.S3_ENDPOINT || (e.S3_ACCESS_KEY && e.S3_SECRET_KEY), { message: 'S3_ACCESS_KEY and S3_SECRET_KEY are required with S3_ENDPOINT', path: ['S3_ACCESS_KEY'] })
+  .refine((e) => e.S3_SSE !== 'aws:kms' || e.S3_SSE_KMS_KEY_ID, { message: 'is required with S3_SSE=aws:kms', path: ['S3_SSE_KMS_KEY_ID'] })
+  .refine((e) => !e.S3_SSE_KMS_KEY_ID || e.S3_SSE === 'aws:kms', { message: 'applies only with S3_SSE=aws:kms', path: ['S3_SSE_KMS_KEY_ID'] })
   .refine((e) => !e.MLFLOW_TRACKING_USERNAME === !e.MLFLOW_TRACKING_PASSWORD, { message: 'MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD go together', path: ['MLFLOW_TRACKING_USERNAME'] });
 
 export interface Config {
@@ -106,10 +140,21 @@ export interface Config {
   readonly logLevel: string;
   /** Where the ingest adapter sends its events instead of JetStream (Knative). */
   readonly sink?: string;
-  readonly nats?: { readonly url: string; readonly ackWaitSeconds: number; readonly maxDeliver: number };
-  readonly s3?: { readonly endpoint: string; readonly accessKey: string; readonly secretKey: string; readonly region: string };
+  readonly nats?: { readonly url: string; readonly ackWaitSeconds: number; readonly maxDeliver: number; readonly replicas: number };
+  /** The S3ObjectStore's options (shared/storage/s3.ts). */
+  readonly s3?: {
+    readonly endpoint: string;
+    readonly accessKey: string;
+    readonly secretKey: string;
+    readonly region: string;
+    readonly forcePathStyle: boolean;
+    readonly sse?: ServerSideEncryption;
+    readonly checksum: UploadChecksum;
+  };
   readonly mlflow?: { readonly trackingUri: string; readonly experimentName: string; readonly token?: string; readonly username?: string; readonly password?: string };
   readonly alerts?: AlertsConfig;
+  /** The reconciliation sweep: its bucket, and how often `serve` runs it (undefined: never). */
+  readonly reconcile: { readonly bucket: string; readonly intervalMs?: number };
 }
 
 /** DESIGN §3 The gate: which checks run and whether a failure holds the alias back (`block`) or is only reported (`warn`). */
@@ -162,9 +207,22 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
           }),
     },
     logLevel: e.HEIMDALL_LOG_LEVEL,
+    reconcile: { bucket: e.HEIMDALL_RECONCILE_BUCKET, ...(e.HEIMDALL_RECONCILE_INTERVAL !== undefined ? { intervalMs: e.HEIMDALL_RECONCILE_INTERVAL } : {}) },
     ...(e.K_SINK ? { sink: e.K_SINK } : {}),
-    ...(e.NATS_URL ? { nats: { url: e.NATS_URL, ackWaitSeconds: e.HEIMDALL_ACK_WAIT_SECONDS, maxDeliver: e.HEIMDALL_MAX_DELIVER } } : {}),
-    ...(e.S3_ENDPOINT ? { s3: { endpoint: e.S3_ENDPOINT, accessKey: e.S3_ACCESS_KEY!, secretKey: e.S3_SECRET_KEY!, region: e.S3_REGION } } : {}),
+    ...(e.NATS_URL ? { nats: { url: e.NATS_URL, ackWaitSeconds: e.HEIMDALL_ACK_WAIT_SECONDS, maxDeliver: e.HEIMDALL_MAX_DELIVER, replicas: e.HEIMDALL_NATS_REPLICAS } } : {}),
+    ...(e.S3_ENDPOINT
+      ? {
+          s3: {
+            endpoint: e.S3_ENDPOINT,
+            accessKey: e.S3_ACCESS_KEY!,
+            secretKey: e.S3_SECRET_KEY!,
+            region: e.S3_REGION,
+            forcePathStyle: e.S3_FORCE_PATH_STYLE,
+            ...(e.S3_SSE === 'aws:kms' ? { sse: { algorithm: 'aws:kms' as const, kmsKeyId: e.S3_SSE_KMS_KEY_ID! } } : e.S3_SSE ? { sse: { algorithm: e.S3_SSE } } : {}),
+            checksum: e.S3_CHECKSUM,
+          },
+        }
+      : {}),
     ...(e.MLFLOW_TRACKING_URI
       ? {
           mlflow: {
@@ -187,4 +245,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
         }
       : {}),
   };
+}
+
+const DURATION_UNITS_MS: Readonly<Record<string, number>> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/** `250ms`, `30s`, `10m`, `1.5h` in milliseconds; undefined for anything else. */
+export function durationMs(text: string): number | undefined {
+  const match = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/.exec(text.trim());
+  return match ? Number(match[1]) * DURATION_UNITS_MS[match[2]!]! : undefined;
 }

@@ -28,6 +28,8 @@ export const ErrorCodes = {
   UNSUPPORTED_ARCHITECTURE: 'UNSUPPORTED_ARCHITECTURE',
   /** An event that does not match its CloudEvents envelope or data schema. */
   INVALID_EVENT: 'INVALID_EVENT',
+  /** An event whose data is not JSON (`data_base64`, another datacontenttype or event format): HTTP 415. */
+  UNSUPPORTED_MEDIA_TYPE: 'UNSUPPORTED_MEDIA_TYPE',
   /** The exported model fails validation (structure, I/O contract, non-finite or out-of-range outputs). */
   INVALID_MODEL: 'INVALID_MODEL',
   /** ONNX outputs differ from the reference beyond the tolerance. */
@@ -44,8 +46,17 @@ export const ErrorCodes = {
   REGISTRY_REJECTED: 'REGISTRY_REJECTED',
   /** An object or bucket is missing in the object store. */
   OBJECT_NOT_FOUND: 'OBJECT_NOT_FOUND',
-  /** The object store rejected our credentials (InvalidAccessKeyId, SignatureDoesNotMatch, AccessDenied). */
+  /**
+   * The object store rejected our credentials (InvalidAccessKeyId, SignatureDoesNotMatch, an expired
+   * token), or answered a bare 403 that does not say whether the key or its permissions are at fault.
+   */
   STORAGE_AUTH: 'STORAGE_AUTH',
+  /**
+   * The object store took our credentials and denied them the operation (AccessDenied): a bucket or
+   * IAM policy forbids it, e.g. one that requires server-side encryption (S3_SSE). Not retriable,
+   * like STORAGE_AUTH: the policy or the configuration has to change first.
+   */
+  STORAGE_FORBIDDEN: 'STORAGE_FORBIDDEN',
   /** The object store refused a request for a reason other than credentials or a missing object. */
   STORAGE_REJECTED: 'STORAGE_REJECTED',
   /** JetStream gave up on a message after MaxDeliver deliveries (the worker crashed or timed out each time). */

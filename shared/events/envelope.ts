@@ -1,11 +1,14 @@
 import { z } from 'zod';
 import { ErrorCodes, HeimdallError } from '../errors/index.ts';
 import { EventSchemas, type EventData, type EventType } from './schemas.ts';
+import { normaliseTime } from './time.ts';
+import { validTraceContext, type EventContext } from './trace.ts';
 
 /**
  * CloudEvents 1.0 envelope (https://github.com/cloudevents/spec/blob/v1.0.2/cloudevents/spec.md).
  * `id` is `<runId>.<stage>`: deterministic, so a re-published result is recognisably the same event
- * (JetStream drops it by Nats-Msg-Id).
+ * (JetStream drops it by Nats-Msg-Id). `traceparent`/`tracestate` are the distributed-tracing
+ * extension (trace.ts); `time` is always in `toISOString()` form (time.ts).
  */
 export interface CloudEvent<T extends EventType = EventType> {
   readonly specversion: '1.0';
@@ -14,6 +17,8 @@ export interface CloudEvent<T extends EventType = EventType> {
   readonly source: string;
   readonly time: string;
   readonly subject?: string;
+  readonly traceparent?: string;
+  readonly tracestate?: string;
   readonly datacontenttype: 'application/json';
   readonly data: EventData<T>;
 }
@@ -35,17 +40,41 @@ const Envelope = z.object({
   // Optional in CloudEvents 1.0: an event from another producer without one is stamped on arrival.
   time: z
     .string()
-    .datetime({ offset: true })
+    .transform((value, ctx) => normaliseTime(value) ?? (ctx.addIssue({ code: 'custom', message: 'must be an RFC 3339 date-time' }), z.NEVER))
     .default(() => new Date().toISOString()),
   subject: attribute.optional(),
-  // JSON data, with or without parameters (`application/json; charset=utf-8`).
+  // JSON data (any other media type is refused before this schema: jsonDataOnly).
   datacontenttype: z
     .string()
-    .regex(/^application\/json\s*(;.*)?$/, 'must be application/json')
     .default('application/json')
     .transform(() => 'application/json' as const),
   data: z.unknown(),
+  // Validated apart (trace.ts): an invalid trace context is dropped, never a refused event.
+  traceparent: z.unknown().optional(),
+  tracestate: z.unknown().optional(),
 });
+
+/** JSON data's media types: `application/json` and any `+json` type (RFC 6839), parameters allowed. */
+export function isJsonMediaType(mediaType: string): boolean {
+  return /^application\/(?:[^\s;/]+\+)?json\s*(?:;.*)?$/i.test(mediaType.trim());
+}
+
+/**
+ * UNSUPPORTED_MEDIA_TYPE (HTTP 415), naming what was sent (its first 100 characters: it is the
+ * sender's text, echoed in replies and logs): Heimdall reads JSON events with JSON data.
+ */
+export function unsupportedMediaType(what: string, value?: string): HeimdallError {
+  const sent = value === undefined ? '' : ` ${value.length > 100 ? `${value.slice(0, 100)}...` : value}`;
+  return new HeimdallError(ErrorCodes.UNSUPPORTED_MEDIA_TYPE, `unsupported ${what}${sent}: Heimdall events carry JSON data (application/json, in binary mode or as application/cloudevents+json)`);
+}
+
+/** Refuses a structured event whose data is not JSON: binary data (`data_base64`) or another declared media type. */
+function jsonDataOnly(value: unknown): void {
+  if (typeof value !== 'object' || value === null) return;
+  if (Object.hasOwn(value, 'data_base64')) throw unsupportedMediaType('data_base64 (binary data)');
+  const contentType = (value as { datacontenttype?: unknown }).datacontenttype;
+  if (typeof contentType === 'string' && !isJsonMediaType(contentType)) throw unsupportedMediaType('datacontenttype', contentType);
+}
 
 export function eventId(runId: string, stage: string): string {
   return `${runId}.${stage}`;
@@ -78,15 +107,30 @@ export function createEvent<T extends EventType>(
   };
 }
 
-/** Validates an envelope and its data against the schema of its type; INVALID_EVENT with zod's issues otherwise. */
+/**
+ * Validates an envelope and its data against the schema of its type; INVALID_EVENT with zod's issues
+ * otherwise, UNSUPPORTED_MEDIA_TYPE for data that is not JSON.
+ */
 export function parseEvent(value: unknown): AnyCloudEvent {
+  jsonDataOnly(value);
   const envelope = Envelope.safeParse(value);
   if (!envelope.success) throw invalidEvent('envelope', envelope.error);
-  const schema = schemaOf(envelope.data.type);
-  if (!schema) throw new HeimdallError(ErrorCodes.INVALID_EVENT, `unknown event type ${envelope.data.type}`);
-  const data = schema.safeParse(envelope.data.data);
-  if (!data.success) throw invalidEvent(envelope.data.type, data.error);
-  return { ...envelope.data, data: data.data } as AnyCloudEvent;
+  const { traceparent, tracestate, ...attributes } = envelope.data;
+  const schema = schemaOf(attributes.type);
+  if (!schema) throw new HeimdallError(ErrorCodes.INVALID_EVENT, `unknown event type ${attributes.type}`);
+  const data = schema.safeParse(attributes.data);
+  if (!data.success) throw invalidEvent(attributes.type, data.error);
+  return { ...attributes, ...validTraceContext(traceparent, tracestate), data: data.data } as AnyCloudEvent;
+}
+
+/**
+ * The event as caused by another: in the context's trace (its own trace context replaced) and,
+ * when it names no subject of its own, about the context's subject.
+ */
+export function inContext<E extends AnyCloudEvent>(event: E, context: EventContext): E {
+  const { traceparent: _traceparent, tracestate: _tracestate, ...attributes } = event;
+  const subject = event.subject ?? context.subject;
+  return { ...attributes, ...(subject ? { subject } : {}), traceparent: context.traceparent, ...(context.tracestate ? { tracestate: context.tracestate } : {}) } as E;
 }
 
 /** The schema of a type we know; own keys only (a type named `constructor` or `__proto__` is simply unknown). */

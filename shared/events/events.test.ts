@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { isRetriable } from '../errors/index.ts';
-import { createEvent, eventId, isObjectUri, parseEvent, runIdOf } from './index.ts';
+import { createEvent, eventId, inContext, isObjectUri, parseEvent, runIdOf } from './index.ts';
 
 const sha = 'ab'.repeat(32);
 const created = () =>
@@ -32,7 +32,64 @@ describe('CloudEvents', () => {
     const parsed = parseEvent({ ...untimed, datacontenttype: 'application/json; charset=utf-8' });
     expect(Date.parse(parsed.time)).toBeGreaterThan(Date.now() - 60_000);
     expect(parsed.datacontenttype).toBe('application/json');
-    expect(() => parseEvent({ ...created(), datacontenttype: 'text/plain' })).toThrowError(expect.objectContaining({ code: 'INVALID_EVENT' }));
+    expect(() => parseEvent({ ...created(), datacontenttype: 'text/plain' })).toThrowError(expect.objectContaining({ code: 'UNSUPPORTED_MEDIA_TYPE', message: expect.stringMatching(/^unsupported datacontenttype text\/plain: /) }));
+    expect(() => parseEvent({ ...created(), data_base64: 'e30=' })).toThrowError(expect.objectContaining({ code: 'UNSUPPORTED_MEDIA_TYPE', message: expect.stringMatching(/^unsupported data_base64 \(binary data\): /) }));
+    expect(isRetriable('UNSUPPORTED_MEDIA_TYPE')).toBe(false);
+  });
+
+  it('read `time` as RFC 3339 allows it (t/z in any case, offsets, fractions of any length) and keep it in one form: toISOString()', () => {
+    const table: [string, string][] = [
+      ['2026-11-27T10:00:00Z', '2026-11-27T10:00:00.000Z'],
+      ['2026-11-27t10:00:00z', '2026-11-27T10:00:00.000Z'],
+      ['2026-11-27T12:30:00+02:30', '2026-11-27T10:00:00.000Z'],
+      ['2026-11-27T01:00:00-09:00', '2026-11-27T10:00:00.000Z'],
+      ['2026-11-27T10:00:00-00:00', '2026-11-27T10:00:00.000Z'],
+      ['2026-11-27T10:00:00.5Z', '2026-11-27T10:00:00.500Z'],
+      // What Python's datetime.isoformat() writes (microseconds), and nanoseconds (Go): truncated to the millisecond.
+      ['2026-11-27T10:00:00.123456+00:00', '2026-11-27T10:00:00.123Z'],
+      ['2026-11-27T10:00:00.999999999Z', '2026-11-27T10:00:00.999Z'],
+      ['2026-11-28T00:30:00+14:30', '2026-11-27T10:00:00.000Z'],
+      ['2024-02-29T00:00:00Z', '2024-02-29T00:00:00.000Z'],
+      // A leap second (RFC 3339 §5.7): a Date has none, it becomes the next minute's start.
+      ['2016-12-31T23:59:60Z', '2017-01-01T00:00:00.000Z'],
+      ['0001-01-01T00:00:00Z', '0001-01-01T00:00:00.000Z'],
+    ];
+    for (const [sent, kept] of table) expect(parseEvent({ ...created(), time: sent }).time, sent).toBe(kept);
+    for (const time of ['2026-11-27 10:00:00Z', '2026-11-27T10:00:00', '2026-11-27T10:00Z', '2026-02-29T10:00:00Z', '2026-13-01T00:00:00Z', '2026-11-27T24:00:00Z', '2026-11-27T10:00:00+24:00', '2026-11-27T10:00:00.Z', '26-11-27T10:00:00Z', '0000-01-01T00:00:00+01:00', 'yesterday', '']) {
+      expect(() => parseEvent({ ...created(), time }), time).toThrowError(expect.objectContaining({ code: 'INVALID_EVENT', message: expect.stringMatching(/time: must be an RFC 3339 date-time/) }));
+    }
+  });
+
+  it('carry the distributed-tracing extension; an invalid traceparent is dropped with its tracestate, never a refused event', () => {
+    const traceparent = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01';
+    const event = created();
+    expect(parseEvent({ ...event, traceparent, tracestate: ' rojo=00f067aa0ba902b7 , congo=t61rcWkgMzE' })).toMatchObject({ traceparent, tracestate: 'rojo=00f067aa0ba902b7,congo=t61rcWkgMzE' });
+    // A later version may append fields after its four.
+    expect(parseEvent({ ...event, traceparent: `cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-comes-next` }).traceparent).toBe('cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-comes-next');
+    for (const invalid of [
+      '00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01', // uppercase
+      '00-00000000000000000000000000000000-00f067aa0ba902b7-01', // trace id all zeros
+      '00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01', // parent id all zeros
+      'ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01', // version ff
+      '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra', // version 00 is 55 characters
+      '00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01', // short trace id
+      '4bf92f3577b34da6a3ce929d0e0e4736',
+      42,
+    ]) {
+      const parsed = parseEvent({ ...event, traceparent: invalid, tracestate: 'rojo=1' });
+      expect(parsed, String(invalid)).toEqual(event);
+    }
+    for (const tracestate of ['Rojo=1', 'rojo=1,rojo=2', 'rojo=a=b', 'rojo', Array.from({ length: 33 }, (_, i) => `k${i}=v`).join(','), ',']) {
+      expect(parseEvent({ ...event, traceparent, tracestate }), tracestate).toEqual({ ...event, traceparent });
+    }
+  });
+
+  it('put an event in the context of the one that caused it: its trace replaced, its subject kept or filled in', () => {
+    const context = { traceparent: '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01', tracestate: 'rojo=1', subject: 'runs/a b.pth' };
+    const event = created();
+    expect(inContext(event, context)).toEqual({ ...event, ...context });
+    const named = { ...event, subject: 'its own', traceparent: '00-11111111111111111111111111111111-2222222222222222-00' };
+    expect(inContext(named, { traceparent: context.traceparent })).toEqual({ ...named, traceparent: context.traceparent });
   });
 
   it('reject unknown types and bad envelopes', () => {

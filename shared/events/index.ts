@@ -1,3 +1,4 @@
 export * from './envelope.ts';
 export * from './schemas.ts';
 export * from './binary.ts';
+export * from './trace.ts';

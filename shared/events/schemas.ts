@@ -145,6 +145,8 @@ export const ModelBenchmarked = z.object({
   provider: z.string(),
   threads: z.number().int().positive(),
   sessionCreateMs: z.number(),
+  /** Wall time of the warm-up and timed runs of every batch size: what the benchmark's settings decide, the rest of a run is overhead. */
+  measurementMs: z.number().optional(),
   perBatch: z.array(LatencyStats).min(1),
   baseline: Baseline.optional(),
   /** The parity figures, carried to register for the registry's tags and metrics. */

@@ -5,6 +5,9 @@ import { ProtoMessage, varintSize } from './protobuf.ts';
  * Only what the exporter needs: no sparse tensors, no subgraphs, no functions.
  */
 
+/** `producer_name` of the models our exporter writes (shared/models/localization-net/export.ts). */
+export const HEIMDALL_PRODUCER = 'heimdall-exporter';
+
 export const TensorDataType = { FLOAT: 1, INT64: 7 } as const;
 export type TensorDataType = (typeof TensorDataType)[keyof typeof TensorDataType];
 

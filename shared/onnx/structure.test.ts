@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { ModelSummary } from './reader.ts';
-import { structuralProblems } from './structure.ts';
+import { structuralProblems, weightLayoutProblems } from './structure.ts';
 
 const model = (nodes: ModelSummary['graph']['nodes'], irVersion = 7, opset = 14): ModelSummary => ({
   irVersion,
@@ -33,5 +33,40 @@ describe('structuralProblems', () => {
 
   it('finds an IR version too old for the opset', () => {
     expect(structuralProblems(model([node('a', ['x'], ['y'])], 7, 17))).toEqual(['IR version 7 cannot carry opset 17 (needs IR 8)']);
+  });
+});
+
+describe('weightLayoutProblems', () => {
+  /** x @ w, with `w` an initializer [2, 2] that `layoutOp` (when given) reads first. */
+  const matMul = (producerName: string, layoutOp?: string): ModelSummary => {
+    const base = model(
+      layoutOp
+        ? [{ opType: layoutOp, name: 'w_layout', domain: '', inputs: ['w'], outputs: ['w2'] }, { opType: 'MatMul', name: 'mm', domain: '', inputs: ['x', 'w2'], outputs: ['y'] }]
+        : [{ opType: 'MatMul', name: 'mm', domain: '', inputs: ['x', 'w'], outputs: ['y'] }],
+    );
+    return { ...base, producerName, graph: { ...base.graph, initializers: [{ name: 'w', dataType: 1, dims: [2, 2], byteLength: 16, external: false }] } };
+  };
+
+  it('accepts a weight read directly by its consumer', () => {
+    expect(weightLayoutProblems(matMul('heimdall-exporter'))).toEqual([]);
+    expect(structuralProblems(matMul('heimdall-exporter'))).toEqual([]);
+  });
+
+  for (const op of ['Transpose', 'Identity', 'Cast']) {
+    it(`finds a ${op} reading a weight, and refuses it in our exporter's models`, () => {
+      const problem = `node w_layout (${op}) reads initializer w: store it in the layout its consumer reads`;
+      expect(weightLayoutProblems(matMul('heimdall-exporter', op))).toEqual([problem]);
+      expect(structuralProblems(matMul('heimdall-exporter', op))).toEqual([problem]);
+    });
+  }
+
+  it("leaves other producers' models to the spec's rules (torch.onnx.export puts Identity on weights it finds equal)", () => {
+    expect(weightLayoutProblems(matMul('pytorch', 'Identity'))).toHaveLength(1);
+    expect(structuralProblems(matMul('pytorch', 'Identity'))).toEqual([]);
+  });
+
+  it('does not mind a Transpose of an activation (ConvNeXt blocks permute NCHW <-> NHWC)', () => {
+    const permuted = model([node('p', ['x'], ['t']), { opType: 'Transpose', name: 'nhwc', domain: '', inputs: ['t'], outputs: ['y'] }]);
+    expect(structuralProblems({ ...permuted, producerName: 'heimdall-exporter' })).toEqual([]);
   });
 });

@@ -1,3 +1,4 @@
+import { HEIMDALL_PRODUCER } from './model.ts';
 import type { ModelSummary } from './reader.ts';
 
 /** The IR version each opset shipped with (onnx/helper.py VERSION_TABLE); a model must declare at least that IR. */
@@ -7,7 +8,8 @@ const MIN_IR_FOR_OPSET: ReadonlyArray<readonly [opset: number, ir: number]> = [
 
 /**
  * Structural rules of the ONNX spec that onnxruntime does not enforce (it sorts graphs itself):
- * topological order, single assignment, every input defined, IR version able to carry the opset.
+ * topological order, single assignment, every input defined, IR version able to carry the opset;
+ * and, for the models our exporter writes, its own promise of a canonical graph (weightLayoutProblems).
  * Returns the problems found; empty means sound.
  */
 export function structuralProblems(model: ModelSummary): string[] {
@@ -33,5 +35,26 @@ export function structuralProblems(model: ModelSummary): string[] {
     for (const output of node.outputs) define(output, `output of node ${node.name}`);
   }
   for (const output of model.graph.outputs) if (!defined.has(output.name)) problems.push(`graph output ${output.name} is never produced`);
+  if (model.producerName === HEIMDALL_PRODUCER) problems.push(...weightLayoutProblems(model));
   return problems;
+}
+
+/** Nodes that only copy, reorder or convert their input: on a weight, the weight was not stored as its reader reads it. */
+const LAYOUT_OPS = new Set(['Transpose', 'Identity', 'Cast']);
+
+/**
+ * DESIGN §4, canonical graph: every initializer is stored in the layout its consumer reads, so no
+ * Transpose, Identity or Cast node reads one. The ecosystem's tools look for a weight as a node's
+ * direct input (onnxruntime's quantize_dynamic quantizes a MatMul only when its weight is an
+ * initializer), and a runtime otherwise redoes the folding at every session creation. Not a rule of
+ * the spec: torch.onnx.export itself puts Identity nodes on weights it finds equal, so other
+ * producers' models are not judged by it (structuralProblems applies it to ours).
+ */
+export function weightLayoutProblems(model: ModelSummary): string[] {
+  const initializers = new Set(model.graph.initializers.map((i) => i.name));
+  return model.graph.nodes
+    .filter((node) => LAYOUT_OPS.has(node.opType) && (node.domain === '' || node.domain === 'ai.onnx'))
+    .flatMap((node) =>
+      node.inputs.filter((input) => initializers.has(input)).map((input) => `node ${node.name} (${node.opType}) reads initializer ${input}: store it in the layout its consumer reads`),
+    );
 }

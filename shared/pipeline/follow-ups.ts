@@ -1,4 +1,4 @@
-import type { AnyCloudEvent } from '../events/index.ts';
+import { inContext, type AnyCloudEvent } from '../events/index.ts';
 import { GATE_ACTOR, promotedEvent } from '../gate/promotion.ts';
 
 /**
@@ -8,11 +8,13 @@ import { GATE_ACTOR, promotedEvent } from '../gate/promotion.ts';
  * result alone, so every runner and transport gets the same events (a result that crossed HTTP
  * still carries all it needs), and a redelivered registration, which finds the alias already on
  * its version, announces the same promotion again under the same id (JetStream drops it when the
- * first one was published; publishes it when a crash came in between).
+ * first one was published; publishes it when a crash came in between). A follow-up is made in the
+ * same span as its result (the stage's), so it carries the result's trace context unchanged.
  */
 export function followUps(result: AnyCloudEvent): AnyCloudEvent[] {
   if (result.type !== 'heimdall.model.registered' || !result.data.alias.moved) return [];
   const { runId, registry, alias } = result.data;
   const move = { runId, name: registry.name, version: registry.version, alias: alias.name, ...(alias.previous ? { previous: alias.previous } : {}), reason: 'gate passed' as const, actor: GATE_ACTOR };
-  return [promotedEvent(move, new Date(result.time))];
+  const promoted = promotedEvent(move, new Date(result.time));
+  return [result.traceparent ? inContext(promoted, { traceparent: result.traceparent, ...(result.tracestate ? { tracestate: result.tracestate } : {}) }) : promoted];
 }

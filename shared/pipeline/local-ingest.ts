@@ -1,10 +1,10 @@
 import { stat } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { ErrorCodes, HeimdallError } from '../errors/index.ts';
-import { createEvent, runIdOf, type CloudEvent } from '../events/index.ts';
+import { runIdOf, type CloudEvent } from '../events/index.ts';
 import { sha256File } from '../runtime/sha256.ts';
 import { CHECKPOINTS_BUCKET, PARITY_SIDECAR_SUFFIX, type ObjectStore } from '../storage/object-store.ts';
-import { source } from './stage.ts';
+import { runStartEvent } from './stage.ts';
 
 /**
  * What ingest does for a checkpoint given as a local file (`heimdall run`): hash it for the run id,
@@ -37,12 +37,7 @@ export async function ingestLocalFile(path: string, store: ObjectStore, onProgre
   signal?.throwIfAborted();
   const sidecar = `${path}${PARITY_SIDECAR_SUFFIX}`;
   if ((await stat(sidecar).catch(() => undefined))?.isFile()) await store.putFile(CHECKPOINTS_BUCKET, `${key}${PARITY_SIDECAR_SUFFIX}`, sidecar);
-  return createEvent('heimdall.checkpoint.created', {
-    stage: 'ingest',
-    source: source('ingest'),
-    subject: key,
-    data: { bucket: CHECKPOINTS_BUCKET, key, size: object.size, etag: object.etag, runId, sha256 },
-  });
+  return runStartEvent('heimdall.checkpoint.created', { stage: 'ingest', key, data: { bucket: CHECKPOINTS_BUCKET, key, size: object.size, etag: object.etag, runId, sha256 } });
 }
 
 /** `work`, or the signal's reason as soon as it fires (a hash in a worker thread cannot be cancelled; it is left to finish). */

@@ -1,7 +1,7 @@
 import type { Config } from '../config/index.ts';
-import type { AnyCloudEvent, CloudEvent } from '../events/index.ts';
+import { createEvent, inContext, startTrace, type AnyCloudEvent, type CloudEvent } from '../events/index.ts';
 import type { ObjectRecord } from '../events/minio.ts';
-import type { EventType } from '../events/schemas.ts';
+import type { EventData, EventType } from '../events/schemas.ts';
 import type { Logger } from '../logging/index.ts';
 import type { ModelRegistry } from '../registry/model-registry.ts';
 import type { ObjectStore } from '../storage/object-store.ts';
@@ -68,3 +68,13 @@ export function defineStage<In extends EventType, Out extends EventType>(definit
  * its output is the event that starts the run (checkpoint.created, or model.exported for an ONNX upload).
  */
 export type IngestFunction = (object: ObjectRecord, ctx: StageContext) => Promise<AnyCloudEvent>;
+
+/**
+ * An event that starts a run (ingest's output, in every runner): from `heimdall/ingest`, about the
+ * object's key, and the first of a new trace (random trace id and span id, sampled), which every
+ * later event of the run continues.
+ */
+export function runStartEvent<T extends EventType>(type: T, options: { readonly stage: string; readonly key: string; readonly data: EventData<T> }): CloudEvent<T> {
+  const event = createEvent(type, { stage: options.stage, source: source('ingest'), subject: options.key, data: options.data }) as AnyCloudEvent;
+  return inContext(event, startTrace()) as CloudEvent<T>;
+}

@@ -1,31 +1,22 @@
 import { ErrorCodes, HeimdallError } from '../errors/index.ts';
 import type { LatencyStats } from '../events/schemas.ts';
 import { latencyStats, pairedRatio } from '../gate/statistics.ts';
+import { openModel, type BatchTimed } from './model-host.ts';
 import type { ExecutionProvider } from './session.ts';
-import { startWorker } from './worker.ts';
+import type { TimingSettings } from './timing.ts';
 
-export interface BenchmarkRequest {
+export interface BenchmarkRequest extends TimingSettings {
   readonly modelPath: string;
-  /** The model holding the alias: timed in the same worker, interleaved with the candidate. */
+  /** The model's sha256: where the run shares its sessions (withSharedModels), the one its earlier stages opened is timed. */
+  readonly modelSha256?: string;
+  /** The model holding the alias: timed in the same process, interleaved with the candidate. */
   readonly holderPath?: string;
   readonly provider: ExecutionProvider;
   /** 0: one per core. */
   readonly threads: number;
   /** Batch sizes, in order. */
   readonly batches: readonly number[];
-  /** Warm-up runs at least per batch size; more until the timings settle. */
-  readonly warmup: number;
-  /** Time for the timed runs of each batch size (both models together); warm-up may take as long again. */
-  readonly budgetMs: number;
-  /** Timed runs at least per batch size, even past the budget. */
-  readonly minRuns: number;
 }
-
-export type BenchmarkMessage =
-  | { kind: 'session'; provider: ExecutionProvider; threads: number; createMs: number; warnings: string[] }
-  | { kind: 'batch'; batch: number; warmup: { runs: number; settled: boolean }; candidate: number[]; holder?: number[] }
-  | { kind: 'done' }
-  | { kind: 'error'; message: string; code: string };
 
 /** One batch size's figures: the candidate's, and with a holder its figures and the paired ratio. */
 export interface BatchResult {
@@ -33,59 +24,62 @@ export interface BatchResult {
   readonly holder?: LatencyStats;
   readonly ratio?: ReturnType<typeof pairedRatio>;
   readonly warmup: { readonly runs: number; readonly settled: boolean };
+  /** Wall time of this batch size's warm-up and timed runs: what the configured budget and run counts decide. */
+  readonly measureMs: number;
 }
 
 export interface BenchmarkResult {
   readonly provider: ExecutionProvider;
   readonly threads: number;
   readonly sessionCreateMs: number;
+  /** Wall time of all warm-up and timed runs (the sum of the batches' `measureMs`). */
+  readonly measurementMs: number;
   readonly perBatch: BatchResult[];
   readonly warnings: string[];
 }
 
 /**
- * Benchmarks a model in a worker thread (DESIGN §5): session creation timed apart, then per batch
- * size a warm-up until the timings settle and timed runs within the budget; with a holder, the two
- * models alternate on the same input. `onBatch` reports progress as each batch size finishes.
+ * Benchmarks a model in the process its session lives in (model-host.ts; DESIGN §5): session
+ * creation timed apart, then per batch size a warm-up until the timings settle and timed runs
+ * within the budget; with a holder, the two models alternate on the same input. `onBatch` reports
+ * progress as each batch size finishes. A model onnxruntime refuses is INVALID_MODEL; any other
+ * failure BENCHMARK_FAILED; a stop ABORTED.
  */
-export function runBenchmark(request: BenchmarkRequest, options: { signal?: AbortSignal; onBatch?: (result: BatchResult) => void } = {}): Promise<BenchmarkResult> {
-  return new Promise((resolve, reject) => {
-    // A listener added to a signal that has already fired never runs.
-    if (options.signal?.aborted) return reject(new HeimdallError(ErrorCodes.ABORTED, 'benchmark aborted before it started'));
-    const worker = startWorker(new URL('./benchmark-worker.ts', import.meta.url), request);
-    const perBatch: BatchResult[] = [];
-    let session: Extract<BenchmarkMessage, { kind: 'session' }> | undefined;
-    let settled = false;
-    const finish = (error?: HeimdallError) => {
-      if (settled) return;
-      settled = true;
-      options.signal?.removeEventListener('abort', abort);
-      void worker.terminate();
-      if (error) reject(error);
-      else resolve({ provider: session!.provider, threads: session!.threads, sessionCreateMs: session!.createMs, perBatch, warnings: session!.warnings });
-    };
-    const abort = () => finish(new HeimdallError(ErrorCodes.ABORTED, 'benchmark aborted'));
-    options.signal?.addEventListener('abort', abort);
-    worker.on('message', (message: BenchmarkMessage) => {
-      if (message.kind === 'session') session = message;
-      else if (message.kind === 'batch') {
-        const result = batchResult(message);
+export async function runBenchmark(request: BenchmarkRequest, options: { signal?: AbortSignal; onBatch?: (result: BatchResult) => void } = {}): Promise<BenchmarkResult> {
+  try {
+    const model = await openModel(request.modelPath, { provider: request.provider, threads: request.threads }, { ...(options.signal ? { signal: options.signal } : {}), ...(request.modelSha256 ? { sha256: request.modelSha256 } : {}) });
+    try {
+      const perBatch: BatchResult[] = [];
+      const { batches, warmup, budgetMs, minRuns } = request;
+      const warnings = await model.time({ batches, warmup, budgetMs, minRuns, ...(request.holderPath ? { holderPath: request.holderPath } : {}) }, (timed) => {
+        const result = batchResult(timed);
         perBatch.push(result);
         options.onBatch?.(result);
-      } else if (message.kind === 'done') finish();
-      else finish(new HeimdallError(message.code === ErrorCodes.INVALID_MODEL ? ErrorCodes.INVALID_MODEL : ErrorCodes.BENCHMARK_FAILED, message.message));
-    });
-    worker.on('error', (error) => finish(new HeimdallError(ErrorCodes.BENCHMARK_FAILED, `benchmark worker failed: ${error.message}`, { cause: error })));
-    worker.on('exit', (code) => {
-      if (!settled) finish(new HeimdallError(ErrorCodes.BENCHMARK_FAILED, `benchmark worker exited with code ${code} (out of memory?)`));
-    });
-  });
+      });
+      return {
+        provider: model.provider,
+        threads: model.threads,
+        sessionCreateMs: model.createMs,
+        measurementMs: perBatch.reduce((sum, b) => sum + b.measureMs, 0),
+        perBatch,
+        warnings: [...model.warnings, ...warnings],
+      };
+    } finally {
+      await model.close();
+    }
+  } catch (error) {
+    if (options.signal?.aborted) throw new HeimdallError(ErrorCodes.ABORTED, 'benchmark aborted', { cause: error });
+    if (error instanceof HeimdallError && error.code === ErrorCodes.INVALID_MODEL) throw error;
+    const message = error instanceof Error ? error.message : String(error);
+    throw new HeimdallError(ErrorCodes.BENCHMARK_FAILED, message, { cause: error });
+  }
 }
 
-function batchResult({ batch, warmup, candidate, holder }: Extract<BenchmarkMessage, { kind: 'batch' }>): BatchResult {
+function batchResult({ batch, warmup, measureMs, candidate, holder }: BatchTimed): BatchResult {
   return {
     candidate: latencyStats(batch, candidate),
     ...(holder ? { holder: latencyStats(batch, holder), ratio: pairedRatio(candidate, holder) } : {}),
     warmup,
+    measureMs,
   };
 }

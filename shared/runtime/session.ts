@@ -4,6 +4,12 @@ import { ErrorCodes, HeimdallError } from '../errors/index.ts';
 
 export type ExecutionProvider = 'cpu' | 'cuda';
 
+export interface SessionOptions {
+  readonly provider?: ExecutionProvider;
+  /** Intra-op threads; 0 or absent: one per core. */
+  readonly threads?: number;
+}
+
 export interface OpenedSession {
   readonly session: ort.InferenceSession;
   /** The provider actually used: `cuda` falls back to `cpu` where CUDA is unavailable. */
@@ -18,7 +24,7 @@ export interface OpenedSession {
  * `cpu` with a warning when the CUDA provider cannot load here (no GPU, or the CUDA binaries of
  * onnxruntime-node not installed: onnxruntime lists the backend either way, so only a try tells).
  */
-export async function openSession(path: string, options: { provider?: ExecutionProvider; threads?: number; spinning?: boolean } = {}): Promise<OpenedSession> {
+export async function openSession(path: string, options: SessionOptions = {}): Promise<OpenedSession> {
   const warnings: string[] = [];
   const threads = options.threads && options.threads > 0 ? options.threads : availableParallelism();
   const create = async (provider: ExecutionProvider) => {
@@ -28,8 +34,13 @@ export async function openSession(path: string, options: { provider?: ExecutionP
       intraOpNumThreads: threads,
       interOpNumThreads: 1,
       graphOptimizationLevel: 'all',
-      // onnxruntime's intra-op threads busy-wait for work after each run unless told not to.
-      ...(options.spinning === false ? { extra: { session: { intra_op: { allow_spinning: '0' } } } } : {}),
+      // onnxruntime's intra-op threads busy-wait for work after each run unless told not to. They
+      // must not: a session kept between stages (model-host.ts) would take a core from the next
+      // stage's own work, and with the alias holder's session beside the candidate's, the idle
+      // one's spinning threads take the cores the other is timed on (the same model against
+      // itself, 20 runs of 250 ms at 2 threads on a loaded 2-core machine: ratios 0.65-1.52
+      // spinning, 0.995-1.008 not).
+      extra: { session: { intra_op: { allow_spinning: '0' } } },
     });
     return { session, provider, threads, createMs: performance.now() - started, warnings };
   };
@@ -48,16 +59,3 @@ export async function openSession(path: string, options: { provider?: ExecutionP
 }
 
 const firstLine = (error: unknown) => (error instanceof Error ? error.message : String(error)).split('\n')[0]!.slice(0, 300);
-
-/** A deterministic pseudo-random input batch in [-1, 1) (mel-spectrogram-like scale). */
-export function sampleInput(batch: number, seed = 1): ort.Tensor {
-  const data = new Float32Array(batch * 3 * 128 * 32);
-  let state = seed >>> 0 || 1;
-  for (let i = 0; i < data.length; i++) {
-    state ^= state << 13;
-    state ^= state >>> 17;
-    state ^= state << 5;
-    data[i] = (state >>> 0) / 2 ** 31 - 1;
-  }
-  return new ort.Tensor('float32', data, [batch, 3, 128, 32]);
-}

@@ -115,4 +115,23 @@ describe('FsObjectStore', () => {
     await writeFile(join(dataDir, 'buckets/bucket-b/run/old.onnx.meta.json'), JSON.stringify({ size: 7, etag: 'old-etag', metadata: { sha256: 'abc' } }));
     expect(await new FsObjectStore(dataDir).stat('bucket-b', 'run/old.onnx')).toEqual({ size: 7, etag: 'old-etag', metadata: { sha256: 'abc' } });
   });
+
+  it('lists a bucket in key order (UTF-8 bytes, as S3), under a prefix, with the etags stat gives', async () => {
+    const { store, source, dataDir } = await fresh('listing');
+    for (const key of ['runs/b.pth', 'runs/a b.pth', 'runs/ü.pth', 'runs/Z.pth', 'runs-old/x.pth', 'other/c.onnx']) await store.putFile('training', key, source);
+    // An object of the older layout, with its metadata file beside it (no object of its own).
+    await writeFile(join(dataDir, 'buckets/training/runs/legacy.pth'), 'old');
+    await writeFile(join(dataDir, 'buckets/training/runs/legacy.pth.meta.json'), JSON.stringify({ size: 3, etag: 'e0', metadata: {} }));
+    const listed = [];
+    for await (const object of store.list('training', 'runs')) listed.push(object);
+    expect(listed.map((o) => o.key)).toEqual(['runs-old/x.pth', 'runs/Z.pth', 'runs/a b.pth', 'runs/b.pth', 'runs/legacy.pth', 'runs/ü.pth']);
+    for (const object of listed) expect(object).toMatchObject({ etag: (await store.stat('training', object.key))!.etag, size: (await store.stat('training', object.key))!.size, lastModified: expect.any(Date) });
+    const under = [];
+    for await (const object of store.list('training', 'runs/')) under.push(object.key);
+    expect(under).toHaveLength(5);
+    const escaping = [];
+    for await (const object of store.list('training', '../')) escaping.push(object.key);
+    expect(escaping).toEqual([]);
+    await expect(store.list('no-such-bucket')[Symbol.asyncIterator]().next()).rejects.toMatchObject({ code: 'OBJECT_NOT_FOUND' });
+  });
 });

@@ -4,7 +4,7 @@ import { copyFile, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 
 import { dirname, join, relative, resolve, sep } from 'node:path';
 import { pathToFileURL, fileURLToPath } from 'node:url';
 import { ErrorCodes, HeimdallError } from '../errors/index.ts';
-import { isBucketName, type ObjectInfo, type ObjectStore, type ObjectVersion } from './object-store.ts';
+import { isBucketName, type ListedObject, type ObjectInfo, type ObjectStore, type ObjectVersion } from './object-store.ts';
 
 /** S3's limit on a key. */
 const MAX_KEY_BYTES = 1024;
@@ -115,12 +115,37 @@ export class FsObjectStore implements ObjectStore {
     return { path, release: async () => undefined };
   }
 
+  /**
+   * Walks the bucket's folder, from the deepest folder the prefix names; keys in UTF-8 byte order,
+   * as S3 lists them. Metadata files of the older layout (`<k>.meta.json` beside `<k>`) are no objects.
+   */
+  async *list(bucket: string, prefix = ''): AsyncIterable<ListedObject> {
+    const bucketDir = this.bucketDir(bucket);
+    if (!(await stat(bucketDir).catch(missing))?.isDirectory()) throw new HeimdallError(ErrorCodes.OBJECT_NOT_FOUND, `no bucket ${bucket}`);
+    const folder = resolve(bucketDir, prefix.slice(0, prefix.lastIndexOf('/') + 1));
+    // A prefix climbing out of the bucket (`../`) names no key of it.
+    if (folder !== bucketDir && !folder.startsWith(bucketDir + sep)) return;
+    const keys = (await filesUnder(folder)).map((path) => relative(bucketDir, path).split(sep).join('/'));
+    const present = new Set(keys);
+    const wanted = keys.filter((key) => key.startsWith(prefix) && !(key.endsWith(LEGACY_META_SUFFIX) && present.has(key.slice(0, -LEGACY_META_SUFFIX.length))));
+    for (const key of wanted.sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)))) {
+      const [file, info] = await Promise.all([stat(this.pathOf(bucket, key)).catch(missing), this.stat(bucket, key)]);
+      // Removed while we listed: no longer an object.
+      if (!file || !info) continue;
+      yield { key, size: info.size, etag: info.etag, lastModified: file.mtime };
+    }
+  }
+
   private pathOf(bucket: string, key: string): string {
-    // Bucket names come from notifications: only S3-valid names, so none can climb out of the root.
-    if (!isBucketName(bucket)) throw new HeimdallError(ErrorCodes.OBJECT_NOT_FOUND, `invalid bucket name ${JSON.stringify(bucket)}`);
-    const path = resolve(this.root, bucket, key);
+    const path = resolve(this.bucketDir(bucket), key);
     if (!path.startsWith(resolve(this.root, bucket) + sep)) throw new HeimdallError(ErrorCodes.OBJECT_NOT_FOUND, `key ${key} escapes bucket ${bucket}`);
     return path;
+  }
+
+  private bucketDir(bucket: string): string {
+    // Bucket names come from notifications: only S3-valid names, so none can climb out of the root.
+    if (!isBucketName(bucket)) throw new HeimdallError(ErrorCodes.OBJECT_NOT_FOUND, `invalid bucket name ${JSON.stringify(bucket)}`);
+    return resolve(this.root, bucket);
   }
 
   private metaPath(bucket: string, key: string): string {
@@ -154,6 +179,16 @@ interface StoredMeta {
   readonly mtimeNs: string;
   readonly etag: string;
   readonly metadata: Record<string, string>;
+}
+
+const LEGACY_META_SUFFIX = '.meta.json';
+
+/** The regular files in a folder and its subfolders; none when it does not exist. */
+async function filesUnder(dir: string): Promise<string[]> {
+  const entries = await readdir(dir, { withFileTypes: true }).catch(missing);
+  if (!entries) return [];
+  const nested = await Promise.all(entries.map((entry) => (entry.isDirectory() ? filesUnder(join(dir, entry.name)) : entry.isFile() ? [join(dir, entry.name)] : [])));
+  return nested.flat();
 }
 
 /** Why a key cannot be a path here, if it cannot. */

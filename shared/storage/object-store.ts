@@ -16,6 +16,17 @@ export interface ObjectVersion {
   readonly etag?: string;
 }
 
+/** An object as a listing names it: the current version of a key. */
+export interface ListedObject {
+  readonly key: string;
+  readonly size: number;
+  /** Bare (unquoted), as notifications give it. */
+  readonly etag: string;
+  readonly lastModified: Date;
+  /** Where the bucket keeps versions: the current one's id, as its notification named it. */
+  readonly versionId?: string;
+}
+
 export interface ObjectStore {
   /** `s3://bucket/key` for S3, `file://...` for the filesystem store: what events carry. */
   uri(bucket: string, key: string): string;
@@ -31,6 +42,12 @@ export interface ObjectStore {
    * an etag the object must still have (OBJECT_NOT_FOUND naming both when it no longer does).
    */
   fetchFile(bucket: string, key: string, version?: ObjectVersion): Promise<{ path: string; release(): Promise<void> }>;
+  /**
+   * The objects whose keys start with `prefix`, in key order (UTF-8 bytes, as S3 lists them), read
+   * page by page as the caller iterates (stop early and no further page is asked for).
+   * OBJECT_NOT_FOUND when the bucket does not exist.
+   */
+  list(bucket: string, prefix?: string): AsyncIterable<ListedObject>;
 }
 
 /**

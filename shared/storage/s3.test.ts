@@ -11,7 +11,7 @@ import { startHttpProxy } from '../../test/support/services/http-proxy.ts';
 import { startS3Server, type S3Server } from '../../test/support/services/s3-server.ts';
 import { tempDir } from '../../test/support/temp.ts';
 import { Client } from 'minio';
-import { S3ObjectStore, type S3Options } from './s3.ts';
+import { encodeMetadataValue, S3ObjectStore, type S3Options } from './s3.ts';
 
 const MiB = 1 << 20;
 /** Short waits: these tests check that retries happen, not how long they wait. */
@@ -68,6 +68,37 @@ describe('S3ObjectStore on a real S3-protocol server', () => {
     const fetched = await store.fetchFile('heimdall-checkpoints', 'run/checkpoint.pth');
     expect(fetched.sha256).toBe(file.sha256);
     await fetched.release();
+  });
+
+  it('takes a multipart completion answered 200 with an error as the error it is: tried again when transient, else aborted', async () => {
+    const file = await randomFile('completion.bin', 11 * MiB);
+    const proxy = await startHttpProxy(server.endpoint);
+    try {
+      const proxied = new S3ObjectStore({ ...options, endpoint: proxy.url });
+      const isCompletion = (r: { method: string; path: string }) => r.method === 'POST' && /[?&]uploadId=/.test(r.path);
+      // S3 documents this: a completion can fail after its 200 status is sent, the error in the body.
+      proxy.answerNext(isCompletion, 200, '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InternalError</Code><Message>We encountered an internal error. Please try again.</Message></Error>');
+      const put = await proxied.putFile('heimdall-checkpoints', 'run/completion.bin', file.path, { sha256: file.sha256 });
+      expect(put.etag).toMatch(/^[0-9a-f]{32}-3$/);
+      expect(proxy.received.filter(isCompletion)).toHaveLength(2);
+
+      proxy.answerNext(isCompletion, 200, '<Error><Code>InvalidPart</Code><Message>One or more of the specified parts could not be found.</Message></Error>');
+      await expect(proxied.putFile('heimdall-checkpoints', 'run/incomplete.bin', file.path)).rejects.toMatchObject({ code: 'STORAGE_REJECTED', message: expect.stringContaining('InvalidPart: One or more of the specified parts could not be found') });
+      expect(proxy.received.at(-1)).toMatchObject({ method: 'DELETE', path: expect.stringMatching(/^\/heimdall-checkpoints\/run\/incomplete\.bin\?uploadId=/) });
+      expect(await store.stat('heimdall-checkpoints', 'run/incomplete.bin')).toBeUndefined();
+    } finally {
+      await proxy.stop();
+    }
+  });
+
+  it('refuses an endpoint that is more than a scheme, a host and a port', () => {
+    expect(() => new S3ObjectStore({ ...options, endpoint: `${server.endpoint}/minio` })).toThrow(expect.objectContaining({ code: 'USAGE', message: expect.stringContaining('without a path (/minio)') }));
+  });
+
+  it('percent-encodes the metadata bytes a header cannot carry, and % itself, keeping the rest readable', () => {
+    expect(encodeMetadataValue('s3://heimdall-checkpoints/run/x.pth')).toBe('s3://heimdall-checkpoints/run/x.pth');
+    expect(encodeMetadataValue('100% sûr\tpour 😀')).toBe('100%25%20s%C3%BBr%09pour%20%F0%9F%98%80');
+    expect(decodeURIComponent(encodeMetadataValue('100% sûr\tpour 😀'))).toBe('100% sûr\tpour 😀');
   });
 
   it('refuses a download whose bytes do not match the sha256 in the metadata', async () => {

@@ -1,8 +1,9 @@
 /**
  * `npm run bench:export`: our exporter against torch.onnx.export on the same checkpoints, measured
- * in the same run. Prints export time and peak RSS for tiny and large, and onnxruntime latency of
- * both graphs (batch 1 and 8). Targets (2-core machine): large exported in <= 3 s, peak RSS <= 1.5x
- * the weight bytes, our graph's latency within 5% of the torch-exported graph's.
+ * in the same run. Prints export time and peak RSS for tiny and large, and for both graphs
+ * onnxruntime's session-creation time (as the pipeline's stages open a model) and latency (batch 1
+ * and 8). Targets (2-core machine): large exported in <= 3 s, peak RSS <= 1.5x the weight bytes,
+ * our graph's latency within 5% of the torch-exported graph's.
  */
 import { execFile } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -12,12 +13,14 @@ import { promisify } from 'node:util';
 import * as ort from 'onnxruntime-node';
 import { formatBytes } from '../../shared/cli/format.ts';
 import { openCheckpoint } from '../../shared/checkpoint/index.ts';
+import { openSession } from '../../shared/runtime/session.ts';
 import { ensureFixtures, ensureOracle } from '../support/oracle.ts';
 
 const run = promisify(execFile);
 const here = import.meta.dirname;
 const variants = (process.env.BENCH_VARIANTS ?? 'tiny,large').split(',') as Array<'tiny' | 'large'>;
 const exportRuns = Number(process.env.BENCH_EXPORT_RUNS ?? 3);
+const sessionRuns = Number(process.env.BENCH_SESSION_RUNS ?? 3);
 
 interface Measure {
   seconds: number;
@@ -58,6 +61,22 @@ async function torchExport(python: string, checkpoint: string, out: string): Pro
   return JSON.parse(stdout.trim().split('\n').at(-1)!);
 }
 
+/**
+ * Median session-creation time (ms) of each model, opened as the pipeline's stages open it
+ * (shared/runtime/session.ts, default options); the models take turns, so both see the same machine.
+ */
+async function sessionCreation(models: Record<string, string>, runs: number): Promise<Record<string, number>> {
+  const times: Record<string, number[]> = Object.fromEntries(Object.keys(models).map((n) => [n, []]));
+  for (let i = 0; i < runs; i++) {
+    for (const [name, path] of Object.entries(models)) {
+      const { session, createMs } = await openSession(path);
+      await session.release();
+      times[name]!.push(createMs);
+    }
+  }
+  return Object.fromEntries(Object.entries(times).map(([n, t]) => [n, median(t)]));
+}
+
 /** p50 and p90 latency (ms) of both models, runs interleaved so both see the same machine state. */
 async function latency(models: Record<string, string>, batch: number, runs: number) {
   const input = new ort.Tensor('float32', new Float32Array(batch * 3 * 128 * 32).map(() => Math.random() * 2 - 1), [batch, 3, 128, 32]);
@@ -94,12 +113,14 @@ try {
     const our = await ours(checkpoint, ourOnnx);
     process.stderr.write(`bench ${variant}: exporting with torch.onnx.export\n`);
     const torch = await torchExport(debianPython, checkpoint, torchOnnx);
+    process.stderr.write(`bench ${variant}: onnxruntime session creation (${sessionRuns} each)\n`);
+    const sessions = await sessionCreation({ ours: ourOnnx, torch: torchOnnx }, sessionRuns);
     process.stderr.write(`bench ${variant}: onnxruntime latency\n`);
     const runs = variant === 'large' ? 30 : 60;
     const b1 = await latency({ ours: ourOnnx, torch: torchOnnx }, 1, runs);
     const b8 = await latency({ ours: ourOnnx, torch: torchOnnx }, 8, Math.ceil(runs / 2));
     const rssRatio = our.maxRssBytes / weights;
-    report[variant] = { weightBytes: weights, ours: our, torch, latency: { batch1: b1, batch8: b8 } };
+    report[variant] = { weightBytes: weights, ours: our, torch, sessionCreateMs: sessions, latency: { batch1: b1, batch8: b8 } };
     lines.push(
       `${variant} (weights ${formatBytes(weights)})`,
       `  export   heimdall ${our.seconds.toFixed(2)} s (median of ${exportRuns}, ${our.spread.map((t) => t.toFixed(2)).join('-')})   torch.onnx.export ${torch.seconds.toFixed(2)} s   speed-up x${(torch.seconds / our.seconds).toFixed(1)}` +
@@ -107,6 +128,7 @@ try {
       // The RSS target is about the weights (large); a small model's ratio is dominated by Node's own ~150 MB.
       `  peak RSS heimdall ${formatBytes(our.maxRssBytes)} (${rssRatio.toFixed(2)}x weights)   torch ${formatBytes(torch.maxRssBytes)} (${(torch.maxRssBytes / weights).toFixed(2)}x)` +
         (variant === 'large' ? `   [${verdict(rssRatio <= 1.5)}: <= 1.5x]` : ''),
+      `  session creation heimdall ${sessions.ours!.toFixed(0)} ms   torch graph ${sessions.torch!.toFixed(0)} ms   ratio ${(sessions.ours! / sessions.torch!).toFixed(3)}   (median of ${sessionRuns}, default session options)`,
       ...[['batch 1', b1], ['batch 8', b8]].map(([label, l]) => {
         const t = l as Record<string, { p50: number; p90: number }>;
         const ratio = t.ours!.p50 / t.torch!.p50;

@@ -1,45 +1,179 @@
 /**
  * `npm run bench:pipeline` (first part): `heimdall run` with default settings on the tiny and large
- * fixtures, each in a fresh data dir, as a user runs it. Prints each stage's time (from the event
- * timestamps) and the end-to-end wall time next to the target: tiny <= 20 s on the 2-core machine.
- * The second part, test/bench/reference.bench.ts, times the reference pass per sample.
+ * fixtures (`full.pth`, as a trainer saves it), each in a fresh data dir, as a user runs it. Per
+ * stage: its time (from one event to the next; ingest's includes the process start-up, measured
+ * apart as well) and the peak RSS of the run's process tree during it (the CLI and the processes
+ * its stages start; sampled every 10 ms, and never below the CLI's own exact peak, VmHWM reset at
+ * each stage). Then the whole run: end to end, the benchmark's own measurement (its warm-up and
+ * timed runs, whose length the benchmark settings decide) apart, and the overhead (the rest), each
+ * figure next to its target (issue 14) with PASS or MISS. The second part,
+ * test/bench/reference.bench.ts, times the reference pass that parity runs.
+ *
+ * BENCH_VARIANTS (default tiny,large); BENCH_RUNS (default 1): runs per variant, each figure their
+ * median (the machine's other work moves single runs by seconds). Linux only (/proc).
  */
-import { execFile } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
+import { createInterface } from 'node:readline';
+import { loadConfig } from '../../shared/config/index.ts';
 import type { RunReport } from '../../shared/pipeline/report.ts';
+import { STAGES, type StageName } from '../../shared/pipeline/stage.ts';
 import { ensureFixtures, type Variant } from '../support/oracle.ts';
+import { peakRss, resetPeakRss, TreeRssSampler } from './rss.ts';
 
-const TINY_TARGET_SECONDS = 20;
+/** Issue 14's targets on the 2-core machine. */
+const TARGETS = {
+  overheadSeconds: { tiny: 3, large: 12 } as Partial<Record<Variant, number>>,
+  /** Peak RSS of the whole run over the model's weight bytes. */
+  peakRssOverWeights: { large: 2 } as Partial<Record<Variant, number>>,
+  exportSeconds: { large: 3 } as Partial<Record<Variant, number>>,
+  parityMaxAbs: 1e-6,
+};
+
 const variants = (process.env.BENCH_VARIANTS ?? 'tiny,large').split(',') as Variant[];
+const runs = Number(process.env.BENCH_RUNS ?? 1);
 const heimdall = join(import.meta.dirname, '../../bin/heimdall.js');
-const stages = ['ingest', 'export', 'validate', 'parity', 'benchmark', 'register'];
+/** The event that ends each stage. */
+const STAGE_OF_EVENT: Readonly<Record<string, StageName>> = {
+  'heimdall.checkpoint.created': 'ingest',
+  'heimdall.model.exported': 'export',
+  'heimdall.model.validated': 'validate',
+  'heimdall.model.parity-checked': 'parity',
+  'heimdall.model.benchmarked': 'benchmark',
+  'heimdall.model.registered': 'register',
+};
 
-const lines: string[] = [];
-const report: Record<string, unknown> = {};
-for (const variant of variants) {
-  const checkpoint = (await ensureFixtures(variant)).files.find((f) => f.name === 'full.pth')!.path;
+interface Measured {
+  wallSeconds: number;
+  report: RunReport;
+  /** Per stage, from the stdout line of the event that ended it. */
+  peakRssBytes: Partial<Record<StageName, number>>;
+}
+
+/** One `heimdall run`, its stdout read as it comes: each event line closes a stage's memory window. */
+async function measureRun(args: string[]): Promise<Measured> {
+  const started = performance.now();
+  const child = spawn(process.execPath, [heimdall, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const sampler = new TreeRssSampler(child.pid!);
+  const peakRssBytes: Partial<Record<StageName, number>> = {};
+  let stage = 0;
+  const lines: string[] = [];
+  const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+  for await (const line of createInterface({ input: child.stdout })) {
+    lines.push(line);
+    // Event lines: `hh:mm:ss <run> <stage> ...`; the stage that just ended is the next in order.
+    if (stage < STAGES.length && new RegExp(`^\\d\\d:\\d\\d:\\d\\d \\S+ ${STAGES[stage]} `).test(line)) {
+      peakRssBytes[STAGES[stage]!] = Math.max(sampler.take(), peakRss(child.pid!));
+      resetPeakRss(child.pid!);
+      stage++;
+    }
+  }
+  const code = await exited;
+  sampler.stop();
+  const wallSeconds = (performance.now() - started) / 1000;
+  const report = JSON.parse(lines.at(-1) ?? '{}') as RunReport;
+  if (code !== 0 || report.status !== 'registered') throw new Error(`heimdall run failed (exit ${code}): ${JSON.stringify(report.error ?? lines.slice(-3))}`);
+  return { wallSeconds, report, peakRssBytes };
+}
+
+/** Process start-up of the CLI with every module loaded: a run of a file that does not exist. */
+async function startupTime(workdir: string): Promise<number> {
+  const started = performance.now();
+  const child = spawn(process.execPath, [heimdall, 'run', join(workdir, 'missing.pth'), '--workdir', workdir], { stdio: 'ignore' });
+  await new Promise((resolve) => child.once('exit', resolve));
+  return (performance.now() - started) / 1000;
+}
+
+const verdict = (value: number, limit: number | undefined, unit = '') => (limit === undefined ? '' : `   target <= ${limit}${unit}: ${value <= limit ? 'PASS' : 'MISS'}`);
+const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(0)} MiB`;
+const median = (values: readonly number[]) => {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
+};
+
+/** One run's figures. */
+interface Figures {
+  wallSeconds: number;
+  startupSeconds: number;
+  perStageSeconds: Record<StageName, number>;
+  peakRssBytes: Record<StageName, number>;
+  peakRssBytesRun: number;
+  weightBytes: number;
+  measurementSeconds: number;
+  overheadSeconds: number;
+  sessionCreateSeconds: number;
+  parityMaxAbs: number;
+  parityReference: string;
+  loadavg: [number, number];
+}
+
+async function measureVariant(checkpoint: string): Promise<Figures> {
   const workdir = await mkdtemp(join(tmpdir(), 'heimdall-bench-run-'));
   try {
-    process.stderr.write(`bench pipeline ${variant}: heimdall run ${checkpoint}\n`);
+    const startupSeconds = await startupTime(workdir);
+    const loadBefore = loadavg()[0]!;
     const started = Date.now();
-    const { stdout } = await promisify(execFile)(process.execPath, [heimdall, 'run', checkpoint, '--workdir', workdir, '--json'], { maxBuffer: 64 << 20 });
-    const wall = (Date.now() - started) / 1000;
-    const run = JSON.parse(stdout.trim().split('\n').at(-1)!) as RunReport;
-    if (run.status !== 'registered') throw new Error(`run failed: ${JSON.stringify(run.error)}`);
+    const { wallSeconds, report, peakRssBytes } = await measureRun(['run', checkpoint, '--workdir', workdir, '--json']);
     // Each stage ends when its event is published; the first starts when the process does.
-    const times = run.events.map((e) => Date.parse(e.time));
-    const perStage = Object.fromEntries(stages.map((s, i) => [s, ((times[i]! - (i === 0 ? started : times[i - 1]!)) / 1000)]));
-    report[variant] = { wallSeconds: wall, perStageSeconds: perStage, benchmark: run.benchmark?.perBatch };
-    lines.push(
-      `${variant}: end to end ${wall.toFixed(1)} s` + (variant === 'tiny' ? `   [${wall <= TINY_TARGET_SECONDS ? 'meets target' : 'MISSES target'}: <= ${TINY_TARGET_SECONDS} s]` : ''),
-      `  ${stages.map((s) => `${s} ${perStage[s]!.toFixed(1)} s`).join('  ')}  (ingest includes process start-up)`,
-    );
+    const ends = Object.fromEntries(report.events.filter((e) => STAGE_OF_EVENT[e.type]).map((e) => [STAGE_OF_EVENT[e.type]!, Date.parse(e.time)]));
+    const perStageSeconds = Object.fromEntries(STAGES.map((s, i) => [s, (ends[s]! - (i === 0 ? started : ends[STAGES[i - 1]!]!)) / 1000])) as Record<StageName, number>;
+    const exported = report.events.find((e) => e.type === 'heimdall.model.exported')!.data as { architecture: { params: number } };
+    const bench = report.benchmark!;
+    const measurementSeconds = (bench.measurementMs ?? Number.NaN) / 1000;
+    return {
+      wallSeconds,
+      startupSeconds,
+      perStageSeconds,
+      peakRssBytes: peakRssBytes as Record<StageName, number>,
+      peakRssBytesRun: Math.max(...Object.values(peakRssBytes)),
+      weightBytes: exported.architecture.params * 4,
+      measurementSeconds,
+      overheadSeconds: wallSeconds - measurementSeconds,
+      sessionCreateSeconds: bench.sessionCreateMs / 1000,
+      parityMaxAbs: Math.max(...Object.values(report.parity!.perOutput).map((e) => e.maxAbs)),
+      parityReference: report.parity!.reference,
+      loadavg: [loadBefore, loadavg()[0]!],
+    };
   } finally {
     await rm(workdir, { recursive: true, force: true });
   }
 }
+
+const settings = loadConfig({}).benchmark;
+const lines: string[] = [`loadavg at start ${loadavg().map((l) => l.toFixed(2)).join(' ')} (other work on the machine is not controlled)`];
+const json: Record<string, unknown> = {};
+for (const variant of variants) {
+  const checkpoint = (await ensureFixtures(variant)).files.find((f) => f.name === 'full.pth')!.path;
+  const all: Figures[] = [];
+  for (let run = 1; run <= runs; run++) {
+    process.stderr.write(`bench pipeline ${variant} (${run}/${runs}): heimdall run ${checkpoint}\n`);
+    all.push(await measureVariant(checkpoint));
+  }
+  const m = (pick: (f: Figures) => number) => median(all.map(pick));
+  const [wall, overhead, measurement, peak, weights] = [m((f) => f.wallSeconds), m((f) => f.overheadSeconds), m((f) => f.measurementSeconds), m((f) => f.peakRssBytesRun), all[0]!.weightBytes];
+  const parityMax = Math.max(...all.map((f) => f.parityMaxAbs));
+  const budgetSeconds = (settings.batches.length * settings.budgetMs) / 1000;
+  json[variant] = { runs: all, median: { wallSeconds: wall, overheadSeconds: overhead, measurementSeconds: measurement, peakRssBytesRun: peak }, budgetSeconds, int8: null };
+  const loads = all.map((f) => `${f.loadavg[0].toFixed(2)} -> ${f.loadavg[1].toFixed(2)}`).join(', ');
+  lines.push(
+    `${variant} (${(weights / 1e6).toFixed(0)} MB of weights), ${runs === 1 ? 'one run' : `median of ${runs} runs`}; loadavg ${loads}`,
+    `  ${'stage'.padEnd(10)} ${'time'.padStart(8)} ${'peak RSS'.padStart(10)}`,
+    ...STAGES.map((s) => {
+      const seconds = m((f) => f.perStageSeconds[s]);
+      const note = s === 'ingest' ? `   (incl. process start-up, ${m((f) => f.startupSeconds).toFixed(2)} s on its own)` : s === 'benchmark' ? `   (session creation ${m((f) => f.sessionCreateSeconds).toFixed(2)} s, measurement ${measurement.toFixed(2)} s)` : '';
+      const target = s === 'export' ? verdict(seconds, TARGETS.exportSeconds[variant], ' s') : '';
+      return `  ${s.padEnd(10)} ${`${seconds.toFixed(2)} s`.padStart(8)} ${mib(m((f) => f.peakRssBytes[s])).padStart(10)}${note}${target}`;
+    }),
+    `  end to end ${wall.toFixed(2)} s; the benchmark's own measurement ${measurement.toFixed(2)} s (configured: ${settings.batches.length} batch sizes x ${settings.budgetMs} ms timed = ${budgetSeconds.toFixed(1)} s, warm-up until settled within as long again, >= ${settings.minRuns} timed runs each)`,
+    `  overhead (end to end - measurement) ${overhead.toFixed(2)} s${verdict(overhead, TARGETS.overheadSeconds[variant], ' s')}`,
+    `  peak RSS of the run ${mib(peak)} = ${(peak / weights).toFixed(2)}x the weights${verdict(peak / weights, TARGETS.peakRssOverWeights[variant], 'x')}`,
+    `  parity max |diff| ${parityMax.toExponential(2)} against the ${all[0]!.parityReference} outputs${verdict(parityMax, TARGETS.parityMaxAbs)}`,
+    // Issue 14 item 2 adds the INT8 variant's figures here, next to fp32's.
+    `  int8: no variant yet (issue 14 item 2)`,
+  );
+}
 console.log(lines.join('\n'));
-console.log(JSON.stringify(report));
+console.log(JSON.stringify(json));

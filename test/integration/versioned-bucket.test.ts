@@ -125,3 +125,15 @@ describe('a versioned bucket, notifications replayed after a newer upload', () =
     expect(error).toMatchObject({ code: 'OBJECT_NOT_FOUND', message: expect.stringContaining(`has etag ${v2.etag}, not ${v1.etag}`) });
   });
 });
+
+describe('listing a versioned bucket (what reconciliation reads)', () => {
+  it("names each key's current version, as its notification did; a deleted key is not listed", async () => {
+    const gone = join(dir, 'gone.pth');
+    await writeSmallCheckpoint(gone, { seed: 3 });
+    await client.fPutObject(BUCKET, 'runs/deleted.pth', gone);
+    await client.removeObject(BUCKET, 'runs/deleted.pth');
+    const listed = [];
+    for await (const object of environment.store.list(BUCKET)) listed.push(object);
+    expect(listed).toEqual([{ key: KEY, size: expect.any(Number), etag: v2.etag, versionId: v2.versionId, lastModified: expect.any(Date) }]);
+  });
+});

@@ -72,7 +72,8 @@ export class PipelineObserver {
   ) {}
 
   static async connect(url: string): Promise<PipelineObserver> {
-    const nc = await connect({ servers: url, maxReconnectAttempts: -1, reconnectTimeWait: 250 });
+    // NATS_URL's form: one server, or a cluster's, separated by commas.
+    const nc = await connect({ servers: url.split(','), maxReconnectAttempts: -1, reconnectTimeWait: 250 });
     const observer = new PipelineObserver(nc, new NatsEventBus(nc, createLogger('silent')));
     return observer;
   }

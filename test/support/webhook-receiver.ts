@@ -4,6 +4,7 @@ import type { AddressInfo } from 'node:net';
 export interface ReceivedRequest {
   readonly path: string;
   readonly contentType: string | undefined;
+  readonly headers: Readonly<Record<string, string | string[] | undefined>>;
   readonly body: unknown;
   /** What the receiver answered: an HTTP status, or `hang` (never answered). */
   readonly answer: number | 'hang';
@@ -22,7 +23,7 @@ export async function startWebhookReceiver(script: ReadonlyArray<number | 'hang'
     request.on('data', (chunk: Buffer) => chunks.push(chunk));
     request.on('end', () => {
       const answer = script[requests.length] ?? 200;
-      requests.push({ path: request.url ?? '', contentType: request.headers['content-type'], body: JSON.parse(Buffer.concat(chunks).toString('utf8')), answer, at: performance.now() });
+      requests.push({ path: request.url ?? '', contentType: request.headers['content-type'], headers: request.headers, body: JSON.parse(Buffer.concat(chunks).toString('utf8')), answer, at: performance.now() });
       if (answer !== 'hang') response.writeHead(answer, { 'content-type': 'text/plain' }).end(answer === 200 ? 'ok' : 'error');
     });
   });

@@ -3,7 +3,7 @@ import { CloudEvent as SdkEvent, HTTP } from 'cloudevents';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { HeimdallError } from '../../errors/index.ts';
-import { createEvent, runIdOf, type AnyCloudEvent } from '../../events/index.ts';
+import { createEvent, inContext, runIdOf, type AnyCloudEvent } from '../../events/index.ts';
 import { decodeEvent, encodeEvent } from './codec.ts';
 
 const runId = runIdOf('cd'.repeat(32));
@@ -20,8 +20,8 @@ const hdrs = (pairs: Record<string, string>): MsgHdrs => {
   return h;
 };
 const plain = (h: MsgHdrs | undefined): Record<string, string> => Object.fromEntries([...(h?.keys() ?? [])].map((name) => [name.toLowerCase(), h!.get(name)]));
-const invalid = (headers: MsgHdrs | undefined, body: string, reason: RegExp) =>
-  expect(() => decodeEvent(headers, body)).toThrowError(expect.objectContaining({ code: 'INVALID_EVENT', message: expect.stringMatching(reason) }));
+const invalid = (headers: MsgHdrs | undefined, body: string, reason: RegExp, code = 'INVALID_EVENT') =>
+  expect(() => decodeEvent(headers, body)).toThrowError(expect.objectContaining({ code, message: expect.stringMatching(reason) }));
 
 describe('CloudEvents on NATS (the NATS protocol binding, as sdk-go reads and writes it)', () => {
   it('binary mode: ce-* attributes, ce-datacontenttype and content-type, data as the body; and back', () => {
@@ -36,7 +36,7 @@ describe('CloudEvents on NATS (the NATS protocol binding, as sdk-go reads and wr
     const body = JSON.stringify(event.data);
     expect(decodeEvent(hdrs({ ...attributes, 'ce-datacontenttype': 'application/json; charset=utf-8' }), body)).toEqual(event);
     expect(decodeEvent(hdrs({ ...attributes, 'ce-datacontenttype': 'application/json', 'content-type': 'text/plain' }), body)).toEqual(event);
-    invalid(hdrs({ ...attributes, 'ce-datacontenttype': 'text/plain', 'content-type': 'application/json' }), body, /unsupported data content-type text\/plain/);
+    invalid(hdrs({ ...attributes, 'ce-datacontenttype': 'text/plain', 'content-type': 'application/json' }), body, /unsupported data content-type text\/plain/, 'UNSUPPORTED_MEDIA_TYPE');
     // content-type alone, as before.
     expect(decodeEvent(hdrs({ ...attributes, 'content-type': 'application/json' }), body)).toEqual(event);
   });
@@ -45,8 +45,20 @@ describe('CloudEvents on NATS (the NATS protocol binding, as sdk-go reads and wr
     for (const contentType of ['application/cloudevents+json', 'application/cloudevents+json; charset=utf-8', 'application/cloudevents', 'application/cloudevents; charset=utf-8', 'Application/CloudEvents+JSON']) {
       expect(decodeEvent(hdrs({ 'Content-Type': contentType }), JSON.stringify(event)), contentType).toEqual(event);
     }
-    invalid(hdrs({ 'content-type': 'application/cloudevents+avro' }), JSON.stringify(event), /unsupported event format application\/cloudevents\+avro/);
-    invalid(hdrs({ 'content-type': 'application/cloudevents-batch+json' }), JSON.stringify([event]), /unsupported event format/);
+    invalid(hdrs({ 'content-type': 'application/cloudevents+avro' }), JSON.stringify(event), /unsupported event format application\/cloudevents\+avro/, 'UNSUPPORTED_MEDIA_TYPE');
+    invalid(hdrs({ 'content-type': 'application/cloudevents-batch+json' }), JSON.stringify([event]), /unsupported event format/, 'UNSUPPORTED_MEDIA_TYPE');
+    // Binary data in a structured event: not JSON data, so not ours (a worker terminates it, as any invalid message).
+    const { data: _data, ...attributes } = event;
+    invalid(hdrs({ 'content-type': 'application/cloudevents+json' }), JSON.stringify({ ...attributes, data_base64: 'AAEC' }), /unsupported data_base64/, 'UNSUPPORTED_MEDIA_TYPE');
+  });
+
+  it('the distributed-tracing extension: ce-traceparent/ce-tracestate in binary mode, attributes in structured mode', () => {
+    const traced = inContext(event, { traceparent: '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01', tracestate: 'rojo=1' });
+    const { headers, body } = encodeEvent(traced);
+    expect(plain(headers)).toMatchObject({ 'ce-traceparent': traced.traceparent, 'ce-tracestate': 'rojo=1' });
+    expect(decodeEvent(headers, body)).toEqual(traced);
+    expect(decodeEvent(undefined, JSON.stringify(traced))).toEqual(traced);
+    expect(decodeEvent(hdrs({ 'content-type': 'application/cloudevents' }), JSON.stringify(traced))).toEqual(traced);
   });
 
   it('a header-less JSON CloudEvent is structured mode (sdk-go JetStream writer), with or without other NATS headers', () => {
@@ -66,7 +78,7 @@ describe('CloudEvents on NATS (the NATS protocol binding, as sdk-go reads and wr
     invalid(hdrs({ 'content-type': 'application/json' }), JSON.stringify(event), /no ce-specversion header/);
   });
 
-  it('any headers and body: an event or INVALID_EVENT', () => {
+  it('any headers and body: an event, INVALID_EVENT or UNSUPPORTED_MEDIA_TYPE', () => {
     const names = ['content-type', 'Content-Type', 'ce-specversion', 'ce-id', 'ce-type', 'ce-source', 'ce-time', 'ce-datacontenttype', 'Nats-Msg-Id'];
     const binary = plain(encodeEvent(event).headers);
     const value = (name: string) => fc.oneof(fc.string(), fc.constant(binary[name.toLowerCase()] ?? ''), fc.constantFrom('application/cloudevents', 'application/cloudevents+json', 'application/cloudevents+xml', 'application/json', 'text/plain', '1.0'));
@@ -77,7 +89,7 @@ describe('CloudEvents on NATS (the NATS protocol binding, as sdk-go reads and wr
         try {
           decodeEvent(h && hdrs(Object.fromEntries(h)), b);
         } catch (error) {
-          if (!(error instanceof HeimdallError) || error.code !== 'INVALID_EVENT') throw error;
+          if (!(error instanceof HeimdallError) || (error.code !== 'INVALID_EVENT' && error.code !== 'UNSUPPORTED_MEDIA_TYPE')) throw error;
         }
       }),
       { numRuns: 1000 },
@@ -93,6 +105,9 @@ describe('interoperability with the official CloudEvents SDK (cloudevents on npm
     source: 'trainer/sdk',
     subject: 'runs/epoch-3.pth',
     time: '2026-11-27T10:00:00.000Z',
+    // The SDK's distributed-tracing extension attributes.
+    traceparent: '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01',
+    tracestate: 'rojo=00f067aa0ba902b7',
     datacontenttype: 'application/json',
     data: { bucket: 'heimdall-checkpoints', key: 'runs/epoch-3.pth', size: 42, etag: 'abc', runId },
   };
@@ -121,10 +136,11 @@ describe('interoperability with the official CloudEvents SDK (cloudevents on npm
   });
 
   it('our binary message parses with the SDK, every attribute kept', () => {
-    const ours = createEvent('heimdall.checkpoint.created', { stage: 'ingest', source: 'heimdall/ingest', subject: 'runs/epoch-3.pth', data: expected.data as never });
+    const created = createEvent('heimdall.checkpoint.created', { stage: 'ingest', source: 'heimdall/ingest', subject: 'runs/epoch-3.pth', data: expected.data as never });
+    const ours = inContext(created, { traceparent: expected.traceparent!, tracestate: expected.tracestate! });
     const { headers, body } = encodeEvent(ours);
     const parsed = HTTP.toEvent({ headers: plain(headers), body }) as SdkEvent;
-    expect(parsed).toMatchObject({ specversion: '1.0', id: ours.id, type: ours.type, source: ours.source, subject: ours.subject, time: ours.time, datacontenttype: 'application/json', data: ours.data });
+    expect(parsed).toMatchObject({ specversion: '1.0', id: ours.id, type: ours.type, source: ours.source, subject: ours.subject, time: ours.time, traceparent: ours.traceparent, tracestate: ours.tracestate, datacontenttype: 'application/json', data: ours.data });
     // And the SDK's structured rendering of what it parsed comes back to us as the same event.
     const again = HTTP.structured(parsed);
     expect(decodeEvent(hdrs(again.headers as Record<string, string>), asString(again.body))).toEqual(ours);

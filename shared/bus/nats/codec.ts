@@ -1,6 +1,5 @@
 import { headers as natsHeaders, type MsgHdrs } from '@nats-io/transport-node';
-import { ErrorCodes, HeimdallError } from '../../errors/index.ts';
-import { fromMessage, STRUCTURED_CONTENT_TYPE, toBinary, type AnyCloudEvent } from '../../events/index.ts';
+import { fromMessage, isJsonMediaType, isStructured, STRUCTURED_CONTENT_TYPE, toBinary, unsupportedMediaType, type AnyCloudEvent } from '../../events/index.ts';
 
 /**
  * CloudEvents on NATS as the protocol binding (cloudevents/spec nats-protocol-binding.md) and its
@@ -12,6 +11,8 @@ import { fromMessage, STRUCTURED_CONTENT_TYPE, toBinary, type AnyCloudEvent } fr
  * - a message without `ce-*` headers and without `content-type` whose JSON body is a CloudEvent
  *   (has `specversion`): structured, as sdk-go's NATS and JetStream writers send it;
  * - binary mode, the data content type from `ce-datacontenttype`, else `content-type`.
+ * The distributed-tracing extension travels as `ce-traceparent`/`ce-tracestate` (binary) or as
+ * top-level attributes (structured), like any other attribute.
  */
 export function encodeEvent(event: AnyCloudEvent): { headers: MsgHdrs; body: string } {
   const { headers, body } = toBinary(event);
@@ -21,30 +22,24 @@ export function encodeEvent(event: AnyCloudEvent): { headers: MsgHdrs; body: str
   return { headers: h, body };
 }
 
-const STRUCTURED_PREFIX = 'application/cloudevents';
-const JSON_FORMATS = new Set([STRUCTURED_PREFIX, STRUCTURED_CONTENT_TYPE]);
-
-/** The event in a NATS message, whichever mode it uses; INVALID_EVENT when it is not a valid Heimdall CloudEvent. */
+/** The event in a NATS message, whichever mode it uses; INVALID_EVENT when it is not a valid Heimdall CloudEvent (UNSUPPORTED_MEDIA_TYPE when its data is not JSON). */
 export function decodeEvent(headers: MsgHdrs | undefined, body: string): AnyCloudEvent {
   const lower = new Map<string, string>();
   for (const name of headers?.keys() ?? []) if (!lower.has(name.toLowerCase())) lower.set(name.toLowerCase(), headers!.get(name));
   const contentType = lower.get('content-type');
-  if (contentType !== undefined && contentType.trim().toLowerCase().startsWith(STRUCTURED_PREFIX)) {
-    const format = contentType.split(';')[0]!.trim().toLowerCase();
-    if (!JSON_FORMATS.has(format)) throw new HeimdallError(ErrorCodes.INVALID_EVENT, `unsupported event format ${format} (structured mode is read as ${STRUCTURED_CONTENT_TYPE})`);
-    return structured(body);
-  }
+  // Structured mode; fromMessage refuses an event format other than JSON.
+  if (contentType !== undefined && isStructured(contentType)) return fromMessage([['content-type', contentType]], body);
   const hasAttributes = [...lower.keys()].some((name) => name.startsWith('ce-'));
   if (!hasAttributes && contentType === undefined && looksStructured(body)) return structured(body);
   // Binary mode (or not an event: fromMessage says why). `ce-datacontenttype` is the binding's
   // header for the data content type; `content-type` is read when it is absent.
   const pairs: Array<[string, string]> = [];
   for (const [name, value] of lower) if (name !== 'content-type' && name !== 'ce-datacontenttype') pairs.push([name, value]);
-  const dataContentType = lower.get('ce-datacontenttype') ?? contentType;
-  if (dataContentType !== undefined) {
-    const normalised = dataContentType.trim().toLowerCase();
-    if (!normalised.startsWith('application/json')) throw new HeimdallError(ErrorCodes.INVALID_EVENT, `unsupported data content-type ${dataContentType}`);
-    pairs.push(['content-type', normalised]);
+  // An empty value says nothing, as fromMessage reads an empty content-type.
+  const dataContentType = lower.get('ce-datacontenttype') || contentType;
+  if (dataContentType) {
+    if (!isJsonMediaType(dataContentType)) throw unsupportedMediaType('data content-type', dataContentType);
+    pairs.push(['content-type', dataContentType]);
   }
   return fromMessage(pairs, body);
 }

@@ -4,6 +4,7 @@ import { createLogger } from '../../logging/index.ts';
 import { createAdapters } from '../../pipeline/adapters.ts';
 import { runInProcess } from '../../pipeline/in-process.ts';
 import type { RunReport } from '../../pipeline/report.ts';
+import { FsAnnouncedUploads } from '../../pipeline/run-state/announced.ts';
 import { FsRunStateStore } from '../../pipeline/run-state/fs.ts';
 import type { AnyStage } from '../../pipeline/stage.ts';
 import type { SubscriberFunction } from '../../pipeline/subscriber.ts';
@@ -42,6 +43,7 @@ export async function runCommand(argv: string[], io: CommandIO, stages: readonly
       stages,
       ...createAdapters(config),
       runState: new FsRunStateStore(config.dataDir),
+      announced: new FsAnnouncedUploads(config.dataDir),
       config,
       logger,
       signal: stop.signal,

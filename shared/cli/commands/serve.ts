@@ -20,7 +20,8 @@ const DEFAULT_DASHBOARD_PORT = 8400;
  * taken, the in-flight one finishes (or is handed back after the ack wait) and the connection is
  * flushed. Several processes may serve the same stage; they share its durable consumer. `--http`
  * runs each stage as an HTTP function behind a local broker instead; `--dashboard` adds the status
- * page (alone, without NATS, over the embedded default's runs).
+ * page (alone, without NATS, over the embedded default's runs). A process serving ingest also sweeps
+ * the checkpoint bucket every HEIMDALL_RECONCILE_INTERVAL for uploads whose notification was lost.
  */
 export async function serveCommand(argv: string[], env: CliEnvironment): Promise<number> {
   const { values, positionals } = parseCommandArgs(argv, serveUsage, {
@@ -61,6 +62,7 @@ export async function serveCommand(argv: string[], env: CliEnvironment): Promise
   const parts = [
     names.length > 0 ? `serving ${names.join(', ')}${values.http ? ` as HTTP functions (${Object.entries(serving.functionPorts).map(([s, p]) => `${s}:${p}`).join(' ')}) behind a local broker` : ''} on ${withoutCredentials(config.nats!.url)}` : '',
     serving.dashboardUrl ? `status page ${serving.dashboardUrl}` : '',
+    serving.reconcile ? `reconciling bucket ${serving.reconcile.bucket} every ${formatSeconds(serving.reconcile.intervalMs)}` : '',
   ].filter(Boolean);
   env.io.stderr(`${parts.join('; ')}; SIGTERM or Ctrl-C drains and stops`);
   // A bug that escapes a message's handling (a stray rejected promise) is logged, not a crash of

@@ -7,10 +7,13 @@ import { tempDir } from '../../../test/support/temp.ts';
 import { SMALL_SPEC, writeSmallCheckpoint } from '../../../test/support/small-model.ts';
 import { RandomAccessFile } from '../../checkpoint/random-access-file.ts';
 import { ZipReader } from '../../checkpoint/zip-reader.ts';
+import { openCheckpoint } from '../../checkpoint/index.ts';
 import { readModelSummary } from '../../onnx/reader.ts';
-import { structuralProblems } from '../../onnx/structure.ts';
+import { structuralProblems, weightLayoutProblems } from '../../onnx/structure.ts';
 import { exportCheckpoint } from './export.ts';
 import { SUPPORTED_OPSETS } from './graph.ts';
+import { inferArchitecture } from './infer.ts';
+import { ReferenceModel } from './reference.ts';
 import { writeSampleCheckpoint } from './sample-weights.ts';
 
 let dir: string;
@@ -54,6 +57,38 @@ describe('exportCheckpoint', () => {
       }
     });
   }
+
+  it('stores every weight as its consumer reads it (MatMul [in, out], Gemm [out, in] with transB), as torch.onnx.export does', async () => {
+    const model = await readModelSummary(join(dir, 'small-14.onnx'));
+    expect(weightLayoutProblems(model)).toEqual([]);
+    const initializers = new Map(model.graph.initializers.map((i) => [i.name, i.dims]));
+    const matMuls = model.graph.nodes.filter((n) => n.opType === 'MatMul');
+    const blocks = SMALL_SPEC.depths.reduce((a, b) => a + b, 0);
+    expect(matMuls).toHaveLength(2 * blocks);
+    // Each block's Linears: dim -> 4 dim, then 4 dim -> dim, their weights transposed from torch's [out, in].
+    const expected = SMALL_SPEC.dims.flatMap((dim, s) => Array.from({ length: SMALL_SPEC.depths[s]! }, () => [[dim, 4 * dim], [4 * dim, dim]])).flat();
+    expect(matMuls.map((n) => initializers.get(n.inputs[1]!))).toEqual(expected);
+    expect(matMuls.every((n) => n.inputs[1]!.endsWith('.weight.transposed'))).toBe(true);
+    const gemms = model.graph.nodes.filter((n) => n.opType === 'Gemm');
+    expect(gemms.map((n) => initializers.get(n.inputs[1]!))).toEqual([[16, 32], [8, 16], [2, 8], [12, 32], [6, 12], [2, 6]]);
+    // Only the activations are permuted: two per block and per channels-first LayerNorm (stem, downsamplers).
+    expect(model.graph.nodes.filter((n) => n.opType === 'Transpose')).toHaveLength(2 * blocks + 2 * SMALL_SPEC.dims.length);
+  });
+
+  it('computes what the reference forward pass computes from the checkpoint (the transposed weights are the right ones)', async () => {
+    const batch = 2;
+    const input = new Float32Array(batch * ReferenceModel.sampleSize).map((_, i) => Math.sin(i * 0.37));
+    const source = await openCheckpoint(checkpoint);
+    const expected = await ReferenceModel.open(source.tensors, inferArchitecture(source.tensors, source.config))
+      .forward(input, batch)
+      .finally(() => source.close());
+    const session = await ort.InferenceSession.create(join(dir, 'small-14.onnx'));
+    const actual = await session.run({ mel_spectrogram: new ort.Tensor('float32', input, [batch, 3, 128, 32]) });
+    await session.release();
+    const maxDiff = (a: Float32Array, b: Float32Array) => Math.max(...Array.from(a, (v, i) => Math.abs(v - b[i]!)));
+    expect(maxDiff(actual.positions!.data as Float32Array, expected.positions)).toBeLessThan(1e-5);
+    expect(maxDiff(actual.uncertainties!.data as Float32Array, expected.uncertainties)).toBeLessThan(1e-5);
+  });
 
   it('gives the same outputs at every opset', async () => {
     const [a, b, c] = await Promise.all(SUPPORTED_OPSETS.map((o) => run(join(dir, `small-${o}.onnx`), 4)));

@@ -3,13 +3,13 @@ import { openCheckpoint, type CheckpointFormat, type CheckpointLayout } from '..
 import { alignedBuffer, countNonFinite } from '../../checkpoint/weight-buffers.ts';
 import type { Training } from '../../events/schemas.ts';
 import { readTraining } from '../../lineage/training.ts';
+import { HEIMDALL_PRODUCER } from '../../onnx/model.ts';
 import { writeModel, type WriteProgress, type WrittenModel } from '../../onnx/writer.ts';
 import { scanFile } from '../../runtime/sha256.ts';
 import type { LocalizationNetSpec } from './architecture.ts';
 import { buildLocalizationGraph, DEFAULT_OPSET, IR_VERSION, type Opset } from './graph.ts';
 import { inferArchitecture, parameterCount } from './infer.ts';
 
-export const PRODUCER_NAME = 'heimdall-exporter';
 export const PRODUCER_VERSION = '0.1.0';
 
 export interface ExportOptions {
@@ -59,7 +59,7 @@ export async function exportCheckpoint(checkpointPath: string, outPath: string, 
       {
         irVersion: IR_VERSION[opset],
         opsetVersion: opset,
-        producerName: PRODUCER_NAME,
+        producerName: HEIMDALL_PRODUCER,
         producerVersion: PRODUCER_VERSION,
         docString: `LocalizationNet (ConvNeXt-${spec.variant}) exported by Heimdall from a ${checkpoint.format} checkpoint`,
         metadata: async () => {

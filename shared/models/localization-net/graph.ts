@@ -1,6 +1,7 @@
 import type { LazyTensor } from '../../checkpoint/index.ts';
 import { GraphBuilder } from '../../onnx/graph-builder.ts';
 import { attr, TensorDataType, type AttributeValue, type GraphDef, type InitializerDef } from '../../onnx/model.ts';
+import { Transposer } from '../../onnx/transpose.ts';
 import {
   BATCH_NORM_EPS,
   HEAD_NAMES,
@@ -21,18 +22,30 @@ export const IR_VERSION: Readonly<Record<Opset, number>> = { 14: 7, 17: 8, 20: 9
 export const BATCH_DIM = 'batch_size';
 
 /**
+ * How a node reads a weight (DESIGN §4, canonical graph): `stored` as torch keeps it (Conv,
+ * LayerNorm, Mul, Gemm with transB), `transposed` for MatMul (nn.Linear's [out, in] as [in, out]).
+ * Every weight enters the graph through `place` with the layout of its consumer and is put in that
+ * layout while the writer streams it (weightInitializer), so no Transpose, Identity or Cast node ever
+ * reads a weight: this is the one place a weight changes on its way into the file.
+ */
+export type WeightLayout = 'stored' | 'transposed';
+
+/** A float32 tensor to place in the graph: a checkpoint tensor, or one derived from some (a folded head Linear). */
+type WeightSource = Pick<LazyTensor, 'shape' | 'readFloat32'>;
+
+/**
  * LocalizationNet as an ONNX graph (DESIGN §4), node for node what torch.onnx.export emits for the
- * eval-mode module, so onnxruntime applies the same fusions (LayerNorm, Gelu) and latency matches;
- * BatchNorm1d is folded into the preceding Linear. Weights are read from the checkpoint only when
- * the writer reaches them.
+ * eval-mode module, so onnxruntime applies the same fusions (LayerNorm, Gelu), its quantizer and
+ * optimizer see the same patterns, and latency matches; BatchNorm1d is folded into the preceding
+ * Linear. Weights are read from the checkpoint only when the writer reaches them.
  */
 export function buildLocalizationGraph(spec: LocalizationNetSpec, tensors: ReadonlyMap<string, LazyTensor>, opset: Opset): GraphDef {
   const g = new GraphBuilder('localization_net');
-  /** A checkpoint tensor as an initializer, under its state_dict name. */
-  const weight = (name: string) => {
-    const tensor = tensors.get(name)!;
-    return g.initializer(floatInitializer(name, tensor.shape, (scratch) => tensor.readFloat32(scratch)));
-  };
+  const transposer = new Transposer();
+  /** `source` as the initializer `name`, in the layout its consumer reads. */
+  const place = (name: string, source: WeightSource, layout: WeightLayout) => g.initializer(weightInitializer(name, source, layout, transposer));
+  /** A checkpoint tensor, under its state_dict name. */
+  const weight = (name: string, layout: WeightLayout = 'stored') => place(name, tensors.get(name)!, layout);
   const eps = opset < 17 ? g.constant('layer_norm.epsilon', [LAYER_NORM_EPS]) : '';
   const two = opset < 17 ? g.constant('layer_norm.two', [2]) : '';
   const sqrt2 = opset < 20 ? g.constant('gelu.sqrt2', [Math.SQRT2]) : '';
@@ -65,16 +78,9 @@ export function buildLocalizationGraph(spec: LocalizationNetSpec, tensors: Reado
     const erf = g.node('Erf', [g.node('Div', [x, sqrt2], { scope })], { scope });
     return g.node('Mul', [g.node('Mul', [x, g.node('Add', [erf, one], { scope })], { scope }), half], { scope });
   };
-  /**
-   * nn.Linear on a channels-last tensor: MatMul by the transposed weight, then Add. The weight is
-   * stored as torch keeps it ([out, in]) behind a Transpose node, which onnxruntime folds into a
-   * constant when the session loads: the runtime graph is torch.onnx.export's, and the exporter never
-   * transposes (in JS, 2 s of the 3 s budget for ConvNeXt-large).
-   */
-  const linear = (x: string, prefix: string) => {
-    const w = g.node('Transpose', [weight(`${prefix}.weight`)], { scope: prefix, attributes: { perm: attr.ints([1, 0]) } });
-    return g.node('Add', [g.node('MatMul', [x, w], { scope: prefix }), weight(`${prefix}.bias`)], { scope: prefix });
-  };
+  /** nn.Linear on a channels-last tensor, as torch.onnx.export writes it: MatMul by the [in, out] weight, then Add. */
+  const linear = (x: string, prefix: string) =>
+    g.node('Add', [g.node('MatMul', [x, weight(`${prefix}.weight`, 'transposed')], { scope: prefix }), weight(`${prefix}.bias`)], { scope: prefix });
   const conv = (x: string, prefix: string, attributes: Record<string, AttributeValue>) =>
     g.node('Conv', [x, weight(`${prefix}.weight`), weight(`${prefix}.bias`)], { scope: prefix, attributes });
 
@@ -110,8 +116,10 @@ export function buildLocalizationGraph(spec: LocalizationNetSpec, tensors: Reado
     const hidden = head === 'position_head' ? spec.positionHidden : spec.uncertaintyHidden;
     let y = features;
     hidden.forEach((_, layer) => {
-      const folded = foldBatchNorm(tensors, keys.headLinear(head, layer), keys.headNorm(head, layer));
-      y = g.node('Gemm', [y, g.initializer(folded.weight), g.initializer(folded.bias)], { scope: keys.headLinear(head, layer), attributes: { transB: attr.int(1) } });
+      const prefix = keys.headLinear(head, layer);
+      const folded = foldBatchNorm(tensors, prefix, keys.headNorm(head, layer));
+      const [w, b] = [place(`${prefix}.weight.folded`, folded.weight, 'stored'), place(`${prefix}.bias.folded`, folded.bias, 'stored')];
+      y = g.node('Gemm', [y, w, b], { scope: prefix, attributes: { transB: attr.int(1) } });
       y = g.node('Relu', [y], { scope: `${head}.${layer * 4 + 2}` });
     });
     const last = keys.headLinear(head, hidden.length);
@@ -130,7 +138,7 @@ export function buildLocalizationGraph(spec: LocalizationNetSpec, tensors: Reado
  * Eval-mode BatchNorm1d after a Linear is an affine map, so it folds into the Linear (in float64):
  * W' = W * s, b' = (b - mean) * s + beta, with s = gamma / sqrt(var + eps).
  */
-function foldBatchNorm(tensors: ReadonlyMap<string, LazyTensor>, linear: string, norm: string): { weight: InitializerDef; bias: InitializerDef } {
+function foldBatchNorm(tensors: ReadonlyMap<string, LazyTensor>, linear: string, norm: string): { weight: WeightSource; bias: WeightSource } {
   const get = (name: string) => tensors.get(name)!.readFloat32();
   const [out, inFeatures] = tensors.get(`${linear}.weight`)!.shape as [number, number];
   const scale = async () => {
@@ -138,27 +146,50 @@ function foldBatchNorm(tensors: ReadonlyMap<string, LazyTensor>, linear: string,
     return Float64Array.from(gamma, (g, i) => g / Math.sqrt(variance[i]! + BATCH_NORM_EPS));
   };
   return {
-    weight: floatInitializer(`${linear}.weight.folded`, [out, inFeatures], async () => {
-      const [w, s] = await Promise.all([get(`${linear}.weight`), scale()]);
-      return Float32Array.from(w, (v, i) => v * s[Math.floor(i / inFeatures)]!);
-    }),
-    bias: floatInitializer(`${linear}.bias.folded`, [out], async () => {
-      const [b, mean, beta, s] = await Promise.all([get(`${linear}.bias`), get(`${norm}.running_mean`), get(`${norm}.bias`), scale()]);
-      return Float32Array.from(b, (v, i) => (v - mean[i]!) * s[i]! + beta[i]!);
-    }),
+    weight: {
+      shape: [out, inFeatures],
+      readFloat32: async () => {
+        const [w, s] = await Promise.all([get(`${linear}.weight`), scale()]);
+        return Float32Array.from(w, (v, i) => v * s[Math.floor(i / inFeatures)]!);
+      },
+    },
+    bias: {
+      shape: [out],
+      readFloat32: async () => {
+        const [b, mean, beta, s] = await Promise.all([get(`${linear}.bias`), get(`${norm}.running_mean`), get(`${norm}.bias`), scale()]);
+        return Float32Array.from(b, (v, i) => (v - mean[i]!) * s[i]! + beta[i]!);
+      },
+    },
   };
 }
 
-function floatInitializer(name: string, dims: readonly number[], values: (scratch?: Uint8Array) => Promise<Float32Array>): InitializerDef {
-  const numel = dims.reduce((a, b) => a * b, 1);
-  return {
-    name,
-    dataType: TensorDataType.FLOAT,
-    dims,
-    byteLength: numel * 4,
-    data: async (scratch) => {
-      const v = await values(scratch);
-      return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
-    },
-  };
+/**
+ * `source` as an initializer in `layout`, its bytes produced when the writer reaches it (into the
+ * writer's scratch buffer). A transposed weight is named `<name>.transposed`: its dims are not torch's.
+ */
+function weightInitializer(name: string, source: WeightSource, layout: WeightLayout, transposer: Transposer): InitializerDef {
+  const byteLength = source.shape.reduce((a, b) => a * b, 1) * 4;
+  switch (layout) {
+    case 'stored':
+      return {
+        name,
+        dataType: TensorDataType.FLOAT,
+        dims: source.shape,
+        byteLength,
+        data: async (scratch) => {
+          const v = await source.readFloat32(scratch);
+          return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+        },
+      };
+    case 'transposed': {
+      const [rows, cols] = source.shape as [number, number];
+      return {
+        name: `${name}.transposed`,
+        dataType: TensorDataType.FLOAT,
+        dims: [cols, rows],
+        byteLength,
+        data: (scratch) => transposer.transpose((buffer) => source.readFloat32(buffer), rows, cols, scratch),
+      };
+    }
+  }
 }

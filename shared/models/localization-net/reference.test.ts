@@ -1,10 +1,13 @@
-import { describe, expect, it } from 'vitest';
+import { join } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { openCheckpoint, type LazyTensor } from '../../checkpoint/index.ts';
-import { SMALL_SPEC } from '../../../test/support/small-model.ts';
+import { SMALL_SPEC, writeSmallCheckpoint } from '../../../test/support/small-model.ts';
 import { ensureFixtures, readSafetensorsF32, type Variant } from '../../../test/support/oracle.ts';
-import type { LocalizationNetSpec } from './architecture.ts';
+import { tempDir } from '../../../test/support/temp.ts';
+import { stateDictEntries, type LocalizationNetSpec } from './architecture.ts';
 import { inferArchitecture } from './infer.ts';
 import { ReferenceModel, erf, gelu, softplus } from './reference.ts';
+import { referencePass } from './reference-pass.ts';
 import { sampleStateDict } from './sample-weights.ts';
 
 /** erf(x) from mpmath at 60 digits, rounded to double. */
@@ -95,35 +98,31 @@ describe('erf, GELU and softplus', () => {
   });
 });
 
-/** Samples compared per checkpoint: all 16 golden inputs, except for large (seconds per sample). */
-const SAMPLES: Record<Variant, number> = { tiny: 16, small: 16, base: 16, large: 2 };
+/** Samples compared per checkpoint: all 16 golden inputs, except for large (about a second per sample). */
+const SAMPLES: Record<Variant, number> = { tiny: 16, small: 16, base: 16, large: 4 };
 const TOLERANCE = 1e-5;
 const CHECKPOINTS = ['bare.pt', 'full.pth'] as const;
 
-describe.each(['tiny', 'small', 'base', 'large'] as const)('ReferenceModel against PyTorch: %s', (variant) => {
+describe.each(['tiny', 'small', 'base', 'large'] as const)('the reference pass against PyTorch: %s', (variant) => {
   for (const name of CHECKPOINTS) {
-    it(`reproduces the golden outputs of ${name} within ${TOLERANCE}`, async () => {
+    it(`reproduces the golden outputs of ${name} within ${TOLERANCE}, on worker threads as parity runs it`, async () => {
       const fixtures = await ensureFixtures(variant);
       const file = fixtures.files.find((f) => f.name === name);
       if (!file) throw new Error(`fixture set ${fixtures.dir} has no ${name}`);
       const checkpoint = await openCheckpoint(file.path);
-      let model: ReferenceModel;
-      try {
-        // full.pth carries its config: the uncertainty range (0.05, 0.8) comes from there.
-        model = await ReferenceModel.load(checkpoint.tensors, inferArchitecture(checkpoint.tensors, checkpoint.config));
-      } finally {
-        await checkpoint.close();
-      }
+      // full.pth carries its config: the uncertainty range (0.05, 0.8) comes from there.
+      const spec = inferArchitecture(checkpoint.tensors, checkpoint.config);
+      await checkpoint.close();
       const [min, max] = name === 'bare.pt' ? fixtures.manifest.default_range : fixtures.manifest.config_range;
-      expect([model.spec.uncertaintyMin, model.spec.uncertaintyMax]).toEqual([min, max]);
+      expect([spec.uncertaintyMin, spec.uncertaintyMax]).toEqual([min, max]);
 
       const golden = readSafetensorsF32(file.golden);
       const inputs = golden.get('inputs')!;
       expect(inputs.shape).toEqual([16, 3, 128, 32]);
       const count = SAMPLES[variant];
       const started = performance.now();
-      const outputs = model.forward(inputs.data.subarray(0, count * ReferenceModel.sampleSize), count);
-      const perSample = (performance.now() - started) / count;
+      const outputs = await referencePass(file.path, spec, inputs.data.subarray(0, count * ReferenceModel.sampleSize), count);
+      const seconds = (performance.now() - started) / 1000;
 
       const report: string[] = [];
       for (const output of ['positions', 'uncertainties'] as const) {
@@ -134,13 +133,14 @@ describe.each(['tiny', 'small', 'base', 'large'] as const)('ReferenceModel again
           TOLERANCE,
         );
       }
-      console.log(`reference ${variant}/${name}: ${report.join(', ')} over ${count} samples; ${(perSample / 1000).toFixed(2)} s per sample`);
+      console.log(`reference ${variant}/${name}: ${report.join(', ')} over ${count} samples; ${seconds.toFixed(2)} s`);
     });
   }
 });
 
 describe('ReferenceModel on a miniature ConvNeXt', () => {
-  const inMemory = (spec: LocalizationNetSpec, seed = 7): Map<string, LazyTensor> =>
+  /** A state dict in memory that counts the values read, tensor by tensor. */
+  const inMemory = (spec: LocalizationNetSpec, seed = 7, reads = new Map<string, number>()): Map<string, LazyTensor> =>
     new Map(
       sampleStateDict(spec, seed).map(({ name, tensor }) => {
         const numel = tensor.shape.reduce((a, b) => a * b, 1);
@@ -148,7 +148,10 @@ describe('ReferenceModel on a miniature ConvNeXt', () => {
           dtype: tensor.dtype,
           shape: tensor.shape,
           numel,
-          readFloat32: async () => Float32Array.from(tensor.data(), Number),
+          readFloat32: async () => {
+            reads.set(name, (reads.get(name) ?? 0) + 1);
+            return Float32Array.from(tensor.data(), Number);
+          },
         };
         return [name, lazy];
       }),
@@ -160,13 +163,23 @@ describe('ReferenceModel on a miniature ConvNeXt', () => {
       return state / 2 ** 31 - 1;
     });
   };
+  const blocks = SMALL_SPEC.depths.reduce((a, b) => a + b, 0);
 
-  it('gives each sample of a batch what it gives that sample alone; forwardAsync agrees and yields', async () => {
-    const model = await ReferenceModel.load(inMemory(SMALL_SPEC), SMALL_SPEC);
-    const input = randomInput(3);
-    const batch = model.forward(input, 3);
-    for (let i = 0; i < 3; i++) {
-      const alone = model.forward(input.subarray(i * ReferenceModel.sampleSize, (i + 1) * ReferenceModel.sampleSize), 1);
+  it('gives each sample of a batch exactly what it gives that sample alone, reading each weight once per pass', async () => {
+    const reads = new Map<string, number>();
+    const model = ReferenceModel.open(inMemory(SMALL_SPEC, 7, reads), SMALL_SPEC);
+    // Nothing is read until a pass needs it.
+    expect(reads.size).toBe(0);
+    const input = randomInput(5);
+    const progress: number[] = [];
+    const batch = await model.forward(input, 5, { onProgress: (done, total) => progress.push(done / total) });
+    expect(progress).toEqual(Array.from({ length: blocks }, (_, i) => (i + 1) / blocks));
+    const weights = stateDictEntries(SMALL_SPEC).filter((e) => e.kind !== 'num_batches_tracked');
+    expect([...reads.keys()].sort()).toEqual(weights.map((e) => e.name).sort());
+    expect([...reads.values()].every((n) => n === 1)).toBe(true);
+    // 5 samples: one group of four rows and a leftover row in every Linear layer.
+    for (let i = 0; i < 5; i++) {
+      const alone = await model.forward(input.subarray(i * ReferenceModel.sampleSize, (i + 1) * ReferenceModel.sampleSize), 1);
       expect(batch.positions.subarray(i * 2, i * 2 + 2)).toEqual(alone.positions);
       expect(batch.uncertainties.subarray(i * 2, i * 2 + 2)).toEqual(alone.uncertainties);
     }
@@ -175,46 +188,80 @@ describe('ReferenceModel on a miniature ConvNeXt', () => {
       expect(u).toBeLessThanOrEqual(SMALL_SPEC.uncertaintyMax);
     }
     expect(batch.positions.every(Number.isFinite)).toBe(true);
-
-    let ticks = 0;
-    const timer = setInterval(() => ticks++, 0);
-    const progress: number[] = [];
-    const viaAsync = await model.forwardAsync(input, 3, { onProgress: (done) => progress.push(done) });
-    clearInterval(timer);
-    expect(viaAsync).toEqual(batch);
-    expect(progress).toEqual([1, 2, 3]);
-    expect(ticks).toBeGreaterThan(0);
-
-    const controller = new AbortController();
-    controller.abort(new Error('stop'));
-    await expect(model.forwardAsync(input, 3, { signal: controller.signal })).rejects.toThrow('stop');
   });
 
-  it('refuses weights that do not match the spec, naming the tensors', async () => {
-    const tensors = inMemory(SMALL_SPEC);
+  it('stops between layers when its signal fires', async () => {
+    const model = ReferenceModel.open(inMemory(SMALL_SPEC), SMALL_SPEC);
+    const controller = new AbortController();
+    const progress: number[] = [];
+    const pass = model.forward(randomInput(2), 2, {
+      signal: controller.signal,
+      onProgress: (done) => {
+        progress.push(done);
+        if (done === 2) controller.abort(new Error('stop'));
+      },
+    });
+    await expect(pass).rejects.toThrow('stop');
+    expect(progress).toEqual([1, 2]);
+  });
+
+  it('refuses weights that do not match the spec, naming the tensors, before reading any', () => {
+    const reads = new Map<string, number>();
+    const tensors = inMemory(SMALL_SPEC, 7, reads);
     const wider = { ...SMALL_SPEC, positionHidden: [32, 8] };
-    await expect(ReferenceModel.load(tensors, wider)).rejects.toThrowError(
+    expect(() => ReferenceModel.open(tensors, wider)).toThrowError(
       expect.objectContaining({
         code: 'INVALID_STATE_DICT',
         message: expect.stringContaining('position_head.0.weight has shape [16, 32], expected [32, 32]'),
       }),
     );
     const deeper = { ...SMALL_SPEC, depths: [1, 2, 2, 1] };
-    await expect(ReferenceModel.load(tensors, deeper)).rejects.toThrowError(
+    expect(() => ReferenceModel.open(tensors, deeper)).toThrowError(
       expect.objectContaining({ code: 'INVALID_STATE_DICT', message: expect.stringContaining('backbone.0.5.1.block.0.weight is missing') }),
     );
-    await expect(ReferenceModel.load(tensors, { ...SMALL_SPEC, dims: [8, 16, 24] })).rejects.toThrowError(
-      expect.objectContaining({ code: 'UNSUPPORTED_ARCHITECTURE' }),
-    );
+    expect(() => ReferenceModel.open(tensors, { ...SMALL_SPEC, dims: [8, 16, 24] })).toThrowError(expect.objectContaining({ code: 'UNSUPPORTED_ARCHITECTURE' }));
+    expect(reads.size).toBe(0);
   });
 
   it('refuses an input whose length is not batch x 3 x 128 x 32', async () => {
-    const model = await ReferenceModel.load(inMemory(SMALL_SPEC), SMALL_SPEC);
-    expect(() => model.forward(new Float32Array(ReferenceModel.sampleSize + 1), 1)).toThrow(/needs 1 x 3 x 128 x 32/);
-    expect(() => model.forward(randomInput(2), 3)).toThrow(RangeError);
+    const model = ReferenceModel.open(inMemory(SMALL_SPEC), SMALL_SPEC);
+    await expect(model.forward(new Float32Array(ReferenceModel.sampleSize + 1), 1)).rejects.toThrow(/needs 1 x 3 x 128 x 32/);
+    await expect(model.forward(randomInput(2), 3)).rejects.toThrow(RangeError);
   });
 });
 
+describe('referencePass: the reference forward pass on worker threads', () => {
+  let path: string;
+  beforeAll(async () => {
+    path = join(await tempDir('heimdall-reference-'), 'small.pth');
+    await writeSmallCheckpoint(path, { seed: 5 });
+  });
+
+  it('splits the samples between threads and gives what one pass on this thread gives', async () => {
+    const input = Float32Array.from({ length: 5 * ReferenceModel.sampleSize }, (_, i) => Math.sin(i * 0.37));
+    const checkpoint = await openCheckpoint(path);
+    let expected: Awaited<ReturnType<ReferenceModel['forward']>>;
+    try {
+      expected = await ReferenceModel.open(checkpoint.tensors, SMALL_SPEC).forward(input, 5);
+    } finally {
+      await checkpoint.close();
+    }
+    const progress: number[] = [];
+    const outputs = await referencePass(path, SMALL_SPEC, input, 5, { threads: 3, onProgress: (fraction) => progress.push(fraction) });
+    expect(outputs).toEqual(expected);
+    expect(progress.at(-1)).toBe(1);
+    expect(progress.every((f, i) => f > 0 && f <= 1 && (i === 0 || f >= progress[i - 1]!))).toBe(true);
+  });
+
+  it("rejects with the checkpoint's own error code, and with the signal's reason when stopped", async () => {
+    const input = new Float32Array(2 * ReferenceModel.sampleSize);
+    await expect(referencePass(`${path}.missing`, SMALL_SPEC, input, 2)).rejects.toMatchObject({ code: 'CHECKPOINT_NOT_FOUND' });
+    await expect(referencePass(path, { ...SMALL_SPEC, depths: [1, 2, 2, 1] }, input, 2)).rejects.toMatchObject({ code: 'INVALID_STATE_DICT' });
+    const controller = new AbortController();
+    const pass = referencePass(path, SMALL_SPEC, input, 2, { signal: controller.signal, onProgress: () => controller.abort(new Error('stopped')) });
+    await expect(pass).rejects.toThrow('stopped');
+  });
+});
 function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   expect(a.length).toBe(b.length);
   let max = 0;

@@ -11,10 +11,16 @@
  *   heads       (Linear -> BatchNorm1d -> ReLU -> Dropout) x 2 -> Linear(., 2)
  *   outputs     positions = position_head(f); uncertainties = clamp(softplus(uncertainty_head(f)), min, max)
  *
- * Layout and precision: activations are channels-last (`[H * W, C]`, what CNBlock's permute makes
- * anyway) and float64; weights stay float32 as stored, with every sum accumulated in float64. The
+ * The whole batch goes through the network layer by layer, and each layer's weights are read from
+ * the checkpoint when the pass reaches them and dropped after: memory stays near the largest
+ * layer's weights (a few tens of MB for ConvNeXt-large) instead of the whole model, and every weight
+ * read serves every sample. Each sample's outputs are exactly what it gives alone.
+ *
+ * Layout and precision: activations are channels-last (`[sample, H * W, C]`, what CNBlock's permute
+ * makes anyway) and float64; weights are float32 as stored, every sum accumulated in float64. The
  * two pointwise Linear layers per block are almost all the work; they run as dot products of an
- * activation row with a weight row (torch's `[out, in]` layout), both contiguous in memory.
+ * activation row with a weight row (torch's `[out, in]` layout), both contiguous, four by four
+ * (see `linear`).
  */
 import type { LazyTensor } from '../../checkpoint/index.ts';
 import { ErrorCodes, HeimdallError } from '../../errors/index.ts';
@@ -23,17 +29,10 @@ import {
   HEAD_NAMES,
   INPUT_SHAPE,
   LAYER_NORM_EPS,
-  OUTPUT_WIDTH,
   keys,
   stateDictEntries,
   type LocalizationNetSpec,
 } from './architecture.ts';
-
-/** One sample's outputs, in float64. */
-export interface SampleOutputs {
-  readonly positions: Float64Array;
-  readonly uncertainties: Float64Array;
-}
 
 /** A batch's outputs, `[batch, 2]` each, as the ONNX model returns them. */
 export interface ReferenceOutputs {
@@ -41,15 +40,16 @@ export interface ReferenceOutputs {
   readonly uncertainties: Float32Array;
 }
 
-export interface ForwardAsyncOptions {
-  /** Called after each sample with the number done so far. */
-  readonly onProgress?: (done: number, total: number) => void;
-  /** Stops between blocks with the signal's reason. */
+export interface ForwardOptions {
+  /** Called after each ConvNeXt block with the number done so far and the total. */
+  readonly onProgress?: (doneBlocks: number, totalBlocks: number) => void;
+  /** Stops between layers with the signal's reason. */
   readonly signal?: AbortSignal;
 }
 
-/** A feature map, channels-last: `data[(y * width + x) * channels + c]`. */
+/** Feature maps of a batch, channels-last: `data[((sample * height + y) * width + x) * channels + c]`. */
 interface FeatureMap {
+  readonly batch: number;
   readonly height: number;
   readonly width: number;
   readonly channels: number;
@@ -66,7 +66,7 @@ interface Linear {
 
 /**
  * A Conv2d whose stride equals its kernel (the stem's 4x4/4 and the downsamplers' 2x2/2): a Linear
- * over non-overlapping k x k patches. The weight is permuted once, `[out, in, kh, kw]` to
+ * over non-overlapping k x k patches. The weight is permuted as it is read, `[out, in, kh, kw]` to
  * `[out, kh, kw, in]`, so that a patch of a channels-last map is a contiguous run per kernel row.
  */
 interface PatchConv {
@@ -88,27 +88,6 @@ interface BatchNorm {
   readonly runningVar: Float64Array;
 }
 
-interface CNBlock {
-  /** Depthwise 7x7 weight, permuted `[C, 1, 7, 7]` to `[7, 7, C]` (channels-last taps). */
-  readonly depthwiseWeight: Float32Array;
-  readonly depthwiseBias: Float64Array;
-  readonly norm: LayerNorm;
-  readonly expand: Linear;
-  readonly project: Linear;
-  readonly layerScale: Float64Array;
-}
-
-interface Stage {
-  /** LayerNorm2d then Conv2d(k2, s2), before stages 1..3. */
-  readonly downsample?: { readonly norm: LayerNorm; readonly conv: PatchConv };
-  readonly blocks: readonly CNBlock[];
-}
-
-interface Head {
-  readonly hidden: readonly { readonly linear: Linear; readonly norm: BatchNorm }[];
-  readonly output: Linear;
-}
-
 const DEPTHWISE_KERNEL = 7;
 const DEPTHWISE_PADDING = 3;
 /** torch.nn.functional.softplus defaults: beta 1, threshold 20 (above it, softplus(x) = x). */
@@ -120,148 +99,129 @@ export class ReferenceModel {
 
   private constructor(
     readonly spec: LocalizationNetSpec,
-    private readonly stem: { readonly conv: PatchConv; readonly norm: LayerNorm },
-    private readonly stages: readonly Stage[],
-    private readonly positionHead: Head,
-    private readonly uncertaintyHead: Head,
+    private readonly tensors: ReadonlyMap<string, LazyTensor>,
   ) {}
 
   /**
-   * Reads every weight `spec` names (float32, about the checkpoint's size in memory). Throws
-   * INVALID_STATE_DICT naming the tensors when one is missing or its shape disagrees with `spec`.
+   * The reference model on these weights, read lazily by `forward` (keep the checkpoint open until
+   * then). Throws INVALID_STATE_DICT naming the tensors when one is missing or its shape disagrees
+   * with `spec`, before anything is read.
    */
-  static async load(tensors: ReadonlyMap<string, LazyTensor>, spec: LocalizationNetSpec): Promise<ReferenceModel> {
+  static open(tensors: ReadonlyMap<string, LazyTensor>, spec: LocalizationNetSpec): ReferenceModel {
     checkWeights(tensors, spec);
-    const read = async (name: string): Promise<Float32Array> => {
-      const tensor = tensors.get(name)!;
-      const values = await tensor.readFloat32();
-      if (values.length !== tensor.numel) {
-        throw new HeimdallError(ErrorCodes.INVALID_STATE_DICT, `${name} read ${values.length} values, expected ${tensor.numel}`);
-      }
-      return values;
-    };
-    const vector = async (name: string) => Float64Array.from(await read(name));
-    const linear = async (prefix: string): Promise<Linear> => {
-      const [outFeatures, inFeatures] = tensors.get(`${prefix}.weight`)!.shape as [number, number];
-      return { inFeatures, outFeatures, weight: await read(`${prefix}.weight`), bias: await vector(`${prefix}.bias`) };
-    };
-    const layerNorm = async (prefix: string): Promise<LayerNorm> => ({
-      weight: await vector(`${prefix}.weight`),
-      bias: await vector(`${prefix}.bias`),
-    });
-    const patchConv = async (prefix: string): Promise<PatchConv> => {
-      const [outChannels, inChannels, kernel] = tensors.get(`${prefix}.weight`)!.shape as [number, number, number, number];
-      const weight = permute(await read(`${prefix}.weight`), [outChannels, inChannels, kernel, kernel], [0, 2, 3, 1]);
-      const inFeatures = kernel * kernel * inChannels;
-      return { kernel, linear: { inFeatures, outFeatures: outChannels, weight, bias: await vector(`${prefix}.bias`) } };
-    };
-    const head = async (name: string, hidden: readonly number[]): Promise<Head> => {
-      const layers: Head['hidden'][number][] = [];
-      for (let layer = 0; layer < hidden.length; layer++) {
-        const norm = keys.headNorm(name, layer);
-        layers.push({
-          linear: await linear(keys.headLinear(name, layer)),
-          norm: {
-            weight: await vector(`${norm}.weight`),
-            bias: await vector(`${norm}.bias`),
-            runningMean: await vector(`${norm}.running_mean`),
-            runningVar: await vector(`${norm}.running_var`),
-          },
-        });
-      }
-      return { hidden: layers, output: await linear(keys.headLinear(name, hidden.length)) };
-    };
-
-    const stem = { conv: await patchConv(keys.stemConv), norm: await layerNorm(keys.stemNorm) };
-    const stages: Stage[] = [];
-    for (let s = 0; s < spec.dims.length; s++) {
-      const dim = spec.dims[s]!;
-      const downsample = s > 0 ? { norm: await layerNorm(keys.downsampleNorm(s)), conv: await patchConv(keys.downsampleConv(s)) } : undefined;
-      const blocks: CNBlock[] = [];
-      for (let b = 0; b < spec.depths[s]!; b++) {
-        const block = keys.block(s, b);
-        const depthwise = await read(`${block}.block.0.weight`);
-        blocks.push({
-          depthwiseWeight: permute(depthwise, [dim, DEPTHWISE_KERNEL * DEPTHWISE_KERNEL], [1, 0]),
-          depthwiseBias: await vector(`${block}.block.0.bias`),
-          norm: await layerNorm(`${block}.block.2`),
-          expand: await linear(`${block}.block.3`),
-          project: await linear(`${block}.block.5`),
-          layerScale: await vector(`${block}.layer_scale`),
-        });
-      }
-      stages.push(downsample ? { downsample, blocks } : { blocks });
-    }
-    const [positionName, uncertaintyName] = HEAD_NAMES;
-    return new ReferenceModel(
-      spec,
-      stem,
-      stages,
-      await head(positionName, spec.positionHidden),
-      await head(uncertaintyName, spec.uncertaintyHidden),
-    );
+    return new ReferenceModel(spec, tensors);
   }
 
-  /** The whole batch at once; blocks the event loop for the whole pass (see forwardAsync). */
-  forward(input: Float32Array, batch: number): ReferenceOutputs {
+  /** The outputs of `batch` samples of a `[batch, 3, 128, 32]` input. */
+  async forward(input: Float32Array, batch: number, options: ForwardOptions = {}): Promise<ReferenceOutputs> {
     checkInput(input, batch);
-    const outputs = emptyOutputs(batch);
-    for (let i = 0; i < batch; i++) store(outputs, i, this.forwardSample(input, i));
-    return outputs;
-  }
+    const { signal } = options;
+    signal?.throwIfAborted();
+    const weights = new WeightReader(this.tensors, this.spec);
+    const totalBlocks = this.spec.depths.reduce((a, b) => a + b, 0);
+    let doneBlocks = 0;
 
-  /** Like `forward`, but gives the event loop a turn after every ConvNeXt block. */
-  async forwardAsync(input: Float32Array, batch: number, options: ForwardAsyncOptions = {}): Promise<ReferenceOutputs> {
-    checkInput(input, batch);
-    options.signal?.throwIfAborted();
-    const outputs = emptyOutputs(batch);
-    for (let i = 0; i < batch; i++) {
-      const steps = this.sampleSteps(input, i);
-      let step = steps.next();
-      while (!step.done) {
-        await new Promise<void>((resolve) => setImmediate(resolve));
-        options.signal?.throwIfAborted();
-        step = steps.next();
-      }
-      store(outputs, i, step.value);
-      options.onProgress?.(i + 1, batch);
-    }
-    return outputs;
-  }
-
-  /** Sample `index` of a `[B, 3, 128, 32]` input. */
-  forwardSample(input: Float32Array, index: number): SampleOutputs {
-    const steps = this.sampleSteps(input, index);
-    for (;;) {
-      const step = steps.next();
-      if (step.done) return step.value;
-    }
-  }
-
-  /** The forward pass of one sample, pausing (yield) after each block. */
-  private *sampleSteps(input: Float32Array, index: number): Generator<void, SampleOutputs, void> {
-    const size = ReferenceModel.sampleSize;
-    if (!Number.isInteger(index) || index < 0 || (index + 1) * size > input.length) {
-      throw new RangeError(`sample ${index} is outside an input of ${input.length / size} samples`);
-    }
     const [channels, height, width] = INPUT_SHAPE;
-    let x = toChannelsLast(input.subarray(index * size, (index + 1) * size), channels, height, width);
-
-    x = layerNorm(patchConv(x, this.stem.conv), this.stem.norm);
-    for (const stage of this.stages) {
-      if (stage.downsample) x = patchConv(layerNorm(x, stage.downsample.norm), stage.downsample.conv);
-      for (const block of stage.blocks) {
-        x = cnBlock(x, block);
-        yield;
+    let x = toChannelsLast(input, batch, channels, height, width);
+    x = patchConv(x, await weights.patchConv(keys.stemConv));
+    x = layerNorm(x, await weights.layerNorm(keys.stemNorm));
+    for (let s = 0; s < this.spec.dims.length; s++) {
+      if (s > 0) {
+        x = layerNorm(x, await weights.layerNorm(keys.downsampleNorm(s)));
+        x = patchConv(x, await weights.patchConv(keys.downsampleConv(s)));
+      }
+      for (let b = 0; b < this.spec.depths[s]!; b++) {
+        x = await cnBlock(x, keys.block(s, b), weights);
+        signal?.throwIfAborted();
+        options.onProgress?.(++doneBlocks, totalBlocks);
       }
     }
     const features = globalAveragePool(x);
 
-    const positions = runHead(features, this.positionHead);
-    const uncertainties = runHead(features, this.uncertaintyHead).map((v) =>
+    const [positionName, uncertaintyName] = HEAD_NAMES;
+    const positions = await runHead(features, batch, positionName, this.spec.positionHidden, weights);
+    const uncertainties = (await runHead(features, batch, uncertaintyName, this.spec.uncertaintyHidden, weights)).map((v) =>
       Math.min(Math.max(softplus(v), this.spec.uncertaintyMin), this.spec.uncertaintyMax),
     );
-    return { positions, uncertainties };
+    return { positions: Float32Array.from(positions), uncertainties: Float32Array.from(uncertainties) };
+  }
+}
+
+/**
+ * Reads weights when the pass needs them. A Linear layer's weight is read into one reused buffer,
+ * valid until the next read, which is all a layer needs: no matrix is allocated (and left to the
+ * garbage collector) per layer.
+ */
+class WeightReader {
+  /** The raw bytes of the tensor being read, for readFloat32 to fill without allocating. */
+  private readonly raw: Uint8Array;
+
+  constructor(
+    private readonly tensors: ReadonlyMap<string, LazyTensor>,
+    spec: LocalizationNetSpec,
+  ) {
+    const largest = Math.max(...stateDictEntries(spec).map((e) => e.shape.reduce((a, b) => a * b, 1)));
+    this.raw = new Uint8Array(largest * 4);
+  }
+
+  /** A vector (bias, norm parameters, layer scale) of its own, in float64. */
+  async vector(name: string): Promise<Float64Array> {
+    return Float64Array.from(await this.read(name));
+  }
+
+  async layerNorm(prefix: string): Promise<LayerNorm> {
+    return { weight: await this.vector(`${prefix}.weight`), bias: await this.vector(`${prefix}.bias`) };
+  }
+
+  /** A Linear layer; its weight may live in the reused buffer: use it before the next read. */
+  async linear(prefix: string): Promise<Linear> {
+    const [outFeatures, inFeatures] = this.tensors.get(`${prefix}.weight`)!.shape as [number, number];
+    const bias = await this.vector(`${prefix}.bias`);
+    return { inFeatures, outFeatures, weight: await this.read(`${prefix}.weight`), bias };
+  }
+
+  /** A k x k / k Conv2d, its weight permuted to `[out, kh, kw, in]` (an array of its own). */
+  async patchConv(prefix: string): Promise<PatchConv> {
+    const [outChannels, inChannels, kernel] = this.tensors.get(`${prefix}.weight`)!.shape as [number, number, number, number];
+    const bias = await this.vector(`${prefix}.bias`);
+    const values = await this.read(`${prefix}.weight`);
+    const taps = kernel * kernel;
+    const weight = new Float32Array(values.length);
+    for (let o = 0; o < outChannels; o++) {
+      for (let c = 0; c < inChannels; c++) {
+        for (let t = 0; t < taps; t++) weight[(o * taps + t) * inChannels + c] = values[(o * inChannels + c) * taps + t]!;
+      }
+    }
+    return { kernel, linear: { inFeatures: taps * inChannels, outFeatures: outChannels, weight, bias } };
+  }
+
+  /** A depthwise 7x7 weight, `[C, 1, 7, 7]` permuted to `[7, 7, C]` (channels-last taps), of its own. */
+  async depthwise(name: string): Promise<Float64Array> {
+    const [channels] = this.tensors.get(name)!.shape as [number];
+    const values = await this.read(name);
+    const taps = DEPTHWISE_KERNEL * DEPTHWISE_KERNEL;
+    const weight = new Float64Array(values.length);
+    for (let c = 0; c < channels; c++) for (let t = 0; t < taps; t++) weight[t * channels + c] = values[c * taps + t]!;
+    return weight;
+  }
+
+  async batchNorm(prefix: string): Promise<BatchNorm> {
+    return {
+      weight: await this.vector(`${prefix}.weight`),
+      bias: await this.vector(`${prefix}.bias`),
+      runningMean: await this.vector(`${prefix}.running_mean`),
+      runningVar: await this.vector(`${prefix}.running_var`),
+    };
+  }
+
+  /** The tensor's float32 values; they may alias the raw buffer, so use them before the next read. */
+  private async read(name: string): Promise<Float32Array> {
+    const tensor = this.tensors.get(name)!;
+    const values = await tensor.readFloat32(this.raw);
+    if (values.length !== tensor.numel) {
+      throw new HeimdallError(ErrorCodes.INVALID_STATE_DICT, `${name} read ${values.length} values, expected ${tensor.numel}`);
+    }
+    return values;
   }
 }
 
@@ -269,45 +229,50 @@ export class ReferenceModel {
 // Layers. Each returns a new array; inputs are never modified.
 
 /** torchvision CNBlock: depthwise conv, LayerNorm, Linear, GELU, Linear, layer scale, residual. */
-function cnBlock(x: FeatureMap, block: CNBlock): FeatureMap {
-  const pixels = x.height * x.width;
-  const normed = layerNorm(depthwiseConv7x7(x, block.depthwiseWeight, block.depthwiseBias), block.norm);
-  const hidden = linear(normed.data, pixels, block.expand);
+async function cnBlock(x: FeatureMap, block: string, weights: WeightReader): Promise<FeatureMap> {
+  const rows = x.batch * x.height * x.width;
+  const depthwise = depthwiseConv7x7(x, await weights.depthwise(`${block}.block.0.weight`), await weights.vector(`${block}.block.0.bias`));
+  const normed = layerNorm(depthwise, await weights.layerNorm(`${block}.block.2`));
+  const hidden = linear(normed.data, rows, await weights.linear(`${block}.block.3`));
   for (let i = 0; i < hidden.length; i++) hidden[i] = gelu(hidden[i]!);
-  const update = linear(hidden, pixels, block.project);
+  const update = linear(hidden, rows, await weights.linear(`${block}.block.5`));
+  const layerScale = await weights.vector(`${block}.layer_scale`);
   const out = new Float64Array(x.data.length);
   const c = x.channels;
-  for (let p = 0; p < pixels; p++) {
+  for (let p = 0; p < rows; p++) {
     for (let ch = 0; ch < c; ch++) {
       const i = p * c + ch;
-      out[i] = x.data[i]! + block.layerScale[ch]! * update[i]!;
+      out[i] = x.data[i]! + layerScale[ch]! * update[i]!;
     }
   }
   return { ...x, data: out };
 }
 
-/** Conv2d(C, C, 7, padding=3, groups=C), channels-last; `weight` is `[7, 7, C]`. */
-function depthwiseConv7x7(x: FeatureMap, weight: Float32Array, bias: Float64Array): FeatureMap {
-  const { height, width, channels: c, data } = x;
+/** Conv2d(C, C, 7, padding=3, groups=C) on each sample, channels-last; `weight` is `[7, 7, C]`. */
+function depthwiseConv7x7(x: FeatureMap, weight: Float64Array, bias: Float64Array): FeatureMap {
+  const { batch, height, width, channels: c, data } = x;
   const out = new Float64Array(data.length);
-  for (let y = 0; y < height; y++) {
-    for (let xx = 0; xx < width; xx++) {
-      const o = (y * width + xx) * c;
-      for (let ch = 0; ch < c; ch++) out[o + ch] = bias[ch]!;
-      for (let ky = 0; ky < DEPTHWISE_KERNEL; ky++) {
-        const sy = y + ky - DEPTHWISE_PADDING;
-        if (sy < 0 || sy >= height) continue;
-        for (let kx = 0; kx < DEPTHWISE_KERNEL; kx++) {
-          const sx = xx + kx - DEPTHWISE_PADDING;
-          if (sx < 0 || sx >= width) continue;
-          const from = (sy * width + sx) * c;
-          const tap = (ky * DEPTHWISE_KERNEL + kx) * c;
-          for (let ch = 0; ch < c; ch++) out[o + ch]! += data[from + ch]! * weight[tap + ch]!;
+  for (let n = 0; n < batch; n++) {
+    const sample = n * height * width;
+    for (let y = 0; y < height; y++) {
+      for (let xx = 0; xx < width; xx++) {
+        const o = (sample + y * width + xx) * c;
+        for (let ch = 0; ch < c; ch++) out[o + ch] = bias[ch]!;
+        for (let ky = 0; ky < DEPTHWISE_KERNEL; ky++) {
+          const sy = y + ky - DEPTHWISE_PADDING;
+          if (sy < 0 || sy >= height) continue;
+          for (let kx = 0; kx < DEPTHWISE_KERNEL; kx++) {
+            const sx = xx + kx - DEPTHWISE_PADDING;
+            if (sx < 0 || sx >= width) continue;
+            const from = (sample + sy * width + sx) * c;
+            const tap = (ky * DEPTHWISE_KERNEL + kx) * c;
+            for (let ch = 0; ch < c; ch++) out[o + ch]! += data[from + ch]! * weight[tap + ch]!;
+          }
         }
       }
     }
   }
-  return { height, width, channels: c, data: out };
+  return { ...x, data: out };
 }
 
 /** LayerNorm over the channels of each pixel (biased variance, as torch). */
@@ -330,100 +295,145 @@ function layerNorm(x: FeatureMap, norm: LayerNorm): FeatureMap {
 /** Conv2d with stride = kernel: gather each k x k patch (channels-last order) and apply the Linear. */
 function patchConv(x: FeatureMap, conv: PatchConv): FeatureMap {
   const { kernel: k, linear: layer } = conv;
-  const { channels: c, data } = x;
+  const { batch, channels: c, data } = x;
   if (x.height % k !== 0 || x.width % k !== 0) throw new RangeError(`a ${x.height}x${x.width} map does not divide into ${k}x${k} patches`);
   const height = x.height / k;
   const width = x.width / k;
-  const patches = new Float64Array(height * width * layer.inFeatures);
+  const patches = new Float64Array(batch * height * width * layer.inFeatures);
   let at = 0;
-  for (let y = 0; y < height; y++) {
-    for (let xx = 0; xx < width; xx++) {
-      for (let ky = 0; ky < k; ky++) {
-        const row = ((y * k + ky) * x.width + xx * k) * c; // k pixels side by side: k * c contiguous values
-        patches.set(data.subarray(row, row + k * c), at);
-        at += k * c;
+  for (let n = 0; n < batch; n++) {
+    for (let y = 0; y < height; y++) {
+      for (let xx = 0; xx < width; xx++) {
+        for (let ky = 0; ky < k; ky++) {
+          const row = ((n * x.height + y * k + ky) * x.width + xx * k) * c; // k pixels side by side: k * c contiguous values
+          patches.set(data.subarray(row, row + k * c), at);
+          at += k * c;
+        }
       }
     }
   }
-  return { height, width, channels: layer.outFeatures, data: linear(patches, height * width, layer) };
+  return { batch, height, width, channels: layer.outFeatures, data: linear(patches, batch * height * width, layer) };
 }
 
-/** AdaptiveAvgPool2d(1) + flatten: the mean of each channel over all pixels. */
+/** AdaptiveAvgPool2d(1) + flatten: per sample, the mean of each channel over all pixels (`[batch, C]`). */
 function globalAveragePool(x: FeatureMap): Float64Array {
-  const { channels: c, data } = x;
+  const { batch, channels: c, data } = x;
   const pixels = x.height * x.width;
-  const out = new Float64Array(c);
-  for (let p = 0; p < pixels; p++) for (let ch = 0; ch < c; ch++) out[ch]! += data[p * c + ch]!;
-  for (let ch = 0; ch < c; ch++) out[ch]! /= pixels;
+  const out = new Float64Array(batch * c);
+  for (let n = 0; n < batch; n++) {
+    const o = n * c;
+    for (let p = 0; p < pixels; p++) {
+      const from = (n * pixels + p) * c;
+      for (let ch = 0; ch < c; ch++) out[o + ch]! += data[from + ch]!;
+    }
+    for (let ch = 0; ch < c; ch++) out[o + ch]! /= pixels;
+  }
   return out;
 }
 
-/** Linear -> BatchNorm1d (running stats) -> ReLU -> Dropout (identity in eval), repeated; then Linear. */
-function runHead(features: Float64Array, head: Head): Float64Array {
+/** Linear -> BatchNorm1d (running stats) -> ReLU -> Dropout (identity in eval), repeated; then Linear (`[batch, 2]`). */
+async function runHead(features: Float64Array, batch: number, head: string, hidden: readonly number[], weights: WeightReader): Promise<Float64Array> {
   let x = features;
-  for (const { linear: layer, norm } of head.hidden) {
-    x = linear(x, 1, layer);
+  for (let layer = 0; layer < hidden.length; layer++) {
+    x = linear(x, batch, await weights.linear(keys.headLinear(head, layer)));
+    const norm = await weights.batchNorm(keys.headNorm(head, layer));
+    const width = hidden[layer]!;
     for (let i = 0; i < x.length; i++) {
-      const normalized = ((x[i]! - norm.runningMean[i]!) / Math.sqrt(norm.runningVar[i]! + BATCH_NORM_EPS)) * norm.weight[i]! + norm.bias[i]!;
+      const ch = i % width;
+      const normalized = ((x[i]! - norm.runningMean[ch]!) / Math.sqrt(norm.runningVar[ch]! + BATCH_NORM_EPS)) * norm.weight[ch]! + norm.bias[ch]!;
       x[i] = Math.max(normalized, 0);
     }
   }
-  return linear(x, 1, head.output);
+  return linear(x, batch, await weights.linear(keys.headLinear(head, hidden.length)));
 }
 
 /**
  * `y = x W^T + b` for `rows` rows of `x` (`[rows, in]`), giving `[rows, out]`. Each output is a dot
- * product of two contiguous runs (an activation row, a weight row). Four rows and two outputs are
- * done together, so every value loaded serves several products and eight sums run side by side;
- * leftover rows and outputs take the plain one-by-one loop.
+ * product of two contiguous runs (an activation row, a weight row), summed from the first term to
+ * the last. Four outputs by four rows are done together, so every value loaded serves four products
+ * and sixteen sums run side by side. The four weight rows are widened to float64 once, into a small
+ * tile that stays in cache while every row of the batch goes past it (V8 runs a loop over two float64
+ * arrays more than twice as fast as one with a float32 operand, and the weights stream from memory
+ * once per layer). Leftover rows and outputs take the plain loop, which adds the same terms in the
+ * same order (a float32 value reads as the same double either way): the same bits whatever the batch.
  */
 function linear(x: Float64Array, rows: number, layer: Linear): Float64Array {
-  const { inFeatures: n, outFeatures: m, weight: w, bias } = layer;
+  const { inFeatures: n, outFeatures: m, weight, bias } = layer;
   if (x.length !== rows * n) throw new RangeError(`linear: input has ${x.length} values, expected ${rows} x ${n}`);
   const y = new Float64Array(rows * m);
-  let r = 0;
-  for (; r + 4 <= rows; r += 4) {
-    const x0 = r * n;
-    const x1 = x0 + n;
-    const x2 = x1 + n;
-    const x3 = x2 + n;
-    let o = 0;
-    for (; o + 2 <= m; o += 2) {
-      const w0 = o * n;
-      const w1 = w0 + n;
-      let a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;
+  const fullRows = rows - (rows % 4);
+  const w = new Float64Array(4 * n);
+  const w1 = n;
+  const w2 = 2 * n;
+  const w3 = 3 * n;
+  let o = 0;
+  for (; o + 4 <= m; o += 4) {
+    w.set(weight.subarray(o * n, (o + 4) * n));
+    const b0 = bias[o]!;
+    const b1 = bias[o + 1]!;
+    const b2 = bias[o + 2]!;
+    const b3 = bias[o + 3]!;
+    for (let r = 0; r < fullRows; r += 4) {
+      const x0 = r * n;
+      const x1 = x0 + n;
+      const x2 = x1 + n;
+      const x3 = x2 + n;
+      let s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0;
+      let s20 = 0, s21 = 0, s22 = 0, s23 = 0, s30 = 0, s31 = 0, s32 = 0, s33 = 0;
       for (let k = 0; k < n; k++) {
-        const u = w[w0 + k]!;
-        const v = w[w1 + k]!;
-        const c0 = x[x0 + k]!;
-        const c1 = x[x1 + k]!;
-        const c2 = x[x2 + k]!;
-        const c3 = x[x3 + k]!;
-        a0 += c0 * u;
-        a1 += c1 * u;
-        a2 += c2 * u;
-        a3 += c3 * u;
-        b0 += c0 * v;
-        b1 += c1 * v;
-        b2 += c2 * v;
-        b3 += c3 * v;
+        const p = x[x0 + k]!;
+        const q = x[x1 + k]!;
+        const s = x[x2 + k]!;
+        const t = x[x3 + k]!;
+        const u0 = w[k]!;
+        s00 += p * u0;
+        s10 += q * u0;
+        s20 += s * u0;
+        s30 += t * u0;
+        const u1 = w[w1 + k]!;
+        s01 += p * u1;
+        s11 += q * u1;
+        s21 += s * u1;
+        s31 += t * u1;
+        const u2 = w[w2 + k]!;
+        s02 += p * u2;
+        s12 += q * u2;
+        s22 += s * u2;
+        s32 += t * u2;
+        const u3 = w[w3 + k]!;
+        s03 += p * u3;
+        s13 += q * u3;
+        s23 += s * u3;
+        s33 += t * u3;
       }
-      y[r * m + o] = a0 + bias[o]!;
-      y[(r + 1) * m + o] = a1 + bias[o]!;
-      y[(r + 2) * m + o] = a2 + bias[o]!;
-      y[(r + 3) * m + o] = a3 + bias[o]!;
-      y[r * m + o + 1] = b0 + bias[o + 1]!;
-      y[(r + 1) * m + o + 1] = b1 + bias[o + 1]!;
-      y[(r + 2) * m + o + 1] = b2 + bias[o + 1]!;
-      y[(r + 3) * m + o + 1] = b3 + bias[o + 1]!;
+      const y0 = r * m + o;
+      const y1 = y0 + m;
+      const y2 = y1 + m;
+      const y3 = y2 + m;
+      y[y0] = s00 + b0;
+      y[y0 + 1] = s01 + b1;
+      y[y0 + 2] = s02 + b2;
+      y[y0 + 3] = s03 + b3;
+      y[y1] = s10 + b0;
+      y[y1 + 1] = s11 + b1;
+      y[y1 + 2] = s12 + b2;
+      y[y1 + 3] = s13 + b3;
+      y[y2] = s20 + b0;
+      y[y2 + 1] = s21 + b1;
+      y[y2 + 2] = s22 + b2;
+      y[y2 + 3] = s23 + b3;
+      y[y3] = s30 + b0;
+      y[y3 + 1] = s31 + b1;
+      y[y3 + 2] = s32 + b2;
+      y[y3 + 3] = s33 + b3;
     }
-    for (; o < m; o++) for (let i = r; i < r + 4; i++) y[i * m + o] = dot(x, i * n, w, o * n, n) + bias[o]!;
+    for (let r = fullRows; r < rows; r++) for (let j = 0; j < 4; j++) y[r * m + o + j] = dot(x, r * n, w, j * n, n) + bias[o + j]!;
   }
-  for (; r < rows; r++) for (let o = 0; o < m; o++) y[r * m + o] = dot(x, r * n, w, o * n, n) + bias[o]!;
+  for (; o < m; o++) for (let r = 0; r < rows; r++) y[r * m + o] = dot(x, r * n, weight, o * n, n) + bias[o]!;
   return y;
 }
 
-function dot(a: Float64Array, aStart: number, b: Float32Array, bStart: number, length: number): number {
+function dot(a: Float64Array, aStart: number, b: Float64Array | Float32Array, bStart: number, length: number): number {
   let sum = 0;
   for (let k = 0; k < length; k++) sum += a[aStart + k]! * b[bStart + k]!;
   return sum;
@@ -534,37 +544,13 @@ function checkInput(input: Float32Array, batch: number): void {
   }
 }
 
-function emptyOutputs(batch: number): ReferenceOutputs {
-  return { positions: new Float32Array(batch * OUTPUT_WIDTH), uncertainties: new Float32Array(batch * OUTPUT_WIDTH) };
-}
-
-function store(outputs: ReferenceOutputs, index: number, sample: SampleOutputs): void {
-  outputs.positions.set(sample.positions, index * OUTPUT_WIDTH);
-  outputs.uncertainties.set(sample.uncertainties, index * OUTPUT_WIDTH);
-}
-
-/** NCHW planes of one sample to a channels-last map. */
-function toChannelsLast(sample: Float32Array, channels: number, height: number, width: number): FeatureMap {
-  const data = new Float64Array(sample.length);
+/** NCHW planes of each sample to channels-last maps. */
+function toChannelsLast(input: Float32Array, batch: number, channels: number, height: number, width: number): FeatureMap {
+  const data = new Float64Array(input.length);
   const plane = height * width;
-  for (let c = 0; c < channels; c++) for (let p = 0; p < plane; p++) data[p * channels + c] = sample[c * plane + p]!;
-  return { height, width, channels, data };
-}
-
-/** A row-major tensor of `shape` with its axes reordered (`order[i]` = source axis of output axis i). */
-function permute(values: Float32Array, shape: readonly number[], order: readonly number[]): Float32Array {
-  const outShape = order.map((axis) => shape[axis]!);
-  const strides = shape.map((_, axis) => shape.slice(axis + 1).reduce((a, b) => a * b, 1));
-  const out = new Float32Array(values.length);
-  const index = new Array<number>(outShape.length).fill(0);
-  for (let i = 0; i < out.length; i++) {
-    let from = 0;
-    for (let axis = 0; axis < order.length; axis++) from += index[axis]! * strides[order[axis]!]!;
-    out[i] = values[from]!;
-    for (let axis = outShape.length - 1; axis >= 0; axis--) {
-      if (++index[axis]! < outShape[axis]!) break;
-      index[axis] = 0;
-    }
+  const size = channels * plane;
+  for (let n = 0; n < batch; n++) {
+    for (let c = 0; c < channels; c++) for (let p = 0; p < plane; p++) data[n * size + p * channels + c] = input[n * size + c * plane + p]!;
   }
-  return out;
+  return { batch, height, width, channels, data };
 }

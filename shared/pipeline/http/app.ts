@@ -1,6 +1,6 @@
 import { Hono } from 'hono';
 import { asHeimdallError, ErrorCodes, HeimdallError } from '../../errors/index.ts';
-import { fromMessage, type AnyCloudEvent } from '../../events/index.ts';
+import { fromHttp, traceFields, type AnyCloudEvent } from '../../events/index.ts';
 import { httpSink } from '../../bus/http-sink.ts';
 import { executeStage, type StageEnvironment } from '../execute.ts';
 import { followUps } from '../follow-ups.ts';
@@ -13,7 +13,9 @@ import { onlyPost, operationalRoutes } from './routes.ts';
 /**
  * One stage as a Knative function (DESIGN §3): `POST /` takes a CloudEvent in binary or structured
  * mode and answers with the result event in binary mode (status codes: reply.ts); health endpoints
- * for the kubelet and `/metrics` for Prometheus (routes.ts).
+ * for the kubelet and `/metrics` for Prometheus (routes.ts). The trace context comes from the
+ * event, or from the W3C `traceparent`/`tracestate` headers Knative sets when the event has none;
+ * the reply continues it (executeStage) and carries it in both forms.
  *
  * A reply is one event, so what follows from a result (follow-ups.ts: the `model.promoted` of a
  * registration that moved the alias) is posted to the Broker at K_SINK (a SinkBinding on the
@@ -33,7 +35,7 @@ export function createFunctionApp(stage: AnyStage, environment: StageEnvironment
     lifecycle.track(async () => {
       let event: AnyCloudEvent;
       try {
-        event = fromMessage(c.req.raw.headers, await c.req.text());
+        event = fromHttp(c.req.raw.headers, await c.req.text());
       } catch (error) {
         const failure = asHeimdallError(error, ErrorCodes.INVALID_EVENT);
         metrics.rejected(c.req.header('ce-type'), failure.code);
@@ -49,8 +51,9 @@ export function createFunctionApp(stage: AnyStage, environment: StageEnvironment
       if (sink) for (const followUp of followUps(result)) await sink(followUp);
       const seconds = (performance.now() - started) / 1000;
       metrics.handled(event, result, seconds);
-      if (result.type === 'heimdall.pipeline.failed') logger.warn({ event: event.id, error: result.data.error, retriable: result.data.retriable, seconds }, 'stage failed');
-      else logger.info({ event: event.id, result: result.type, seconds }, 'event handled');
+      const trace = traceFields(result);
+      if (result.type === 'heimdall.pipeline.failed') logger.warn({ event: event.id, ...trace, error: result.data.error, retriable: result.data.retriable, seconds }, 'stage failed');
+      else logger.info({ event: event.id, ...trace, result: result.type, seconds }, 'event handled');
       return eventReply(result);
     }),
   );

@@ -1,6 +1,6 @@
 import { ErrorCodes, HeimdallError } from '../../errors/index.ts';
-import { fromMessage, toBinary, type AnyCloudEvent } from '../../events/index.ts';
-import { failureEvent } from '../failure.ts';
+import { fromHttp, toHttp, type AnyCloudEvent } from '../../events/index.ts';
+import { failureOn } from '../failure.ts';
 import { announce, retryDelayMs, startStage, type ProcessorEnvironment } from '../nats/processors.ts';
 import { startWorker, type Processor, type WorkerOptions } from '../nats/worker.ts';
 import type { AnyStage } from '../stage.ts';
@@ -15,9 +15,11 @@ export interface Route {
  * A local stand-in for Knative's NATS JetStream Broker (`heimdall serve --http`): for each Trigger a
  * durable consumer on the stage's input posts the event to the function and publishes its reply,
  * with the Broker's reading of status codes (reply.ts): 200 delivered (reply published, with its
- * follow-ups: the functions here have no K_SINK to post them to, app.ts), 400 not
+ * follow-ups: the functions here have no K_SINK to post them to, app.ts), 400 and 415 not
  * retried, anything else retried with backoff; on the last delivery the function's failure event
  * (or one of our own when it sent none) is published, as a dead-letter sink would receive it.
+ * Events go out with their trace context as `ce-traceparent` and as the W3C headers, as Knative's
+ * Broker delivers them.
  */
 export async function startLocalBroker(routes: readonly Route[], env: ProcessorEnvironment, options: WorkerOptions) {
   const workers = await Promise.all(routes.map((route) => startWorker(route.stage.name, deliverTo(route, env), { ...options, durable: `heimdall-http-${route.stage.name}` })));
@@ -29,14 +31,14 @@ function deliverTo(route: Route, env: ProcessorEnvironment): Processor {
   return async (delivery) => {
     const event = await startStage(stage, delivery, env);
     if ('kind' in event) return event;
-    const { headers, body } = toBinary(event);
+    const { headers, body } = toHttp(event);
     let reply: AnyCloudEvent | undefined;
     let status: number;
     try {
       const response = await fetch(url, { method: 'POST', headers, body, signal: delivery.signal });
       status = response.status;
       const text = await response.text();
-      if (response.headers.has('ce-specversion')) reply = fromMessage(response.headers, text);
+      if (response.headers.has('ce-specversion')) reply = fromHttp(response.headers, text);
     } catch (error) {
       status = 0;
       env.logger.warn({ err: error, url }, `broker: ${stage.name} unreachable`);
@@ -45,12 +47,12 @@ function deliverTo(route: Route, env: ProcessorEnvironment): Processor {
       await announce(reply, env);
       return { kind: 'ack' };
     }
-    if (status === 400) {
-      env.logger.warn({ event: event.id, stage: stage.name }, 'broker: function rejected the event (400); not retried');
-      return { kind: 'term', reason: 'rejected with 400' };
+    if (status === 400 || status === 415) {
+      env.logger.warn({ event: event.id, stage: stage.name }, `broker: function rejected the event (${status}); not retried`);
+      return { kind: 'term', reason: `rejected with ${status}` };
     }
     if (delivery.attempt < delivery.maxDeliver) return { kind: 'retry', delayMs: retryDelayMs(delivery.attempt) };
-    const failure = reply ?? failureEvent(event.data.runId, stage.name, new HeimdallError(ErrorCodes.DELIVERY_EXHAUSTED, `${stage.name} answered ${status || 'nothing'} on ${delivery.attempt} deliveries`), delivery.attempt);
+    const failure = reply ?? failureOn(event, stage.name, new HeimdallError(ErrorCodes.DELIVERY_EXHAUSTED, `${stage.name} answered ${status || 'nothing'} on ${delivery.attempt} deliveries`), delivery.attempt);
     await announce(failure, env);
     return { kind: 'ack' };
   };

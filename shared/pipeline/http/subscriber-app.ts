@@ -1,9 +1,9 @@
 import { Hono } from 'hono';
 import { Counter, collectDefaultMetrics, Registry } from 'prom-client';
 import { asHeimdallError, ErrorCodes, HeimdallError } from '../../errors/index.ts';
-import { failureEvent } from '../failure.ts';
+import { failureOn } from '../failure.ts';
 import { CONSUMER_OF } from '../stage.ts';
-import { fromMessage } from '../../events/index.ts';
+import { fromHttp } from '../../events/index.ts';
 import type { Logger } from '../../logging/index.ts';
 import type { EventSubscriber } from '../subscriber.ts';
 import type { FunctionLifecycle } from './lifecycle.ts';
@@ -25,7 +25,7 @@ export function createSubscriberApp(name: string, subscriber: EventSubscriber, l
   operationalRoutes(app, lifecycle, registry);
   app.post('/', async (c) => {
     try {
-      const event = fromMessage(c.req.raw.headers, await c.req.text());
+      const event = fromHttp(c.req.raw.headers, await c.req.text());
       subscriber.accept(event);
       received.inc({ type: event.type });
       return c.body(null, 202);
@@ -39,7 +39,7 @@ export function createSubscriberApp(name: string, subscriber: EventSubscriber, l
   // stage never answered successfully, after the Trigger's retries. It becomes that stage's failure.
   app.post('/dead-letter', async (c) => {
     try {
-      const event = fromMessage(c.req.raw.headers, await c.req.text());
+      const event = fromHttp(c.req.raw.headers, await c.req.text());
       const stage = CONSUMER_OF[event.type];
       received.inc({ type: `dead-letter:${event.type}` });
       if (!stage) {
@@ -49,7 +49,7 @@ export function createSubscriberApp(name: string, subscriber: EventSubscriber, l
       const destination = c.req.header('ce-knativeerrordest') ?? `the ${stage} function`;
       const status = c.req.header('ce-knativeerrorcode');
       const error = new HeimdallError(ErrorCodes.DELIVERY_EXHAUSTED, `${event.type} ${event.id} was not handled by ${destination}${status ? ` (HTTP ${status})` : ''} after the Trigger's retries`);
-      subscriber.accept(failureEvent(event.data.runId, stage, error));
+      subscriber.accept(failureOn(event, stage, error));
       return c.body(null, 202);
     } catch (error) {
       return invalidEventReply(asHeimdallError(error, ErrorCodes.INVALID_EVENT));

@@ -1,7 +1,7 @@
 import { headers as natsHeaders } from '@nats-io/transport-node';
 import { describe, expect, it } from 'vitest';
 import { encodeEvent } from '../../bus/nats/codec.ts';
-import { createEvent, runIdOf, type AnyCloudEvent } from '../../events/index.ts';
+import { createEvent, inContext, runIdOf, startTrace, traceFields, type AnyCloudEvent } from '../../events/index.ts';
 import { createLogger } from '../../logging/index.ts';
 import type { StageEnvironment } from '../execute.ts';
 import type { RunState, RunStateStore } from '../run-state/run-state.ts';
@@ -10,7 +10,7 @@ import { exhaustedHandler, startStage, type ProcessorEnvironment } from './proce
 import type { Delivery } from './worker.ts';
 
 const runId = runIdOf('ef'.repeat(32));
-const created = createEvent('heimdall.checkpoint.created', { stage: 'ingest', source: 'heimdall/ingest', data: { bucket: 'b', key: 'runs/x.pth', size: 1, etag: 'e', runId } });
+const created = inContext(createEvent('heimdall.checkpoint.created', { stage: 'ingest', source: 'heimdall/ingest', data: { bucket: 'b', key: 'runs/x.pth', size: 1, etag: 'e', runId } }), startTrace());
 const exportStage = defineStage({ name: 'export', input: 'heimdall.checkpoint.created', output: 'heimdall.model.exported', handler: async () => Promise.reject(new Error('not run here')) });
 
 function environment() {
@@ -71,5 +71,7 @@ describe('a stage worker on a message that is not a valid event of its input', (
     expect(runs.get(runId)?.stages.export).toMatchObject({ status: 'running' });
     await exhaustedHandler(exportStage, env)({ headers, body, attempt: 5 });
     expect(published).toEqual([expect.objectContaining({ type: 'heimdall.pipeline.failed', data: expect.objectContaining({ runId, stage: 'export', error: expect.objectContaining({ code: 'DELIVERY_EXHAUSTED' }), attempt: 5 }) })]);
+    // The run's failure, in the run's trace.
+    expect(traceFields(published[0]).traceId).toBe(traceFields(created).traceId);
   });
 });

@@ -1,13 +1,14 @@
 import { createHash } from 'node:crypto';
 import type { KV } from '@nats-io/kv';
 import { decodeEvent } from '../../bus/nats/codec.ts';
+import { retryTransient } from '../../bus/nats/transient.ts';
 import { ErrorCodes, HeimdallError } from '../../errors/index.ts';
 import { backoffDelayMs } from '../../errors/retry.ts';
-import type { AnyCloudEvent } from '../../events/index.ts';
+import { traceFields, type AnyCloudEvent } from '../../events/index.ts';
 import { isObjectCreated, kindOf, parseNotification, uploadId } from '../../events/minio.ts';
 import type { Logger } from '../../logging/index.ts';
 import { executeStage, withStageContext, type StageEnvironment } from '../execute.ts';
-import { failureEvent } from '../failure.ts';
+import { failureEvent, failureOn } from '../failure.ts';
 import { followUps } from '../follow-ups.ts';
 import { recordEvent, recordStageStart, type RunStateStore } from '../run-state/run-state.ts';
 import type { AnyStage, IngestFunction } from '../stage.ts';
@@ -52,10 +53,11 @@ export function stageProcessor(stage: AnyStage, env: ProcessorEnvironment): Proc
     // run's outcome; the message is handed back and the next worker does the stage again.
     if (delivery.signal.aborted) return { kind: 'retry', delayMs: 0 };
     if (shouldRetry(result, delivery)) {
-      env.logger.warn({ runId: event.data.runId, attempt: delivery.attempt, error: result.data }, `${stage.name}: retrying`);
+      env.logger.warn({ runId: event.data.runId, ...traceFields(result), attempt: delivery.attempt, error: result.data }, `${stage.name}: retrying`);
       return { kind: 'retry', delayMs: retryDelayMs(delivery.attempt) };
     }
     await announce(result, env);
+    env.logger.info({ event: event.id, ...traceFields(result), result: result.type }, `${stage.name}: event handled`);
     return ACK;
   };
 }
@@ -101,9 +103,8 @@ export function exhaustedHandler(stage: AnyStage, env: ProcessorEnvironment) {
     // Only a valid input event is a run's message (an invalid one was terminated, never exhausted).
     const event = inputEvent(stage, delivery);
     if (!('type' in event)) return;
-    const runId = event.data.runId;
     const error = new HeimdallError(ErrorCodes.DELIVERY_EXHAUSTED, `${stage.name} did not finish in ${delivery.attempt} deliveries (worker crashed or exceeded the ack wait each time)`);
-    await announce(failureEvent(runId, stage.name, error, delivery.attempt), env);
+    await announce(failureOn(event, stage.name, error, delivery.attempt), env);
   };
 }
 
@@ -133,7 +134,7 @@ export function ingestProcessor(ingest: IngestFunction, seen: KV, env: Processor
         continue;
       }
       const upload = uploadId(object);
-      if (await seen.get(upload)) {
+      if (await retryTransient('read the ingest mark', () => seen.get(upload), { logger: env.logger })) {
         env.logger.info({ bucket: object.bucket, key: object.key, etag: object.etag }, 'ingest: already announced');
         continue;
       }
@@ -148,9 +149,10 @@ export function ingestProcessor(ingest: IngestFunction, seen: KV, env: Processor
       if (delivery.signal.aborted) return { kind: 'retry', delayMs: 0 };
       if (shouldRetry(result, delivery)) return { kind: 'retry', delayMs: retryDelayMs(delivery.attempt) };
       await announce(result, env);
+      env.logger.info({ runId: result.data.runId, ...traceFields(result), bucket: object.bucket, key: object.key, event: result.type }, 'ingest: announced');
       // Only a started run marks the upload: the same object announced again after a failure (fixed
       // permissions, a late upload) is tried again.
-      if (result.type !== 'heimdall.pipeline.failed') await seen.put(upload, result.data.runId);
+      if (result.type !== 'heimdall.pipeline.failed') await retryTransient('mark the upload announced', () => seen.put(upload, result.data.runId), { logger: env.logger });
     }
     return ACK;
   };

@@ -6,7 +6,7 @@ import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
 import { closeNats, connectNats, DRAIN_TIMEOUT_MS } from '../../bus/nats/connection.ts';
 import { NatsEventBus } from '../../bus/nats/event-bus.ts';
-import { openKv, provisionStreams } from '../../bus/nats/provision.ts';
+import { openKv, provisionStreams, replicationCaveat } from '../../bus/nats/provision.ts';
 import type { Config } from '../../config/index.ts';
 import { ErrorCodes, HeimdallError } from '../../errors/index.ts';
 import type { Logger } from '../../logging/index.ts';
@@ -33,8 +33,11 @@ export interface NatsRuntime {
 export async function connectRuntime(config: Config, logger: Logger, name: string, role: 'worker' | 'client' = 'worker'): Promise<NatsRuntime> {
   if (!config.nats) throw new HeimdallError(ErrorCodes.USAGE, 'NATS_URL is not set: the NATS pipeline needs a server (the embedded default is `heimdall run`)');
   const nc = await connectNats(config.nats.url, name, logger, { waitForServer: role === 'worker' });
-  const jsm = role === 'worker' ? await provisionStreams(nc) : await jetstreamManager(nc);
-  const runState = new KvRunStateStore(role === 'worker' ? await openKv(nc, 'heimdall_runs') : await new Kvm(nc).open('heimdall_runs'));
+  const { replicas } = config.nats;
+  const caveat = role === 'worker' ? replicationCaveat(nc.info?.version, replicas) : undefined;
+  if (caveat) logger.error({ server: nc.info?.version, replicas }, caveat);
+  const jsm = role === 'worker' ? await provisionStreams(nc, replicas) : await jetstreamManager(nc);
+  const runState = new KvRunStateStore(role === 'worker' ? await openKv(nc, 'heimdall_runs', replicas) : await new Kvm(nc).open('heimdall_runs'), logger);
   const scratchDir = await mkdtemp(join(tmpdir(), 'heimdall-worker-'));
   const bus = new NatsEventBus(nc, logger);
   return {

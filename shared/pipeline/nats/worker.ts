@@ -5,6 +5,7 @@ import { ErrorCodes, HeimdallError } from '../../errors/index.ts';
 import type { Logger } from '../../logging/index.ts';
 import type { ConsumerName, DeliveryLimits } from '../../bus/nats/provision.ts';
 import { provisionConsumer, provisionStreams } from '../../bus/nats/provision.ts';
+import { retryTransient } from '../../bus/nats/transient.ts';
 
 /** One delivery of a message, as a processor sees it. */
 export interface Delivery {
@@ -34,8 +35,8 @@ export interface WorkerOptions {
   readonly logger: Logger;
   /** How long a stopping worker lets its in-flight message finish before handing it back. */
   readonly graceMs: number;
-  /** Called when JetStream gave up on a message after MaxDeliver deliveries (worker crashes, timeouts). */
-  readonly onExhausted?: (delivery: Pick<Delivery, 'headers' | 'body' | 'attempt'>) => Promise<void>;
+  /** HEIMDALL_NATS_REPLICAS, for the streams provisioned again when they went away (default 1: never lowers them). */
+  readonly replicas?: number;
   readonly onProgress?: (message: string) => void;
   /** Another durable consumer on the same input as the named one (the local broker's HTTP delivery). */
   readonly durable?: string;
@@ -47,6 +48,8 @@ export interface Worker {
   stop(): Promise<void>;
 }
 
+/** How long a pull request waits on the server (the client's default is 30 s: as long to notice a dead server). */
+const PULL_EXPIRES_MS = 5000;
 /** After the grace period, how long a stopping worker waits for its processor to notice the abort. */
 const HANDBACK_MS = 1000;
 /** Backoff between attempts to consume again after the consumer failed (1 s doubling to 30 s). */
@@ -77,18 +80,18 @@ export async function startWorker(name: ConsumerName, process: Processor, option
   /** Opens the consumer (provisioning it, and the streams, again when they went away). */
   const open = async (reprovision: boolean) => {
     if (reprovision) {
-      await provisionStreams(options.nc);
+      await provisionStreams(options.nc, options.replicas);
       await provisionConsumer(options.jsm, name, options.limits, options.durable);
     }
     const consumer = await jetstream(options.nc).consumers.get(stream, durable);
     // Heartbeats follow the consumer's AckWait as the server has it (another process may have set it).
     heartbeatMs = ((await consumer.info()).config.ack_wait ?? options.limits.ackWaitSeconds * 1e9) / 1e6 / 3;
     // A consumer or stream that disappears ends the iterator (instead of waiting for it forever): we provision it again.
-    return consumer.consume({ max_messages: 1, abort_on_missing_resource: true });
+    // Pull requests expire every PULL_EXPIRES_MS: after a server dies or the consumer changes leader, the
+    // client notices by missed heartbeats (half of it) and asks again, backing off by the same.
+    return consumer.consume({ max_messages: 1, abort_on_missing_resource: true, expires: PULL_EXPIRES_MS });
   };
   messages = await open(false);
-
-  const advisories = options.onExhausted ? watchExhausted(stream, durable, options, logger) : undefined;
 
   const loop = (async () => {
     for (let failures = 0; ; ) {
@@ -140,7 +143,7 @@ export async function startWorker(name: ConsumerName, process: Processor, option
         },
       });
       if (abort.signal.aborted) message.nak();
-      else if (disposition.kind === 'ack') await message.ackAck();
+      else if (disposition.kind === 'ack') await acknowledge(message, options.nc, logger);
       else if (disposition.kind === 'retry') message.nak(disposition.delayMs);
       else {
         // The reason is logged, not sent: `+TERM <reason>` needs nats-server 2.10, and older servers ignore the term.
@@ -177,11 +180,6 @@ export async function startWorker(name: ConsumerName, process: Processor, option
       const settled = await within(Promise.all([inFlight, loop]), options.graceMs + HANDBACK_MS);
       clearTimeout(grace);
       if (!settled) logger.warn({ graceMs: options.graceMs }, 'in-flight message did not stop within the grace period; left for redelivery');
-      try {
-        advisories?.unsubscribe();
-      } catch {
-        // The connection is closed already.
-      }
     },
   };
 }
@@ -194,23 +192,27 @@ export async function within(work: Promise<unknown>, ms: number): Promise<boolea
   return settled;
 }
 
+const ACK = new TextEncoder().encode('+ACK');
+const ACK_TIMEOUT_MS = 5000;
+
 /**
- * JetStream stops delivering a message after MaxDeliver without telling the consumer; it publishes
- * an advisory instead (https://docs.nats.io/using-nats/developer/develop_jetstream/consumers,
- * "MaxDeliver"). One worker per consumer (queue group) turns it into the stage's failure.
+ * Acknowledges a message and waits for JetStream to confirm it. An ack whose confirmation does not
+ * come (the consumer's leader changed, a server restarted) is sent again: acks are idempotent, and a
+ * lost one would mean a redelivery and the stage done twice. The client sends `ackAck` once per
+ * message, so the repeats are the same request made by hand.
  */
-function watchExhausted(stream: string, durable: string, options: WorkerOptions, logger: Logger) {
-  const subject = `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.${stream}.${durable}`;
-  return options.nc.subscribe(subject, {
-    queue: `${durable}-advisories`,
-    callback: (error, advisory) => {
-      if (error) return;
-      void (async () => {
-        const { stream_seq: seq, deliveries } = advisory.json<{ stream_seq: number; deliveries: number }>();
-        const stored = await options.jsm.streams.getMessage(stream, { seq });
-        if (!stored) return;
-        await options.onExhausted!({ headers: stored.header, body: stored.string(), attempt: deliveries });
-      })().catch((failure: unknown) => logger.error({ err: failure }, 'cannot report an exhausted message'));
+async function acknowledge(message: JsMsg, nc: NatsConnection, logger: Logger): Promise<void> {
+  // The ack subject: the client's messages have it (JsMsgImpl.reply), though its JsMsg type does not say so.
+  const subject = (message as JsMsg & { readonly reply?: string }).reply;
+  let first = true;
+  await retryTransient(
+    'ack',
+    async () => {
+      if (first || !subject) {
+        first = false;
+        await message.ackAck();
+      } else await nc.request(subject, ACK, { timeout: ACK_TIMEOUT_MS });
     },
-  });
+    { logger },
+  );
 }

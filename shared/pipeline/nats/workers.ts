@@ -2,14 +2,16 @@ import type { AnyCloudEvent } from '../../events/index.ts';
 import { openKv } from '../../bus/nats/provision.ts';
 import type { Logger } from '../../logging/index.ts';
 import { stageNamed, type AnyStage, type IngestFunction, type StageName } from '../stage.ts';
-import { exhaustedHandler, ingestExhaustedHandler, ingestProcessor, stageProcessor, type ProcessorEnvironment } from './processors.ts';
+import { exhaustedProcessor } from './exhausted.ts';
+import { withCrashInjection } from './fault-injection.ts';
+import { ingestProcessor, stageProcessor, type ProcessorEnvironment } from './processors.ts';
 import type { NatsRuntime } from './runtime.ts';
 import { startWorker, type Worker, type WorkerOptions } from './worker.ts';
 
 /** Worker settings from configuration: delivery limits, and a grace period on stop as long as the ack wait. */
 export function workerOptions(runtime: NatsRuntime, logger: Logger): WorkerOptions {
-  const { ackWaitSeconds, maxDeliver } = runtime.environment.config.nats!;
-  return { nc: runtime.nc, jsm: runtime.jsm, limits: { ackWaitSeconds, maxDeliver }, logger, graceMs: ackWaitSeconds * 1000 };
+  const { ackWaitSeconds, maxDeliver, replicas } = runtime.environment.config.nats!;
+  return { nc: runtime.nc, jsm: runtime.jsm, limits: { ackWaitSeconds, maxDeliver }, replicas, logger, graceMs: ackWaitSeconds * 1000 };
 }
 
 export interface WorkerSetOptions {
@@ -41,7 +43,11 @@ export function processorEnvironment(runtime: NatsRuntime, logger: Logger, optio
   };
 }
 
-/** Starts one worker per named stage on its durable consumer; `stop` drains them all. */
+/**
+ * Starts one worker per named stage on its durable consumer, and one on the MaxDeliver advisories
+ * of every stage (exhausted.ts: any live process fails a run whose stage worker died each time);
+ * `stop` drains them all.
+ */
 export async function startWorkers(options: WorkerSetOptions): Promise<{ stop(): Promise<void> }> {
   const { runtime, logger } = options;
   const env = processorEnvironment(runtime, logger, options);
@@ -50,12 +56,13 @@ export async function startWorkers(options: WorkerSetOptions): Promise<{ stop():
   for (const name of options.names) {
     const onProgress = (message: string) => options.onProgress?.(name, message);
     if (name === 'ingest') {
-      workers.push(await startWorker('ingest', ingestProcessor(options.ingest, await openKv(runtime.nc, 'heimdall_ingest'), env), { ...common, onProgress, onExhausted: ingestExhaustedHandler(env) }));
+      const seen = await openKv(runtime.nc, 'heimdall_ingest', common.replicas);
+      workers.push(await startWorker('ingest', withCrashInjection('ingest', ingestProcessor(options.ingest, seen, env)), { ...common, onProgress }));
       continue;
     }
-    const stage = stageNamed(options.stages, name);
-    workers.push(await startWorker(name, stageProcessor(stage, env), { ...common, onProgress, onExhausted: exhaustedHandler(stage, env) }));
+    workers.push(await startWorker(name, withCrashInjection(name, stageProcessor(stageNamed(options.stages, name), env)), { ...common, onProgress }));
   }
+  workers.push(await startWorker('exhausted', exhaustedProcessor(options.stages, runtime.jsm, env), common));
   logger.info({ stages: options.names }, 'workers started');
   return {
     async stop() {

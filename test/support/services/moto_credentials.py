@@ -1,7 +1,9 @@
-"""Creates an IAM user with full S3 access on a moto server (still open) and prints its access key as JSON.
+"""Creates two IAM users on a moto server (still open) and prints their access keys as JSON:
+"heimdall", with full S3 access, and "heimdall-reader", whose policy allows reading only, so that its
+uploads are denied (AccessDenied) as a bucket or IAM policy denies them on a real server.
 
 After this, the test switches moto's IAM enforcement on (POST /moto-api/reset-auth 0): from then on
-only this key, correctly signed, is accepted, as on a real S3 server.
+only these keys, correctly signed, are accepted, as on a real S3 server.
 Usage: moto_credentials.py <endpoint>
 """
 import json
@@ -17,11 +19,20 @@ iam = boto3.client(
     aws_access_key_id="bootstrap",
     aws_secret_access_key="bootstrap",
 )
-iam.create_user(UserName="heimdall")
-iam.put_user_policy(
-    UserName="heimdall",
-    PolicyName="s3-all",
-    PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}),
-)
-key = iam.create_access_key(UserName="heimdall")["AccessKey"]
-print(json.dumps({"accessKey": key["AccessKeyId"], "secretKey": key["SecretAccessKey"]}))
+
+
+def user(name, actions):
+    iam.create_user(UserName=name)
+    iam.put_user_policy(
+        UserName=name,
+        PolicyName="s3",
+        PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}),
+    )
+    key = iam.create_access_key(UserName=name)["AccessKey"]
+    return {"accessKey": key["AccessKeyId"], "secretKey": key["SecretAccessKey"]}
+
+
+full = user("heimdall", "s3:*")
+# moto authorizes HEAD bucket as s3:HeadBucket; everything that writes is left out.
+reader = user("heimdall-reader", ["s3:Get*", "s3:List*", "s3:HeadBucket"])
+print(json.dumps({**full, "readOnly": reader}))

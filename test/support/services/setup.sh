@@ -4,7 +4,8 @@
 #   - moto[server], a maintained S3-protocol server from PyPI (no MinIO server can be installed
 #     from the registries this project reaches),
 #   - onnx and onnxruntime (mlflow.onnx / mlflow.pyfunc load the registered model with them;
-#     onnxruntime pinned to onnxruntime-node's version so both run the same kernels).
+#     onnxruntime pinned to onnxruntime-node's version so both run the same kernels),
+#   - cloudevents, the official CloudEvents Python SDK, as a client of our functions and workers.
 # The venv lives at ${HEIMDALL_CACHE_DIR:-$HOME/.cache/heimdall}/services-venv, outside the repository.
 #
 # Idempotent and fast when the venv is in place (a marker holds the requirement list it was built
@@ -16,7 +17,7 @@
 #   HEIMDALL_VENV_PYTHON  interpreter that creates the venv (default: python3 on PATH)
 set -euo pipefail
 
-REQUIREMENTS="mlflow[auth]==3.17.2 moto[server]==5.2.5 onnx==1.23.2 onnxruntime==1.30.0 numpy==2.4.6"
+REQUIREMENTS="mlflow[auth]==3.17.2 moto[server]==5.2.5 onnx==1.23.2 onnxruntime==1.30.0 numpy==2.4.6 cloudevents==2.2.0"
 
 CACHE_DIR="${HEIMDALL_CACHE_DIR:-${HOME:?HOME is not set}/.cache/heimdall}"
 VENV_DIR="$CACHE_DIR/services-venv"
@@ -52,8 +53,8 @@ log "creating venv $VENV_DIR with $BASE_PYTHON ($("$BASE_PYTHON" --version 2>&1)
 log "pip install $REQUIREMENTS (a few minutes on a fresh machine)"
 # shellcheck disable=SC2086  # word splitting of the requirement list is intended
 "$VENV_DIR/bin/python" -m pip install --no-input $REQUIREMENTS >&2 || die "pip install $REQUIREMENTS into $VENV_DIR failed"
-"$VENV_DIR/bin/python" -c 'import mlflow, mlflow.onnx, moto.server, onnx, onnxruntime' >&2 ||
-  die "venv $VENV_DIR cannot import mlflow, moto.server, onnx, onnxruntime after pip install"
+"$VENV_DIR/bin/python" -c 'import mlflow, mlflow.onnx, moto.server, onnx, onnxruntime, cloudevents.core.bindings.http, cloudevents.v1.http' >&2 ||
+  die "venv $VENV_DIR cannot import mlflow, moto.server, onnx, onnxruntime, cloudevents after pip install"
 # The marker is written last: a half-built venv is never taken for a complete one.
 printf '%s' "$REQUIREMENTS" >"$MARKER.tmp" && mv -f "$MARKER.tmp" "$MARKER" || die "cannot write $MARKER"
 log "venv ready: $("$VENV_DIR/bin/python" -c 'import mlflow, moto, onnx, onnxruntime; print("mlflow", mlflow.__version__, "moto", moto.__version__, "onnx", onnx.__version__, "onnxruntime", onnxruntime.__version__)' 2>&1)"

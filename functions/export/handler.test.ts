@@ -1,0 +1,71 @@
+/**
+ * The export stage carries the sha256 ingest computed (the run id's source) and holds the bytes it
+ * reads to it: bytes that changed in the store since ingest are refused before anything is
+ * uploaded, whether the event carries the full sha256 or only the run id.
+ */
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { loadConfig } from '../../shared/config/index.ts';
+import type { CloudEvent } from '../../shared/events/index.ts';
+import { createLogger } from '../../shared/logging/index.ts';
+import { createAdapters } from '../../shared/pipeline/adapters.ts';
+import { executeStage, type StageEnvironment } from '../../shared/pipeline/execute.ts';
+import { ingestLocalFile } from '../../shared/pipeline/local-ingest.ts';
+import { sha256File } from '../../shared/runtime/sha256.ts';
+import { MODELS_BUCKET, modelKey } from '../../shared/storage/object-store.ts';
+import { writeSmallCheckpoint } from '../../test/support/small-model.ts';
+import { tempDir } from '../../test/support/temp.ts';
+import { stageFunctions } from '../index.ts';
+
+const dir = await tempDir('heimdall-export-');
+const exportStage = stageFunctions.find((s) => s.name === 'export')!;
+let environment: StageEnvironment;
+let created: CloudEvent<'heimdall.checkpoint.created'>;
+
+/** The checkpoint of `created` in the store, replaced by other bytes (as a store-side edit would); the event's etag no longer pins it. */
+async function replacedInStore(): Promise<CloudEvent<'heimdall.checkpoint.created'>> {
+  const other = join(dir, 'other.pth');
+  await writeSmallCheckpoint(other, { seed: 6 });
+  const { bucket, key } = created.data;
+  await environment.store.putFile(bucket, key, other);
+  return { ...created, data: { ...created.data, etag: '' } };
+}
+
+beforeAll(async () => {
+  const config = loadConfig({ HEIMDALL_DATA_DIR: join(dir, 'data') });
+  await mkdir(join(dir, 'scratch'), { recursive: true });
+  environment = { ...createAdapters(config), config, logger: createLogger('silent'), scratchDir: join(dir, 'scratch') };
+  const checkpoint = join(dir, 'small.pth');
+  await writeSmallCheckpoint(checkpoint, { seed: 5 });
+  created = await ingestLocalFile(checkpoint, environment.store, () => undefined);
+  expect(created.data.sha256).toBe(await sha256File(checkpoint));
+});
+
+describe('export', () => {
+  it('exports the ingested bytes under their run id, with the sha256 ingest carried', async () => {
+    const exported = await executeStage(exportStage, created, environment);
+    expect(exported).toMatchObject({ type: 'heimdall.model.exported', data: { runId: created.data.runId, checkpoint: { sha256: created.data.sha256 } } });
+    expect(await environment.store.stat(MODELS_BUCKET, modelKey(created.data.runId))).toMatchObject({ metadata: { 'source-checkpoint-sha256': created.data.sha256 } });
+  });
+
+  it('refuses bytes that are not those the run was started from, and uploads nothing', async () => {
+    const event = await replacedInStore();
+    // Under a run id of its own, whose model key holds nothing yet.
+    const fresh = { ...event, data: { ...event.data, runId: '0123456789abcdef', sha256: `0123456789abcdef${created.data.sha256!.slice(16)}` } };
+    const failed = await executeStage(exportStage, fresh, environment);
+    expect(failed).toMatchObject({
+      type: 'heimdall.pipeline.failed',
+      data: { stage: 'export', retriable: false, error: { code: 'CHECKPOINT_CORRUPT', message: expect.stringContaining(`not ${fresh.data.sha256} that run 0123456789abcdef was started from`) } },
+    });
+    expect(await environment.store.stat(MODELS_BUCKET, modelKey('0123456789abcdef'))).toBeUndefined();
+    // The run's own event, now that its bytes are gone from the store: refused too.
+    expect(await executeStage(exportStage, event, environment)).toMatchObject({ data: { error: { code: 'CHECKPOINT_CORRUPT' } } });
+  });
+
+  it('holds the bytes to the run id when the event carries no sha256', async () => {
+    const { sha256: _, ...withoutSha256 } = (await replacedInStore()).data;
+    const failed = await executeStage(exportStage, { ...created, data: withoutSha256 }, environment);
+    expect(failed).toMatchObject({ data: { error: { code: 'CHECKPOINT_CORRUPT', message: expect.stringContaining(`not ${created.data.runId}… that run`) } } });
+  });
+});
