@@ -41,11 +41,14 @@ beforeAll(async () => {
   dataDir = join(dir, 'data');
   env = { NATS_URL: cluster.url, HEIMDALL_NATS_REPLICAS: String(REPLICAS), HEIMDALL_DATA_DIR: dataDir, HEIMDALL_ACK_WAIT_SECONDS: '10' };
   workers.push(startServe(env), startServe(env));
-  await waitFor('two workers', () => workers.every((w) => w.stderr().includes('serving')), 60_000);
+  // Generous: under the full suite on two cores, two workers provisioning 3-replica streams took over a minute.
+  await waitFor('two workers', () => workers.every((w) => w.stderr().includes('serving')), 180_000).catch((error: Error) => {
+    throw new Error(`${error.message}; workers said:\n${workers.map((w) => w.stderr().slice(-2000)).join('\n---\n')}`);
+  });
   observer = await PipelineObserver.connect(cluster.url);
   observer.follow();
   runState = new KvRunStateStore(await openKv(observer.nc, 'heimdall_runs', REPLICAS));
-}, 120_000);
+}, 240_000);
 // A test that failed with a node down must not leave the next one without a quorum.
 afterEach(async () => {
   for (const node of cluster.nodes.filter((n) => !n.running)) await cluster.restart(node.name);
