@@ -84,7 +84,10 @@ describe('heimdall serve on NATS JetStream', () => {
     const { env, upload, observer, first } = await pipeline('full', { args: ['--dashboard', '--port', '0'] });
     await upload('runs/2026-11-27/epoch 12.pth', 1);
     const runId = await registeredRun(observer, 'runs/2026-11-27/epoch 12.pth');
-    expect(observer.events.filter((e) => e.data.runId === runId).map((e) => e.type)).toEqual(RUN_EVENTS);
+    // model.promoted is published after model.registered, so it may reach the observer a moment later.
+    const runEvents = () => observer.events.filter((e) => e.data.runId === runId).map((e) => e.type);
+    await waitFor('the promotion after the registration', () => runEvents().length >= RUN_EVENTS.length, 30_000).catch(() => undefined);
+    expect(runEvents()).toEqual(RUN_EVENTS);
     // Deterministic ids: `<runId>.<stage>` for each stage's result, `<runId>.promoted.<alias>` for the gate's move.
     expect(observer.events.map((e) => e.id)).toEqual(observer.events.map((e) => (e.type === 'heimdall.model.promoted' ? `${e.data.runId}.promoted.staging` : `${e.data.runId}.${e.source.split('/')[1]}`)));
 
