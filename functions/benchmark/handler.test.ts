@@ -164,4 +164,50 @@ describe('benchmark', () => {
       expect(data.warnings).toContain(`no latency baseline: the model of version ${version} (staging) cannot be read from ${uri()} (${code})`);
     });
   }
+
+  it('times each variant that passed parity in the same rounds: its figures, its speed-up over fp32 per batch, its baseline against its own alias holder', async () => {
+    const errors = { positions: { maxAbs: 1e-3, meanAbs: 1e-4 }, uncertainties: { maxAbs: 2e-3, meanAbs: 2e-4 } };
+    const withVariants = {
+      ...parityChecked,
+      data: {
+        ...parityChecked.data,
+        // Another model of the same architecture stands in for the variant: the same work, other bytes.
+        variants: [{ name: 'int8' as const, onnx: other, perOutput: errors, tolerance: 5e-2, passed: true }],
+        skippedVariants: [{ name: 'int8' as const, stage: 'validate' as const, reason: 'carried along' }],
+      },
+    };
+    const config = loadConfig({ HEIMDALL_DATA_DIR: join(dir, 'data'), HEIMDALL_MODEL_NAME: 'variants', HEIMDALL_BENCHMARK_BATCHES: '1,2', HEIMDALL_BENCHMARK_BUDGET_MS: '40', HEIMDALL_BENCHMARK_WARMUP: '1', HEIMDALL_BENCHMARK_THREADS: '1' });
+    const run = async () => (await executeStage(stage('benchmark'), withVariants, { ...environment, config })) as CloudEvent<'heimdall.model.benchmarked'>;
+
+    const first = await run();
+    expect(first.type).toBe('heimdall.model.benchmarked');
+    const [variant] = first.data.variants!;
+    expect(variant).toMatchObject({ name: 'int8', onnx: other, perOutput: errors, tolerance: 5e-2 });
+    expect(variant!.perBatch.map((s) => [s.batch, s.n])).toEqual(first.data.perBatch.map((s) => [s.batch, s.n]));
+    expect(variant!.speedup.map((s) => s.batch)).toEqual([1, 2]);
+    for (const s of variant!.speedup) {
+      expect(s.ratioInterval[0]).toBeLessThanOrEqual(s.ratio);
+      expect(s.ratio).toBeLessThanOrEqual(s.ratioInterval[1]);
+      // The same work: near 1.
+      expect(s.ratio).toBeGreaterThan(0.8);
+      expect(s.ratio).toBeLessThan(1.25);
+    }
+    expect(variant!.baseline).toBeUndefined();
+    expect(first.data.skippedVariants).toEqual(withVariants.data.skippedVariants);
+
+    // Its own alias holder is the version holding `staging` under variants-int8, not the fp32 name's.
+    const version = await holdAlias('variants-int8', parityChecked.data.onnx);
+    const second = await run();
+    expect(second.data.baseline).toBeUndefined();
+    expect(second.data.variants![0]!.baseline).toMatchObject({ version, sha256: parityChecked.data.onnx.sha256, threshold: 0.1 });
+    expect(second.data.variants![0]!.baseline!.perBatch.map((s) => s.batch)).toEqual([1, 2]);
+  });
+
+  it('times no variant that failed parity', async () => {
+    const over = { ...parityChecked, data: { ...parityChecked.data, variants: [{ name: 'int8' as const, onnx: other, perOutput: { positions: { maxAbs: 1, meanAbs: 1 } }, tolerance: 5e-2, passed: false }] } };
+    const config = loadConfig({ HEIMDALL_DATA_DIR: join(dir, 'data'), HEIMDALL_MODEL_NAME: 'over', HEIMDALL_BENCHMARK_BATCHES: '2', HEIMDALL_BENCHMARK_BUDGET_MS: '10', HEIMDALL_BENCHMARK_WARMUP: '1', HEIMDALL_BENCHMARK_THREADS: '1' });
+    const event = (await executeStage(stage('benchmark'), over, { ...environment, config })) as CloudEvent<'heimdall.model.benchmarked'>;
+    expect(event.type).toBe('heimdall.model.benchmarked');
+    expect(event.data.variants).toEqual([]);
+  });
 });

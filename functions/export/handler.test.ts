@@ -3,7 +3,7 @@
  * reads to it: bytes that changed in the store since ingest are refused before anything is
  * uploaded, whether the event carries the full sha256 or only the run id.
  */
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../shared/config/index.ts';
@@ -67,5 +67,26 @@ describe('export', () => {
     const { sha256: _, ...withoutSha256 } = (await replacedInStore()).data;
     const failed = await executeStage(exportStage, { ...created, data: withoutSha256 }, environment);
     expect(failed).toMatchObject({ data: { error: { code: 'CHECKPOINT_CORRUPT', message: expect.stringContaining(`not ${created.data.runId}… that run`) } } });
+  });
+
+  it('with HEIMDALL_VARIANTS=int8, stores the variant beside the model with its metadata, and leaves no scratch file behind', async () => {
+    const config = loadConfig({ HEIMDALL_DATA_DIR: join(dir, 'data'), HEIMDALL_VARIANTS: 'int8' });
+    const scratchDir = join(dir, 'scratch-variants');
+    await mkdir(scratchDir, { recursive: true });
+    // The checkpoint again: the tests above replaced it in the store.
+    const ingested = await ingestLocalFile(join(dir, 'small.pth'), environment.store, () => undefined);
+    const exported = await executeStage(exportStage, ingested, { ...environment, config, scratchDir });
+    if (exported.type !== 'heimdall.model.exported') throw new Error(JSON.stringify(exported.data));
+    const { runId } = ingested.data;
+    const [variant, ...others] = exported.data.variants!;
+    expect(others).toEqual([]);
+    expect(variant).toMatchObject({ name: 'int8', onnx: { uri: environment.store.uri(MODELS_BUCKET, modelKey(runId, 'int8')), opset: exported.data.onnx.opset, irVersion: exported.data.onnx.irVersion } });
+    expect(variant!.onnx.sha256).not.toBe(exported.data.onnx.sha256);
+    const info = await environment.store.stat(MODELS_BUCKET, modelKey(runId, 'int8'));
+    expect(info).toMatchObject({ size: variant!.onnx.bytes, metadata: { sha256: variant!.onnx.sha256, variant: 'int8', 'run-id': runId, 'source-checkpoint-sha256': ingested.data.sha256 } });
+    expect(await readdir(scratchDir)).toEqual([]);
+    // Unconfigured: no variant in the event.
+    const plain = await executeStage(exportStage, ingested, environment);
+    expect(plain.data).not.toHaveProperty('variants');
   });
 });

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { ErrorCodes, HeimdallError } from '../../shared/errors/index.ts';
 import { createEvent, runIdOf } from '../../shared/events/index.ts';
 import { formatBytes } from '../../shared/cli/format.ts';
-import { exportCheckpoint } from '../../shared/models/localization-net/export.ts';
+import { exportCheckpoint, variantPath } from '../../shared/models/localization-net/export.ts';
 import { source, type StageContext, type StageHandler } from '../../shared/pipeline/stage.ts';
 import { MODELS_BUCKET, modelKey } from '../../shared/storage/object-store.ts';
 
@@ -14,29 +14,31 @@ import { MODELS_BUCKET, modelKey } from '../../shared/storage/object-store.ts';
  * deterministic and the key content-addressed, so a redelivery rewrites the same bytes. The run's
  * sha256 (ingest's hash, the run id's source) is carried, not recomputed as a new truth: the one read
  * the exporter makes of the whole file (for the zip's CRC checks, beside the writer) hashes it on the
- * way, and bytes that are not the run's are never exported under its id.
+ * way, and bytes that are not the run's are never exported under its id. The configured variants
+ * (DESIGN §3 Variants) are written by the same export and stored beside the model
+ * (`model.<variant>.onnx`, the same metadata plus `variant`).
  */
 export const exportHandler: StageHandler<'heimdall.checkpoint.created', 'heimdall.model.exported'> = async (event, ctx) => {
   const { bucket, key, runId, versionId, etag } = event.data;
   // The version ingest hashed (the run id is its sha256), even when newer uploads replaced it since.
   const checkpoint = await ctx.store.fetchFile(bucket, key, { ...(versionId ? { versionId } : {}), ...(etag ? { etag } : {}) });
   const out = join(ctx.scratchDir, `${runId}.onnx`);
+  const variants = ctx.config.variants;
   try {
     const sourceMetadata = await uploadMetadata(ctx, event.data);
     ctx.progress(`exporting ${key} (${formatBytes(event.data.size)})`);
     const result = await exportCheckpoint(checkpoint.path, out, {
       opset: ctx.config.opset,
+      ...(variants.length > 0 ? { variants } : {}),
       signal: ctx.signal,
       sourceMetadata,
-      onProgress: ({ phase, doneBytes, totalBytes }) =>
-        ctx.progress(`${phase === 'hash' ? 'hashing checkpoint' : 'writing weights'} ${formatBytes(doneBytes)} / ${formatBytes(totalBytes)}`),
+      onProgress: ({ phase, variant, doneBytes, totalBytes }) =>
+        ctx.progress(`${phase === 'hash' ? 'hashing checkpoint' : `writing ${variant ? `${variant} ` : ''}weights`} ${formatBytes(doneBytes)} / ${formatBytes(totalBytes)}`),
     });
     checkSameBytes(event.data, result.checkpoint.sha256);
     for (const warning of result.warnings) ctx.logger.warn({ runId, warning }, 'export warning');
     const checkpointUri = ctx.store.uri(bucket, key);
-    ctx.progress(`uploading model.onnx (${formatBytes(result.onnx.bytes)})`);
-    await ctx.store.putFile(MODELS_BUCKET, modelKey(runId), out, {
-      sha256: result.onnx.sha256,
+    const metadata = {
       'source-checkpoint': checkpointUri,
       'source-checkpoint-sha256': result.checkpoint.sha256,
       ...(versionId ? { 'source-checkpoint-version': versionId } : {}),
@@ -44,7 +46,14 @@ export const exportHandler: StageHandler<'heimdall.checkpoint.created', 'heimdal
       opset: String(result.opset),
       'export-date': new Date().toISOString(),
       'model-type': 'LocalizationNet',
-    });
+    };
+    ctx.progress(`uploading model.onnx (${formatBytes(result.onnx.bytes)})`);
+    await ctx.store.putFile(MODELS_BUCKET, modelKey(runId), out, { sha256: result.onnx.sha256, ...metadata });
+    for (const variant of result.variants) {
+      ctx.progress(`uploading model.${variant.name}.onnx (${formatBytes(variant.onnx.bytes)})`);
+      await ctx.store.putFile(MODELS_BUCKET, modelKey(runId, variant.name), variant.onnx.path, { sha256: variant.onnx.sha256, ...metadata, variant: variant.name });
+    }
+    const artifact = (key: string, written: { sha256: string; bytes: number }) => ({ uri: ctx.store.uri(MODELS_BUCKET, key), sha256: written.sha256, bytes: written.bytes, opset: result.opset, irVersion: result.irVersion });
     return createEvent('heimdall.model.exported', {
       stage: 'export',
       source: source('export'),
@@ -52,7 +61,8 @@ export const exportHandler: StageHandler<'heimdall.checkpoint.created', 'heimdal
       data: {
         runId,
         checkpoint: { uri: checkpointUri, sha256: result.checkpoint.sha256, format: result.checkpoint.format, ...(versionId ? { versionId } : {}) },
-        onnx: { uri: ctx.store.uri(MODELS_BUCKET, modelKey(runId)), sha256: result.onnx.sha256, bytes: result.onnx.bytes, opset: result.opset, irVersion: result.irVersion },
+        onnx: artifact(modelKey(runId), result.onnx),
+        ...(result.variants.length > 0 ? { variants: result.variants.map((v) => ({ name: v.name, onnx: artifact(modelKey(runId, v.name), v.onnx) })) } : {}),
         architecture: { name: 'LocalizationNet', variant: result.spec.variant, params: result.parameters },
         ...(result.training ? { training: result.training } : {}),
         warnings: [...result.warnings],
@@ -61,7 +71,7 @@ export const exportHandler: StageHandler<'heimdall.checkpoint.created', 'heimdal
     });
   } finally {
     await checkpoint.release();
-    await rm(out, { force: true });
+    await Promise.all([out, ...variants.map((name) => variantPath(out, name))].map((path) => rm(path, { force: true })));
   }
 };
 

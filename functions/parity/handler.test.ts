@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../shared/config/index.ts';
-import type { AnyCloudEvent, CloudEvent } from '../../shared/events/index.ts';
+import type { AnyCloudEvent, CloudEvent, EventData } from '../../shared/events/index.ts';
 import { createLogger } from '../../shared/logging/index.ts';
 import { createAdapters } from '../../shared/pipeline/adapters.ts';
 import { executeStage, type StageEnvironment } from '../../shared/pipeline/execute.ts';
@@ -92,5 +92,35 @@ describe('parity on golden samples', () => {
     const elsewhere = { ...validated, data: { ...validated.data, checkpoint: { ...validated.data.checkpoint, uri: `s3://${CHECKPOINTS_BUCKET}/runs/x.pth` } } };
     const result = await executeStage(stage('parity'), elsewhere, environment);
     expect(result).toMatchObject({ type: 'heimdall.pipeline.failed', data: { stage: 'parity', error: { code: 'INVALID_EVENT' }, retriable: false } });
+  });
+
+  it("compares each validated variant with the fp32 model's outputs on the same samples, and holds back one over its tolerance or one that failed validation", async () => {
+    await putSidecar(golden);
+    const checks = validated.data.checks;
+    const run = async (variants: NonNullable<EventData<'heimdall.model.validated'>['variants']>, env: Record<string, string> = {}) => {
+      const config = loadConfig({ HEIMDALL_DATA_DIR: join(dir, 'data'), ...env });
+      return (await executeStage(stage('parity'), { ...validated, data: { ...validated.data, variants } }, { ...environment, config })) as CloudEvent<'heimdall.model.parity-checked'>;
+    };
+    // The fp32 model standing in as its own variant: no difference at all.
+    const same = await run([{ name: 'int8', onnx: validated.data.onnx, passed: true, checks }]);
+    expect(same.type).toBe('heimdall.model.parity-checked');
+    expect(same.data.variants).toEqual([{ name: 'int8', onnx: validated.data.onnx, perOutput: { positions: { maxAbs: 0, meanAbs: 0 }, uncertainties: { maxAbs: 0, meanAbs: 0 } }, tolerance: 1e-2, passed: true }]);
+    expect(same.data.skippedVariants).toBeUndefined();
+
+    // Another model's outputs against a tolerance nothing meets: not a failed run, held back with the figures.
+    const path = join(dir, 'other.pth');
+    await writeSmallCheckpoint(path, { seed: 9 });
+    const otherExported = (await executeStage(stage('export'), await ingestLocalFile(path, environment.store, () => undefined), environment)) as CloudEvent<'heimdall.model.exported'>;
+    const over = await run([{ name: 'int8', onnx: otherExported.data.onnx, passed: true, checks }], { HEIMDALL_INT8_TOLERANCE: '1e-9' });
+    expect(over.type).toBe('heimdall.model.parity-checked');
+    expect(over.data.passed).toBe(true);
+    expect(over.data.variants).toMatchObject([{ name: 'int8', tolerance: 1e-9, passed: false }]);
+    expect(over.data.variants![0]!.perOutput.positions!.maxAbs).toBeGreaterThan(1e-9);
+    expect(over.data.skippedVariants).toEqual([{ name: 'int8', stage: 'parity', reason: expect.stringMatching(new RegExp(`^positions max \\|diff\\| \\S+, uncertainties max \\|diff\\| \\S+ against the fp32 model on ${SAMPLES} samples exceeds its tolerance 1e-9$`)) }]);
+
+    // One that failed validation is not run, and the reason names its checks.
+    const failed = await run([{ name: 'int8', onnx: otherExported.data.onnx, passed: false, checks: [{ name: 'load', passed: false, detail: 'not a valid ONNX model: truncated' }] }]);
+    expect(failed.data.variants).toEqual([]);
+    expect(failed.data.skippedVariants).toEqual([{ name: 'int8', stage: 'validate', reason: 'failed validation (load: not a valid ONNX model: truncated)' }]);
   });
 });

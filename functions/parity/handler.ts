@@ -1,6 +1,6 @@
 import { openCheckpoint, type Checkpoint, type LazyTensor } from '../../shared/checkpoint/index.ts';
 import { ErrorCodes, HeimdallError } from '../../shared/errors/index.ts';
-import { createEvent, type ParityResult } from '../../shared/events/index.ts';
+import { createEvent, type EventData, type OnnxArtifact, type ParityResult, type SkippedVariant } from '../../shared/events/index.ts';
 import { INPUT_NAME, INPUT_SHAPE, OUTPUT_NAMES } from '../../shared/models/localization-net/architecture.ts';
 import { inferArchitecture } from '../../shared/models/localization-net/infer.ts';
 import { referencePass } from '../../shared/models/localization-net/reference-pass.ts';
@@ -21,37 +21,22 @@ interface Expected {
  * model.validated -> model.parity-checked: the ONNX model's outputs against golden samples computed
  * by PyTorch at training time (a `parity` entry in the checkpoint, or a `<checkpoint>.parity.safetensors`
  * sidecar), else against our TypeScript reference forward pass on the checkpoint's weights.
- * Max and mean absolute error per output; above the tolerance: PARITY_EXCEEDED.
+ * Max and mean absolute error per output; above the tolerance: PARITY_EXCEEDED. Then each variant
+ * against the fp32 model's outputs on the same samples (checkVariants).
  */
 export const parityHandler: StageHandler<'heimdall.model.validated', 'heimdall.model.parity-checked'> = async (event, ctx) => {
   const { runId, onnx, checkpoint: checkpointRef } = event.data;
   // The checkpoint version the run was exported from (a versioned bucket may hold newer ones by now).
   const location: ObjectLocation = { ...locateUri(ctx.store, checkpointRef.uri), ...(checkpointRef.versionId ? { versionId: checkpointRef.versionId } : {}) };
   const expected = checkpointRef.format === 'onnx' ? await uploadedModelSamples(location, ctx) : await checkpointSamples(location, ctx);
-
   ctx.progress(`running the ONNX model on ${expected.samples} ${expected.reference} samples`);
-  const model = await fetchUri(ctx.store, onnx.uri);
-  let actual: Record<(typeof OUTPUT_NAMES)[number], Float32Array>;
-  try {
-    // On the provider the model will serve on (a GPU pod runs parity on CUDA): its numerics are what must match.
-    const session = await openModel(model.path, { provider: ctx.config.benchmark.provider, threads: ctx.config.benchmark.threads }, { signal: ctx.signal, sha256: onnx.sha256 });
-    for (const warning of session.warnings) ctx.logger.warn({ runId }, warning);
-    try {
-      actual = await runInBatches(session, expected.inputs, expected.samples);
-    } finally {
-      await session.close();
-    }
-  } finally {
-    await model.release();
-  }
+  const actual = await runModel(onnx, expected, ctx);
 
   const tolerance = ctx.config.parity.tolerance;
-  const perOutput = Object.fromEntries(OUTPUT_NAMES.map((name) => [name, absoluteError(actual[name], expected.outputs[name])]));
+  const perOutput = errorsPerOutput(actual, expected.outputs);
   const passed = Object.values(perOutput).every((e) => e.maxAbs <= tolerance);
-  if (!passed) {
-    const figures = Object.entries(perOutput).map(([name, e]) => `${name} max |diff| ${e.maxAbs.toExponential(2)}`).join(', ');
-    throw new HeimdallError(ErrorCodes.PARITY_EXCEEDED, `${figures} against ${expected.reference} samples exceeds the tolerance ${tolerance}`);
-  }
+  if (!passed) throw new HeimdallError(ErrorCodes.PARITY_EXCEEDED, `${figures(perOutput)} against ${expected.reference} samples exceeds the tolerance ${tolerance}`);
+  const variants = event.data.variants ? await checkVariants(event.data.variants, expected, actual, ctx) : undefined;
   return createEvent('heimdall.model.parity-checked', {
     stage: 'parity',
     source: source('parity'),
@@ -65,9 +50,69 @@ export const parityHandler: StageHandler<'heimdall.model.validated', 'heimdall.m
       perOutput,
       tolerance,
       passed,
+      ...(variants ? { variants: variants.checked, ...(variants.skipped.length > 0 ? { skippedVariants: variants.skipped } : {}) } : {}),
     },
   });
 };
+
+type Outputs = Record<(typeof OUTPUT_NAMES)[number], Float32Array>;
+type ValidatedVariant = NonNullable<EventData<'heimdall.model.validated'>['variants']>[number];
+type CheckedVariant = NonNullable<EventData<'heimdall.model.parity-checked'>['variants']>[number];
+
+/** The model's outputs on the expected samples' inputs. */
+async function runModel(onnx: OnnxArtifact, expected: Expected, ctx: StageContext): Promise<Outputs> {
+  const model = await fetchUri(ctx.store, onnx.uri);
+  try {
+    // On the provider the model will serve on (a GPU pod runs parity on CUDA): its numerics are what must match.
+    const session = await openModel(model.path, { provider: ctx.config.benchmark.provider, threads: ctx.config.benchmark.threads }, { signal: ctx.signal, sha256: onnx.sha256 });
+    for (const warning of session.warnings) ctx.logger.warn({ model: onnx.uri }, warning);
+    try {
+      return await runInBatches(session, expected.inputs, expected.samples);
+    } finally {
+      await session.close();
+    }
+  } finally {
+    await model.release();
+  }
+}
+
+/**
+ * Each variant that passed validation, run on the same inputs as the fp32 model, against the fp32
+ * ONNX model's outputs (what it is derived from, and what a deployment would swap it for) within its
+ * own tolerance. One over it, or one that cannot run here, is held back for the later stages with
+ * its figures; that is no failed run.
+ */
+async function checkVariants(validated: readonly ValidatedVariant[], expected: Expected, fp32: Outputs, ctx: StageContext): Promise<{ checked: CheckedVariant[]; skipped: SkippedVariant[] }> {
+  const checked: CheckedVariant[] = [];
+  const skipped: SkippedVariant[] = [];
+  for (const variant of validated) {
+    if (!variant.passed) {
+      const failed = variant.checks.filter((c) => !c.passed).map((c) => `${c.name}: ${c.detail}`);
+      skipped.push({ name: variant.name, stage: 'validate', reason: `failed validation (${failed.join('; ')})` });
+      continue;
+    }
+    ctx.progress(`running the ${variant.name} variant on the same ${expected.samples} samples`);
+    let outputs: Outputs;
+    try {
+      outputs = await runModel(variant.onnx, expected, ctx);
+    } catch (error) {
+      if (!(error instanceof HeimdallError) || error.code !== ErrorCodes.INVALID_MODEL) throw error;
+      skipped.push({ name: variant.name, stage: 'parity', reason: error.message });
+      continue;
+    }
+    const tolerance = ctx.config.variantTolerance[variant.name];
+    const perOutput = errorsPerOutput(outputs, fp32);
+    const passed = Object.values(perOutput).every((e) => e.maxAbs <= tolerance);
+    checked.push({ name: variant.name, onnx: variant.onnx, perOutput, tolerance, passed });
+    if (!passed) skipped.push({ name: variant.name, stage: 'parity', reason: `${figures(perOutput)} against the fp32 model on ${expected.samples} samples exceeds its tolerance ${tolerance}` });
+  }
+  return { checked, skipped };
+}
+
+const errorsPerOutput = (actual: Outputs, expected: Expected['outputs']) => Object.fromEntries(OUTPUT_NAMES.map((name) => [name, absoluteError(actual[name], expected[name])]));
+
+const figures = (perOutput: Readonly<Record<string, { maxAbs: number }>>) =>
+  Object.entries(perOutput).map(([name, e]) => `${name} max |diff| ${e.maxAbs.toExponential(2)}`).join(', ');
 
 async function checkpointSamples(location: ObjectLocation, ctx: StageContext): Promise<Expected> {
   const file = await ctx.store.fetchFile(location.bucket, location.key, location.versionId ? { versionId: location.versionId } : undefined);

@@ -179,4 +179,35 @@ describe('register', () => {
       ['3', 'rollback'],
     ]);
   });
+
+  it('registers each benchmarked variant as <name>-<variant> with its own gate and alias, announces its move, and reports a held-back one with the reason', async () => {
+    const event = await benchmarked(20, { valLoss: 0.05 });
+    const standIn = (await benchmarked(21)).data.onnx;
+    const speedup = [{ batch: 1, ratio: 0.6, ratioInterval: [0.58, 0.63] as [number, number] }];
+    const withVariants = {
+      ...event,
+      data: {
+        ...event.data,
+        variants: [{ name: 'int8' as const, onnx: standIn, perBatch: [latency(1, 1.5)], speedup, perOutput: { positions: { maxAbs: 3e-3, meanAbs: 1e-3 } }, tolerance: 5e-2 }],
+        skippedVariants: [{ name: 'int8' as const, stage: 'parity' as const, reason: 'positions max |diff| 2.00e-1 exceeds its tolerance 0.05' }],
+      },
+    };
+    const registered = await register(withVariants);
+    const fp32Version = registered.data.registry.version;
+    const [variant, skipped] = registered.data.variants!;
+    expect(variant).toMatchObject({ name: 'int8', registered: true, registry: { name: `${NAME}-int8`, version: '1', created: true }, alias: { name: 'staging', moved: true } });
+    expect(variant!.gate!.checks.find((c) => c.name === 'accuracy')).toEqual({ name: 'accuracy', passed: true, value: 3e-3, limit: 5e-2, policy: 'block', detail: 'max |diff| 3.00e-3 against the fp32 model <= tolerance 0.05' });
+    expect(skipped).toEqual({ name: 'int8', registered: false, reason: 'held back at parity: positions max |diff| 2.00e-1 exceeds its tolerance 0.05' });
+    const version = (await registry.getVersion(`${NAME}-int8`, '1'))!;
+    expect(version.tags).toMatchObject({ sha256: standIn.sha256, variant: 'int8', variant_of: fp32Version, [ONNX_URI_TAG]: standIn.uri, 'training.val_loss': '0.05', speedup_batch1: '0.600' });
+    const ids = followUps(registered).map((e) => e.id);
+    expect(ids).toContain(`${event.data.runId}.promoted.int8.staging`);
+    expect(new Set(ids).size).toBe(ids.length);
+
+    // Redelivered: nothing new, the same moves reported.
+    const again = await register(withVariants);
+    expect(again.data.variants![0]).toMatchObject({ registry: { version: '1', created: false }, alias: { moved: true } });
+    expect(followUps(again).map((e) => e.id)).toEqual(ids);
+    expect((await registry.aliasHistory(`${NAME}-int8`)).staging).toHaveLength(1);
+  });
 });

@@ -4,8 +4,8 @@ import { createEvent, runIdOf } from '../events/index.ts';
 import { decideGate } from '../gate/checks.ts';
 import { promotedEvent } from '../gate/promotion.ts';
 import { failureEvent } from '../pipeline/failure.ts';
-import { benchmarkedEvent, latency } from '../../test/support/events.ts';
-import { eventLine } from './event-line.ts';
+import { benchmarkedEvent, latency, registeredEvent } from '../../test/support/events.ts';
+import { eventLine, eventLines } from './event-line.ts';
 
 const runId = runIdOf('ef'.repeat(32));
 
@@ -67,5 +67,20 @@ describe('event lines', () => {
       const byGate = promotedEvent({ runId, name: 'heimdall-localization', version: '2', alias: 'staging', reason: 'gate passed', actor: 'heimdall/register' }, time);
       expect(eventLine(byGate)).toBe('09:00:01 efefefef promote   @staging -> v2, gate passed');
     });
+  });
+
+  it('add one short line per variant: its registration, or why it was held back', () => {
+    const base = registeredEvent(runId, '3');
+    const int8 = { name: 'heimdall-localization-int8', version: '2', runId, modelUri: 'models:/heimdall-localization-int8/2', created: true };
+    const withVariants = { ...base, data: { ...base.data, variants: [{ name: 'int8' as const, registered: true, registry: int8, gate: { passed: true, checks: [] }, alias: { name: 'staging', moved: true } }] } };
+    const lines = eventLines(withVariants);
+    expect(lines).toHaveLength(2);
+    expect(lines[0]).toBe(eventLine(base));
+    expect(lines[1]).toMatch(/^\d\d:\d\d:\d\d efefefef register  heimdall-localization-int8 v2 @staging$/);
+    const held = { ...base, data: { ...base.data, variants: [{ name: 'int8' as const, registered: false, reason: 'held back at parity: positions max |diff| 2.00e-1 against the fp32 model on 4 samples exceeds its tolerance 0.05' }] } };
+    // Cut at the terminal's width: the run's summary line and --json have the whole reason.
+    expect(eventLines(held)[1]).toMatch(/register  int8 not registered: held back at parity: pos.*…$/);
+    expect(eventLines(held)[1]!.length).toBeLessThanOrEqual(80);
+    expect(eventLines(base)).toEqual([eventLine(base)]);
   });
 });

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { ErrorCodes, HeimdallError } from '../errors/index.ts';
+import { VariantName } from '../events/schemas.ts';
 import { checkAliasName } from '../gate/promotion.ts';
 import { DEFAULT_ALIAS, DEFAULT_MODEL_NAME } from '../registry/model-registry.ts';
 import { CHECKPOINTS_BUCKET, isBucketName } from '../storage/object-store.ts';
@@ -29,6 +30,24 @@ const Environment = z.object({
   HEIMDALL_PARITY_TOLERANCE: number(1e-5).refine((v) => v > 0, 'must be positive'),
   /** Samples compared against the reference forward pass when a checkpoint has no golden samples. */
   HEIMDALL_PARITY_SAMPLES: z.coerce.number().int().min(1).max(64).default(4),
+  /**
+   * Derived models exported beside the fp32 one, comma separated (DESIGN §3 Variants). Opt-in: each
+   * doubles what parity and the benchmark measure and trades accuracy for size and speed, which is
+   * a deployer's choice, not the pipeline's.
+   */
+  HEIMDALL_VARIANTS: z
+    .string()
+    .default('')
+    .transform((v) => [...new Set(v.split(',').map((name) => name.trim()).filter(Boolean))])
+    .pipe(z.array(z.enum(VariantName.options, { error: `must be variant names separated by commas (${VariantName.options.join(', ')})` }))),
+  /**
+   * The int8 variant's largest absolute error per output against the fp32 model's, on parity's
+   * samples. Measured on the fixtures (npm run bench:int8, test/integration/int8-oracle.test.ts): at
+   * most 1.33e-3 (tiny, base and large, PyTorch's golden inputs and the reference samples); 1e-2
+   * leaves 7x headroom and still refuses a quantization as coarse as quantize_dynamic's with the
+   * heads in int8 too (1.07e-2 on large).
+   */
+  HEIMDALL_INT8_TOLERANCE: number(1e-2).refine((v) => v > 0, 'must be positive'),
   HEIMDALL_EXECUTION_PROVIDER: z.enum(['cpu', 'cuda']).default('cpu'),
   HEIMDALL_BENCHMARK_THREADS: z.coerce.number().int().min(0).default(0),
   /** Batch sizes timed by the benchmark (DESIGN §5: 1, 8 and 32). */
@@ -127,6 +146,10 @@ export interface Config {
   readonly alias: string;
   readonly opset: 14 | 17 | 20;
   readonly parity: { readonly tolerance: number; readonly samples: number };
+  /** The variants exported and carried through every stage (none unless configured). */
+  readonly variants: readonly VariantName[];
+  /** Each variant's tolerance: its largest absolute error per output against the fp32 model's. */
+  readonly variantTolerance: Readonly<Record<VariantName, number>>;
   readonly benchmark: {
     readonly provider: 'cpu' | 'cuda';
     readonly batches: readonly number[];
@@ -184,6 +207,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     alias: e.HEIMDALL_MODEL_ALIAS,
     opset: e.HEIMDALL_OPSET as 14 | 17 | 20,
     parity: { tolerance: e.HEIMDALL_PARITY_TOLERANCE, samples: e.HEIMDALL_PARITY_SAMPLES },
+    variants: e.HEIMDALL_VARIANTS,
+    variantTolerance: { int8: e.HEIMDALL_INT8_TOLERANCE },
     benchmark: {
       provider: e.HEIMDALL_EXECUTION_PROVIDER,
       batches: e.HEIMDALL_BENCHMARK_BATCHES,

@@ -4,21 +4,12 @@
  * with a message naming the variable.
  */
 import { describe, expect, it } from 'vitest';
+import { refusal } from './refusal.test-helper.ts';
 import { loadConfig } from './index.ts';
 
 const S3 = { S3_ENDPOINT: 'http://minio.internal:9000', S3_ACCESS_KEY: 'heimdall', S3_SECRET_KEY: 'secret-key-1234' };
 
 /** The message loadConfig refuses `env` with (USAGE), or undefined when it takes it. */
-function refusal(env: Record<string, string>): string | undefined {
-  try {
-    loadConfig(env);
-    return undefined;
-  } catch (error) {
-    expect(error).toMatchObject({ code: 'USAGE' });
-    return (error as Error).message;
-  }
-}
-
 describe('S3 configuration', () => {
   it('defaults to path-style addressing, sha256 checksums and no server-side encryption', () => {
     expect(loadConfig(S3).s3).toEqual({ endpoint: 'http://minio.internal:9000', accessKey: 'heimdall', secretKey: 'secret-key-1234', region: 'us-east-1', forcePathStyle: true, checksum: 'sha256' });

@@ -32,6 +32,21 @@ export const OnnxArtifact = z.object({
 });
 export type OnnxArtifact = z.infer<typeof OnnxArtifact>;
 
+/**
+ * Derived models the exporter writes beside the fp32 graph (DESIGN §3 Variants). Each later stage
+ * handles every variant too; `variants` in an event is absent when none is configured.
+ */
+export const VariantName = z.enum(['int8']);
+export type VariantName = z.infer<typeof VariantName>;
+
+/**
+ * A configured variant that a stage held back (failed validation, over its tolerance, not loadable
+ * for the benchmark): later stages skip it, and register reports it as not registered with the reason.
+ */
+export const SkippedVariant = z.object({ name: VariantName, stage: z.enum(['validate', 'parity', 'benchmark']), reason: z.string() });
+export type SkippedVariant = z.infer<typeof SkippedVariant>;
+const skippedVariants = z.array(SkippedVariant).optional();
+
 export const CheckpointRef = z.object({
   uri: ObjectUri,
   sha256: Sha256,
@@ -44,6 +59,8 @@ export type CheckpointRef = z.infer<typeof CheckpointRef>;
 const TensorIO = z.object({ name: z.string(), dtype: z.string(), shape: z.array(z.union([z.number(), z.string()])) });
 
 const OutputError = z.object({ maxAbs: z.number(), meanAbs: z.number() });
+
+const ValidationCheck = z.object({ name: z.string(), passed: z.boolean(), detail: z.string() });
 
 /** A two-sided confidence interval [low, high] (95 % unless the producer says otherwise). */
 export const Interval = z.tuple([z.number(), z.number()]);
@@ -93,6 +110,7 @@ export const ModelExported = z.object({
   checkpoint: CheckpointRef,
   onnx: OnnxArtifact,
   architecture: z.object({ name: z.string(), variant: z.string(), params: z.number().int() }),
+  variants: z.array(z.object({ name: VariantName, onnx: OnnxArtifact })).optional(),
   training: Training.optional(),
   warnings: z.array(z.string()).default([]),
   durationMs: z.number(),
@@ -105,7 +123,9 @@ export const ModelValidated = z.object({
   training: Training.optional(),
   io: z.object({ inputs: z.array(TensorIO), outputs: z.array(TensorIO) }),
   batchSizesChecked: z.array(z.number().int()),
-  checks: z.array(z.object({ name: z.string(), passed: z.boolean(), detail: z.string() })),
+  checks: z.array(ValidationCheck),
+  /** Each variant's checks: one that failed is skipped by later stages, not a failed run. */
+  variants: z.array(z.object({ name: VariantName, onnx: OnnxArtifact, passed: z.boolean(), checks: z.array(ValidationCheck) })).optional(),
 });
 
 export const ModelParityChecked = z.object({
@@ -118,6 +138,12 @@ export const ModelParityChecked = z.object({
   perOutput: z.record(z.string(), OutputError),
   tolerance: z.number(),
   passed: z.boolean(),
+  /**
+   * Each validated variant's outputs against the fp32 ONNX model's on the same samples, within its
+   * own tolerance; one over it is skipped by the benchmark and not registered.
+   */
+  variants: z.array(z.object({ name: VariantName, onnx: OnnxArtifact, perOutput: z.record(z.string(), OutputError), tolerance: z.number(), passed: z.boolean() })).optional(),
+  skippedVariants,
 });
 export type ParityResult = Pick<z.infer<typeof ModelParityChecked>, 'reference' | 'samples' | 'perOutput' | 'tolerance' | 'passed'>;
 
@@ -137,6 +163,22 @@ export const Baseline = z.object({
 });
 export type Baseline = z.infer<typeof Baseline>;
 
+/** The variant's latency over the fp32 model's at one batch size, paired by round (below 1: faster). */
+export const Speedup = z.object({ batch: z.number().int().positive(), ratio: z.number(), ratioInterval: Interval });
+export type Speedup = z.infer<typeof Speedup>;
+
+export const BenchmarkedVariant = z.object({
+  name: VariantName,
+  onnx: OnnxArtifact,
+  perBatch: z.array(LatencyStats).min(1),
+  speedup: z.array(Speedup).min(1),
+  /** Against the version holding the alias of the variant's own name (`<modelName>-<variant>`), as fp32's baseline. */
+  baseline: Baseline.optional(),
+  perOutput: z.record(z.string(), OutputError),
+  tolerance: z.number(),
+});
+export type BenchmarkedVariant = z.infer<typeof BenchmarkedVariant>;
+
 export const ModelBenchmarked = z.object({
   runId: RunId,
   checkpoint: CheckpointRef,
@@ -152,6 +194,9 @@ export const ModelBenchmarked = z.object({
   /** The parity figures, carried to register for the registry's tags and metrics. */
   parity: ModelParityChecked.pick({ reference: true, samples: true, perOutput: true, tolerance: true, passed: true }),
   warnings: z.array(z.string()).default([]),
+  /** The variants that passed parity, timed interleaved with the model, and their error against it (for register's accuracy check). */
+  variants: z.array(BenchmarkedVariant).optional(),
+  skippedVariants,
 });
 
 export const GatePolicy = z.enum(['block', 'warn']);
@@ -173,21 +218,37 @@ export type GateCheck = z.infer<typeof GateCheck>;
 export const GateVerdict = z.object({ passed: z.boolean(), checks: z.array(GateCheck) });
 export type GateVerdict = z.infer<typeof GateVerdict>;
 
+const RegistryRef = z.object({
+  name: z.string(),
+  version: z.string(),
+  runId: z.string(),
+  modelUri: z.string(),
+  /** False when this model (by sha256) was already registered and the existing version is reported. */
+  created: z.boolean(),
+});
+/** The configured alias: whether it now points at this version, and what held it before. */
+const AliasOutcome = z.object({ name: z.string(), moved: z.boolean(), previous: z.string().optional() });
+
+export const RegisteredVariant = z.object({
+  name: VariantName,
+  registered: z.boolean(),
+  /** Why it was not registered: the stage that held it back and its figures. */
+  reason: z.string().optional(),
+  registry: RegistryRef.optional(),
+  gate: GateVerdict.optional(),
+  alias: AliasOutcome.optional(),
+});
+export type RegisteredVariant = z.infer<typeof RegisteredVariant>;
+
 export const ModelRegistered = z.object({
   runId: RunId,
-  registry: z.object({
-    name: z.string(),
-    version: z.string(),
-    runId: z.string(),
-    modelUri: z.string(),
-    /** False when this model (by sha256) was already registered and the existing version is reported. */
-    created: z.boolean(),
-  }),
+  registry: RegistryRef,
   gate: GateVerdict,
-  /** The configured alias: whether it now points at this version, and what held it before. */
-  alias: z.object({ name: z.string(), moved: z.boolean(), previous: z.string().optional() }),
+  alias: AliasOutcome,
   onnx: OnnxArtifact,
   training: Training.optional(),
+  /** Each configured variant: registered under `<name>-<variant>` with its gate and alias, or why not. */
+  variants: z.array(RegisteredVariant).optional(),
 });
 
 export const PromotionReason = z.enum(['gate passed', 'manual', 'rollback']);

@@ -87,4 +87,11 @@ describe('decideGate', () => {
   it('omits the checks that are off', () => {
     expect(decideGate({ config: { latency: 'off' }, holder, baseline: baseline(3, [2.9, 3.1]), training: training({ val_loss: 1 }) })).toEqual({ passed: true, checks: [] });
   });
+
+  it("holds a variant to its tolerance against the fp32 model, whatever the alias holder's figures", () => {
+    const within = decideGate({ config: blocking, accuracy: { maxAbs: 3.2e-3, tolerance: 5e-2 } });
+    expect(within).toEqual({ passed: true, checks: [expect.objectContaining({ name: 'latency', passed: true }), expect.objectContaining({ name: 'metric', passed: true }), { name: 'accuracy', passed: true, value: 3.2e-3, limit: 5e-2, policy: 'block', detail: 'max |diff| 3.20e-3 against the fp32 model <= tolerance 0.05' }] });
+    const over = decideGate({ config: { latency: 'off' }, holder, baseline: baseline(0.5, [0.48, 0.52]), accuracy: { maxAbs: 0.2, tolerance: 5e-2 } });
+    expect(over).toEqual({ passed: false, checks: [{ name: 'accuracy', passed: false, value: 0.2, limit: 5e-2, policy: 'block', detail: 'max |diff| 2.00e-1 against the fp32 model > tolerance 0.05' }] });
+  });
 });

@@ -11,6 +11,8 @@ export interface GateInputs {
   readonly baseline?: Baseline;
   /** The candidate's lineage (`training` of its events). */
   readonly training?: Training;
+  /** For a variant: its largest absolute error against the fp32 model's outputs (parity's samples), and its tolerance. */
+  readonly accuracy?: { readonly maxAbs: number; readonly tolerance: number };
 }
 
 /**
@@ -18,11 +20,16 @@ export interface GateInputs {
  * benchmark measured and what the trainer recorded. Each configured check compares the candidate
  * with the alias holder; a check that has nothing to compare (no holder, a figure missing on one
  * side) passes and says why, so the first model of a name, or one from a trainer that logs no
- * metric, is never stuck. The verdict passes unless a check with policy `block` failed.
+ * metric, is never stuck. A variant adds its accuracy against the fp32 model (always `block`). The
+ * verdict passes unless a check with policy `block` failed.
  */
 export function decideGate(inputs: GateInputs): GateVerdict {
   const { latency, metric } = inputs.config;
-  const checks = [...(latency === 'off' ? [] : [latencyCheck(inputs, latency)]), ...(metric ? [metricCheck(inputs, metric)] : [])];
+  const checks = [
+    ...(latency === 'off' ? [] : [latencyCheck(inputs, latency)]),
+    ...(metric ? [metricCheck(inputs, metric)] : []),
+    ...(inputs.accuracy ? [accuracyCheck(inputs.accuracy)] : []),
+  ];
   return { passed: !checks.some((check) => !check.passed && check.policy === 'block'), checks };
 }
 
@@ -59,6 +66,16 @@ function metricCheck({ holder, training }: GateInputs, metric: NonNullable<GateC
     policy,
     detail: `${name} ${figure(candidate)} ${passed ? within : worse} v${holder.version}'s ${figure(held)} ${better === 'lower' ? '+' : '-'} tolerance ${figure(tolerance)}`,
   };
+}
+
+/**
+ * A variant is no worse than its tolerance against the fp32 model it was derived from. Parity holds
+ * back a variant over it before the benchmark; the check puts the figure in the verdict on record
+ * and keeps the rule where the alias decision is, so no variant over its tolerance ever takes one.
+ */
+function accuracyCheck({ maxAbs, tolerance }: NonNullable<GateInputs['accuracy']>): GateCheck {
+  const passed = maxAbs <= tolerance;
+  return { name: 'accuracy', passed, value: maxAbs, limit: tolerance, policy: 'block', detail: `max |diff| ${maxAbs.toExponential(2)} against the fp32 model ${passed ? '<=' : '>'} tolerance ${tolerance}` };
 }
 
 function notCompared(name: GateCheck['name'], policy: GatePolicy, detail: string): GateCheck {

@@ -1,5 +1,5 @@
 import { createEvent, type CloudEvent } from '../events/index.ts';
-import type { PromotionReason } from '../events/schemas.ts';
+import type { PromotionReason, VariantName } from '../events/schemas.ts';
 import { ErrorCodes, HeimdallError } from '../errors/index.ts';
 import { PIPELINE_RUN_TAG, type AliasChange, type ModelRegistry } from '../registry/model-registry.ts';
 
@@ -69,12 +69,14 @@ export async function promote(registry: ModelRegistry, promotion: Promotion, now
 
 /**
  * The `model.promoted` event of one move. Its id is deterministic for the gate's moves (a
- * redelivered registration announces the same event, which JetStream drops) and unique per move by hand.
+ * redelivered registration announces the same event, which JetStream drops) and unique per move by
+ * hand. A variant's move by the gate (`variant` set) is `<runId>.promoted.<variant>.<alias>`: the
+ * run moves the same alias of the fp32 model's name too, and alias names have no dots.
  */
-export function promotedEvent(move: Promotion & { readonly runId: string; readonly previous?: string }, now = new Date()): CloudEvent<'heimdall.model.promoted'> {
+export function promotedEvent(move: Promotion & { readonly runId: string; readonly previous?: string; readonly variant?: VariantName }, now = new Date()): CloudEvent<'heimdall.model.promoted'> {
   const byGate = move.reason === 'gate passed';
   return createEvent('heimdall.model.promoted', {
-    stage: byGate ? `promoted.${move.alias}` : `promoted.${move.alias}.${now.getTime()}`,
+    stage: byGate ? `promoted.${move.variant ? `${move.variant}.` : ''}${move.alias}` : `promoted.${move.alias}.${now.getTime()}`,
     source: byGate ? GATE_ACTOR : 'heimdall/cli',
     subject: `${move.name}@${move.alias}`,
     time: now,

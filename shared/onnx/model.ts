@@ -8,7 +8,7 @@ import { ProtoMessage, varintSize } from './protobuf.ts';
 /** `producer_name` of the models our exporter writes (shared/models/localization-net/export.ts). */
 export const HEIMDALL_PRODUCER = 'heimdall-exporter';
 
-export const TensorDataType = { FLOAT: 1, INT64: 7 } as const;
+export const TensorDataType = { FLOAT: 1, INT8: 3, INT64: 7 } as const;
 export type TensorDataType = (typeof TensorDataType)[keyof typeof TensorDataType];
 
 export type AttributeValue =

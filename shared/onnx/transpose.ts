@@ -10,22 +10,7 @@
  * side), which the transposer owns and reuses: the matrix is read into it, transposed there, and the
  * result copied out (0.06 s for all of them) into the buffer the writer lent.
  */
-
-/** Node has WebAssembly; the TypeScript libs this project uses (no DOM) do not declare it. */
-interface Wasm {
-  Memory: new (descriptor: { initial: number }) => WasmMemory;
-  Module: new (bytes: Uint8Array) => object;
-  Instance: new (module: object, imports: object) => { exports: { transpose(src: number, dst: number, rows: number, cols: number): void } };
-}
-interface WasmMemory {
-  readonly buffer: ArrayBuffer;
-  grow(pages: number): number;
-}
-const wasm = (globalThis as unknown as { WebAssembly: Wasm }).WebAssembly;
-
-const WASM_PAGE = 64 * 1024;
-/** The transpose starts on a cache line of its own. */
-const ALIGNMENT = 64;
+import { align, KernelMemory } from './kernel-memory.ts';
 
 /**
  * Compiled from this WebAssembly text (wabt's wat2wasm, SIMD enabled):
@@ -99,8 +84,6 @@ const ALIGNMENT = 64;
 const TRANSPOSE_WASM =
   'AGFzbQEAAAABCAFgBH9/f38AAg4BAmpzBm1lbW9yeQIAAAMCAQAHDQEJdHJhbnNwb3NlAAAK2wMB2AMCDH8IeyADQQJ0IQQgAkECdCEFIAJBfHEhBiADQXxxIQcCQANAIAggBk8NASAIQSBqIAYgCEEgaiAGSRshCkEAIQkCQANAIAkgB08NASAJQSBqIAcgCUEgaiAHSRshCyAJIQ0CQANAIA0gC08NASAIIQwCQANAIAwgCk8NASAAIAwgA2wgDWpBAnRqIQ4gASANIAJsIAxqQQJ0aiEPIA79AAIAIRAgDiAEav0AAgAhESAOIARBAXRq/QACACESIA4gBEEDbGr9AAIAIRMgECAR/Q0AAQIDEBESEwQFBgcUFRYXIRQgECAR/Q0ICQoLGBkaGwwNDg8cHR4fIRUgEiAT/Q0AAQIDEBESEwQFBgcUFRYXIRYgEiAT/Q0ICQoLGBkaGwwNDg8cHR4fIRcgDyAUIBb9DQABAgMEBQYHEBESExQVFhf9CwIAIA8gBWogFCAW/Q0ICQoLDA0ODxgZGhscHR4f/QsCACAPIAVBAXRqIBUgF/0NAAECAwQFBgcQERITFBUWF/0LAgAgDyAFQQNsaiAVIBf9DQgJCgsMDQ4PGBkaGxwdHh/9CwIAIAxBBGohDAwACwsgDUEEaiENDAALCyAJQSBqIQkMAAsLIAhBIGohCAwACwsL';
 
-let transposeModule: object | undefined;
-
 /** Reads the values of a matrix into `buffer` (or elsewhere: the result need not alias it). */
 export type MatrixSource = (buffer: Uint8Array) => Promise<Float32Array>;
 
@@ -110,11 +93,7 @@ export type MatrixSource = (buffer: Uint8Array) => Promise<Float32Array>;
  * order, one at a time: the memory holds one matrix and its transpose.
  */
 export class Transposer {
-  private memory: WasmMemory | undefined;
-  private kernel: ((src: number, dst: number, rows: number, cols: number) => void) | undefined;
-  /** Where JS does the work: no WebAssembly SIMD on this CPU, or no memory for it. */
-  private fallback = new ArrayBuffer(0);
-  private started = false;
+  private readonly memory = new KernelMemory<{ transpose(src: number, dst: number, rows: number, cols: number): void }>(TRANSPOSE_WASM);
   private queue: Promise<unknown> = Promise.resolve();
 
   /**
@@ -132,16 +111,16 @@ export class Transposer {
     const bytes = rows * cols * 4;
     if (target && target.byteLength < bytes) throw new Error(`a ${rows}x${cols} transpose needs ${bytes} bytes, the target has ${target.byteLength}`);
     const out = target ? target.subarray(0, bytes) : new Uint8Array(bytes);
-    const at = Math.ceil(bytes / ALIGNMENT) * ALIGNMENT;
-    const space = this.reserve(at + bytes);
+    const at = align(bytes);
+    const { buffer: space, kernel } = this.memory.reserve(at + bytes);
     const values = await source(new Uint8Array(space, 0, bytes));
     if (values.length !== rows * cols) throw new Error(`a ${rows}x${cols} matrix has ${rows * cols} values, read ${values.length}`);
     // The source may have produced its values elsewhere (a dtype it converted): bring them in.
     if (values.buffer !== space || values.byteOffset !== 0) new Float32Array(space, 0, values.length).set(values);
     const from = new Float32Array(space, 0, rows * cols);
     const to = new Float32Array(space, at, rows * cols);
-    if (this.kernel && space === this.memory?.buffer) {
-      this.kernel(0, at, rows, cols);
+    if (kernel) {
+      kernel.transpose(0, at, rows, cols);
       // The kernel leaves the last rows % 4 rows and cols % 4 columns.
       const [rows4, cols4] = [rows & ~3, cols & ~3];
       transposeRange(from, to, rows, cols, rows4, rows, 0, cols);
@@ -151,38 +130,6 @@ export class Transposer {
     }
     out.set(new Uint8Array(space, at, bytes));
     return out;
-  }
-
-  /** An ArrayBuffer of at least `byteLength` bytes: the kernel's memory when it can have it. */
-  private reserve(byteLength: number): ArrayBuffer {
-    if (!this.started) {
-      this.started = true;
-      this.start(byteLength);
-    }
-    if (this.memory) {
-      const missing = Math.ceil((byteLength - this.memory.buffer.byteLength) / WASM_PAGE);
-      try {
-        if (missing > 0) this.memory.grow(missing);
-        return this.memory.buffer;
-      } catch {
-        // Past WebAssembly's 4 GiB (or the address space is capped): JS from here on.
-        this.memory = undefined;
-        this.kernel = undefined;
-      }
-    }
-    if (this.fallback.byteLength < byteLength) this.fallback = new ArrayBuffer(byteLength);
-    return this.fallback;
-  }
-
-  private start(byteLength: number): void {
-    try {
-      const memory = new wasm.Memory({ initial: Math.ceil(byteLength / WASM_PAGE) });
-      transposeModule ??= new wasm.Module(Buffer.from(TRANSPOSE_WASM, 'base64'));
-      this.kernel = new wasm.Instance(transposeModule, { js: { memory } }).exports.transpose;
-      this.memory = memory;
-    } catch {
-      // No WebAssembly SIMD (V8 needs SSE4.1) or no memory for it: the JS loop below does it all.
-    }
   }
 }
 

@@ -4,6 +4,7 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { ensureOracle } from '../../test/support/oracle.ts';
 import { tempDir } from '../../test/support/temp.ts';
 import { GraphBuilder } from './graph-builder.ts';
 import { TensorDataType, type ModelDef } from './model.ts';
@@ -53,6 +54,26 @@ describe('writeModel', () => {
       SIZES.forEach((n, k) => expect(Buffer.from(values[k]!.buffer).equals(Buffer.from(pattern(k, n).buffer)), `w${k}`).toBe(true));
     });
   }
+
+  it('starts every external tensor on a 4096-byte boundary, as onnx reads the file', async () => {
+    // onnxruntime maps external initializers instead of copying them when their offsets are page
+    // aligned (include/onnxruntime/core/graph/model_saving_options.h; GetFileContent in
+    // core/framework/tensorprotoutils.cc tries MapFileIntoMemory first): what makes such a model load fast.
+    await roundTrip(true);
+    const { venvPython } = await ensureOracle();
+    const script = [
+      'import json, sys, onnx',
+      'm = onnx.load(sys.argv[1], load_external_data=False)',
+      'print(json.dumps({t.name: {e.key: e.value for e in t.external_data} for t in m.graph.initializer}))',
+    ].join('\n');
+    const entries = JSON.parse(execFileSync(venvPython, ['-c', script, join(dir, 'weights-true.onnx')], { encoding: 'utf8' })) as Record<string, Record<string, string>>;
+    expect(Object.keys(entries)).toHaveLength(SIZES.length);
+    for (const [name, { location, offset, length }] of Object.entries(entries)) {
+      expect(location, name).toBe('weights-true.onnx.data');
+      expect(Number(offset) % 4096, `${name} at ${offset}`).toBe(0);
+      expect(Number(length), name).toBe(SIZES[Number(name.slice(1))]! * 4);
+    }
+  });
 });
 
 /** A small model whose initializer `w<failAt>` fails to read (or that calls `during` while writing `w<at>`). */

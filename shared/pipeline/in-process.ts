@@ -35,11 +35,11 @@ export interface InProcessOptions {
   readonly onProgress?: (stage: StageName, message: string) => void;
 }
 
-/** The last event of a run: its failure, or its registration's last follow-up (the registration itself when it has none). */
-function endsRun(event: AnyCloudEvent): boolean {
-  if (event.type === 'heimdall.model.registered') return followUps(event).length === 0;
-  return event.type === 'heimdall.pipeline.failed' || event.type === 'heimdall.model.promoted';
-}
+/**
+ * The id of a run's last event once it has registered: the registration's last follow-up (a
+ * variant's promotion comes after the fp32 model's), or the registration itself when it has none.
+ */
+const lastEventId = (registered: AnyCloudEvent) => (followUps(registered).at(-1) ?? registered).id;
 
 /**
  * What a run starts from: a local file (`heimdall run`: stored in the checkpoints bucket first), or an
@@ -88,11 +88,14 @@ async function runStages(source: RunSource, options: InProcessOptions): Promise<
   /** Set once the run has ended (or been given up on): a stage finishing later publishes nothing. */
   let over = false;
 
+  /** Known once the run has registered. */
+  let lastId: string | undefined;
   bus.subscribe('*', async (event) => {
     events.push(event);
     if (options.runState) await recordEvent(options.runState, event);
     options.onEvent?.(event);
-    if (endsRun(event)) finish();
+    if (event.type === 'heimdall.model.registered') lastId = lastEventId(event);
+    if (event.type === 'heimdall.pipeline.failed' || event.id === lastId) finish();
   });
   const environment: StageEnvironment = { store: options.store, registry: options.registry, config: options.config, logger: options.logger, scratchDir };
   const subscriptions = options.stages.map((stage) =>

@@ -3,7 +3,7 @@
 import * as ort from 'onnxruntime-node';
 import { HeimdallError } from '../errors/index.ts';
 import { INPUT_NAME, INPUT_SHAPE } from '../models/localization-net/architecture.ts';
-import type { HostReply, HostRequest, TimingRequest } from './model-host.ts';
+import type { Companion, HostReply, HostRequest, TimingRequest } from './model-host.ts';
 import { sampleInput } from './sample-input.ts';
 import { openSession, type OpenedSession, type SessionOptions } from './session.ts';
 import { timeBatch } from './timing.ts';
@@ -28,12 +28,15 @@ async function answer(request: HostRequest): Promise<HostReply> {
   return { kind: 'timed', warnings: await time(request.request, opened) };
 }
 
-/** The benchmark's batch sizes in turn, the holder (when given, opened as the model was) interleaved with the model. */
+/** The benchmark's batch sizes in turn, the companions (opened as the model was; those that load) interleaved with the model. */
 async function time(request: TimingRequest, { session, options }: NonNullable<typeof opened>): Promise<string[]> {
   const warnings: string[] = [];
-  const holder = request.holderPath ? await openHolder(request.holderPath, options, warnings) : undefined;
+  // One after another: the peak is the sessions' memory, not their loading at once as well.
+  const companions: (ort.InferenceSession | undefined)[] = [];
   try {
-    const sessions = holder ? [session.session, holder] : [session.session];
+    for (const companion of request.companions ?? []) companions.push(await openCompanion(companion, options, warnings));
+    const loaded = companions.filter((c) => c !== undefined);
+    const sessions = [session.session, ...loaded];
     for (const batch of request.batches) {
       let feeds: Record<string, ort.Tensor>;
       try {
@@ -42,24 +45,25 @@ async function time(request: TimingRequest, { session, options }: NonNullable<ty
         throw new Error(`cannot allocate the batch-${batch} input (${batch * 3 * 128 * 32 * 4} bytes): ${(error as Error).message}`);
       }
       const { warmup, measureMs, timings } = await timeBatch(sessions, feeds, request);
-      send({ kind: 'batch', batch, warmup, measureMs, candidate: timings[0]!, ...(timings[1] ? { holder: timings[1] } : {}) });
+      const byCompanion = companions.map((c) => (c ? timings[sessions.indexOf(c)]! : null));
+      send({ kind: 'batch', batch, warmup, measureMs, candidate: timings[0]!, companions: byCompanion });
     }
   } finally {
-    await holder?.release();
+    await Promise.all(companions.map((c) => c?.release()));
   }
   return warnings;
 }
 
 /**
- * The holder's session, or none (and a warning) when it will not load here: it passed every stage
- * once, so this is the machine or a runtime that changed since, never the candidate's fault, and
- * failing the candidate would fail every run until the alias moves by hand.
+ * A companion's session, or none (and its warning) when it will not load here. The alias holder
+ * passed every stage once, so this is the machine or a runtime that changed since, never the
+ * candidate's fault, and failing the candidate would fail every run until the alias moves by hand.
  */
-async function openHolder(path: string, options: SessionOptions, warnings: string[]): Promise<ort.InferenceSession | undefined> {
+async function openCompanion(companion: Companion, options: SessionOptions, warnings: string[]): Promise<ort.InferenceSession | undefined> {
   try {
-    return (await openSession(path, options)).session;
+    return (await openSession(companion.path, options)).session;
   } catch (error) {
-    warnings.push(`no latency baseline: the alias holder's model does not load here (${(error as Error).message.split('\n')[0]})`);
+    warnings.push(`${companion.unloadable} (${(error as Error).message.split('\n')[0]})`);
     return undefined;
   }
 }

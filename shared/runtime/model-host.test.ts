@@ -5,13 +5,13 @@
  */
 import { readdirSync, readFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { exportCheckpoint } from '../models/localization-net/export.ts';
 import { writeSmallCheckpoint } from '../../test/support/small-model.ts';
 import { tempDir } from '../../test/support/temp.ts';
 import { runBenchmark } from './benchmark.ts';
-import { openModel, withSharedModels } from './model-host.ts';
+import { openModel, withSharedModels, type BatchTimed } from './model-host.ts';
 import { sampleInput } from './sample-input.ts';
 import { sha256File } from './sha256.ts';
 
@@ -61,6 +61,23 @@ describe('openModel', () => {
     const before = children();
     await expect(openModel(junk)).rejects.toMatchObject({ code: 'INVALID_MODEL', message: expect.stringContaining('onnxruntime cannot load') });
     expect(children()).toEqual(before);
+  });
+
+  it('times companions in the same rounds as the model, and leaves out one that does not load, with its warning', async () => {
+    const junk = join(dirname(model), 'junk-companion.onnx');
+    await writeFile(junk, 'not a model');
+    const hosted = await openModel(model, { threads: 1 });
+    const timed: BatchTimed[] = [];
+    const warnings = await hosted.time({ batches: [1, 2], warmup: 1, budgetMs: 10, minRuns: 3, companions: [{ path: model, unloadable: 'the same model does not load' }, { path: junk, unloadable: 'junk does not load' }] }, (t) => timed.push(t));
+    await hosted.close();
+    expect(timed.map((t) => t.batch)).toEqual([1, 2]);
+    for (const t of timed) {
+      expect(t.companions).toHaveLength(2);
+      // Every loaded model runs once per round: the series pair up.
+      expect(t.companions[0]).toHaveLength(t.candidate.length);
+      expect(t.companions[1]).toBeNull();
+    }
+    expect(warnings).toEqual([expect.stringMatching(/^junk does not load \(/)]);
   });
 
   it('rejects with IO_ERROR once its process is gone, and with the reason when stopped', async () => {

@@ -25,20 +25,27 @@ export interface TensorValue {
 export type ModelOutputs = Readonly<Record<string, TensorValue>>;
 export type ModelFeeds = Readonly<Record<string, { readonly data: Float32Array; readonly dims: readonly number[] }>>;
 
-/** What the benchmark asks of a hosted model: batch sizes in order, how long to time each, and the alias holder to interleave with. */
+/** What the benchmark asks of a hosted model: batch sizes in order, how long to time each, and the models to interleave with. */
 export interface TimingRequest extends TimingSettings {
   readonly batches: readonly number[];
-  /** Opened beside the model (same options) and timed interleaved with it. */
-  readonly holderPath?: string;
+  /** Opened beside the model (same options) and timed interleaved with it, round by round: the alias holder, variants, their holders. */
+  readonly companions?: readonly Companion[];
 }
 
-/** One batch size's timings: the model's and, with a holder, the holder's (the same number of runs). */
+/** A model timed beside the hosted one. */
+export interface Companion {
+  readonly path: string;
+  /** The warning when it does not load here (its figures are then absent): `no latency baseline: the alias holder's model does not load here`. */
+  readonly unloadable: string;
+}
+
+/** One batch size's timings: the model's and each companion's, in the request's order (null: it did not load); every series has the same number of runs. */
 export interface BatchTimed {
   readonly batch: number;
   readonly warmup: { readonly runs: number; readonly settled: boolean };
   readonly measureMs: number;
   readonly candidate: number[];
-  readonly holder?: number[];
+  readonly companions: (number[] | null)[];
 }
 
 export type HostRequest =
@@ -65,7 +72,7 @@ export interface HostedModel {
   readonly warnings: readonly string[];
   /** The model's outputs for float32 inputs; rejects with onnxruntime's message when it cannot run them. */
   run(feeds: ModelFeeds): Promise<ModelOutputs>;
-  /** The benchmark's timing loop (timing.ts) next to the session; `onBatch` as each batch size is done. Resolves to warnings about the holder. */
+  /** The benchmark's timing loop (timing.ts) next to the session; `onBatch` as each batch size is done. Resolves to warnings about companions that did not load. */
   time(request: TimingRequest, onBatch: (timed: BatchTimed) => void): Promise<readonly string[]>;
   /** Done with it: the process ends (all the session's memory back with the system), unless a `withSharedModels` scope keeps it for the next stage. */
   close(): Promise<void>;

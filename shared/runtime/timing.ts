@@ -8,7 +8,7 @@ export type Feeds = Record<string, ort.Tensor>;
 export interface TimingSettings {
   /** Warm-up runs at least per batch size; more until the timings settle. */
   readonly warmup: number;
-  /** Time for the timed runs of each batch size (both models together); warm-up may take as long again. */
+  /** Time for the timed runs of each batch size (every model timed together); warm-up may take as long again. */
   readonly budgetMs: number;
   /** Timed runs at least per batch size, even past the budget. */
   readonly minRuns: number;
@@ -22,7 +22,7 @@ export interface BatchTimings {
   readonly timings: number[][];
 }
 
-/** Warm-up until the timings settle, then timed rounds; with two sessions the rounds interleave them. */
+/** Warm-up until the timings settle, then timed rounds; with several sessions the rounds interleave them. */
 export async function timeBatch(sessions: readonly ort.InferenceSession[], feeds: Feeds, settings: TimingSettings): Promise<BatchTimings> {
   const started = performance.now();
   const warmup = await warmUp(sessions, feeds, settings);
@@ -37,12 +37,19 @@ async function timeRun(session: ort.InferenceSession, feeds: Feeds): Promise<num
 }
 
 /**
- * One round times every session once on the same input. With two, the order alternates (ABBA), so
- * whatever the first run of a round leaves behind (warm caches, threads still awake) favours each
- * model equally often. Returns each session's timing in the sessions' order.
+ * One round times every session once on the same input. The order is reversed every other round
+ * and rotated every two (ABBA BAAB with two; ABCCBA BCAACB CABBAC with three), so whatever a run
+ * leaves behind for the next (warm caches, threads still awake) favours no model, and each takes
+ * every position equally often. Returns each session's timing in the sessions' order.
  */
+export function roundOrder(count: number, index: number): number[] {
+  const start = Math.floor(index / 2) % count;
+  const order = Array.from({ length: count }, (_, i) => (start + i) % count);
+  return index % 2 === 0 ? order : order.reverse();
+}
+
 async function round(sessions: readonly ort.InferenceSession[], feeds: Feeds, index: number): Promise<number[]> {
-  const order = index % 2 === 0 ? sessions.map((_, i) => i) : sessions.map((_, i) => sessions.length - 1 - i);
+  const order = roundOrder(sessions.length, index);
   const timings = new Array<number>(sessions.length);
   for (const i of order) timings[i] = await timeRun(sessions[i]!, feeds);
   return timings;

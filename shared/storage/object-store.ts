@@ -93,6 +93,6 @@ export function isBucketName(name: string): boolean {
 export const MODELS_BUCKET = 'heimdall-models';
 export const CHECKPOINTS_BUCKET = 'heimdall-checkpoints';
 
-/** DESIGN §3 storage layout: everything of one run under models/localization/<runId>/. */
-export const modelKey = (runId: string) => `models/localization/${runId}/model.onnx`;
+/** DESIGN §3 storage layout: everything of one run under models/localization/<runId>/; a variant's model beside the fp32 one (`model.int8.onnx`). */
+export const modelKey = (runId: string, variant?: string) => `models/localization/${runId}/${variant ? `model.${variant}.onnx` : 'model.onnx'}`;
 export const reportKey = (runId: string) => `models/localization/${runId}/report.json`;

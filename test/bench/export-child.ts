@@ -1,10 +1,13 @@
-// Runs one export in a fresh process so its peak RSS is the exporter's alone; prints one JSON line.
+// Runs one export (with the variants named after the output) in a fresh process so its peak RSS is the exporter's alone; prints one JSON line.
 import { readFileSync } from 'node:fs';
+import type { VariantName } from '../../shared/events/schemas.ts';
 import { exportCheckpoint } from '../../shared/models/localization-net/export.ts';
 
-const [checkpoint, out] = process.argv.slice(2);
-const result = await exportCheckpoint(checkpoint!, out!);
-console.log(JSON.stringify({ seconds: result.durationMs / 1000, maxRssBytes: peakRss(), bytes: result.onnx.bytes }));
+// CHECKPOINT OUT [VARIANT...]
+const [checkpoint, out, ...variants] = process.argv.slice(2) as [string, string, ...VariantName[]];
+const result = await exportCheckpoint(checkpoint, out, { variants });
+const variantBytes = Object.fromEntries(result.variants.map((v) => [v.name, v.onnx.bytes]));
+console.log(JSON.stringify({ seconds: result.durationMs / 1000, maxRssBytes: peakRss(), bytes: result.onnx.bytes, variantBytes }));
 
 /**
  * This process's own peak RSS. Linux carries getrusage's maxrss across exec, so a child spawned by a

@@ -7,13 +7,13 @@
  */
 import { execFile } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { availableParallelism, loadavg, tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import * as ort from 'onnxruntime-node';
 import { formatBytes } from '../../shared/cli/format.ts';
-import { openCheckpoint } from '../../shared/checkpoint/index.ts';
 import { openSession } from '../../shared/runtime/session.ts';
+import { loadAverageLine, weightBytes } from './machine.ts';
 import { ensureFixtures, ensureOracle } from '../support/oracle.ts';
 
 const run = promisify(execFile);
@@ -34,14 +34,6 @@ interface Runs extends Measure {
 
 const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
 const percentile = (values: number[], p: number) => [...values].sort((a, b) => a - b)[Math.min(values.length - 1, Math.floor((p / 100) * values.length))]!;
-
-async function weightBytes(path: string): Promise<number> {
-  const checkpoint = await openCheckpoint(path);
-  let bytes = 0;
-  for (const t of checkpoint.tensors.values()) bytes += t.numel * 4;
-  await checkpoint.close();
-  return bytes;
-}
 
 async function ours(checkpoint: string, out: string): Promise<Runs> {
   const runs: Measure[] = [];
@@ -136,9 +128,7 @@ try {
       }),
     );
   }
-  // The machine is shared: the load says how much of it the runs had.
-  const load = (l: number[]) => l.map((x) => x.toFixed(2)).join(' ');
-  lines.push(`load average (1/5/15 min) at start ${load(loadAtStart)}, at end ${load(loadavg())} (${availableParallelism()} cores)`);
+  lines.push(loadAverageLine(loadAtStart));
   console.log(lines.join('\n'));
   console.log(JSON.stringify(report));
 } finally {

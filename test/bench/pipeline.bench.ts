@@ -6,7 +6,9 @@
  * its stages start; sampled every 10 ms, and never below the CLI's own exact peak, VmHWM reset at
  * each stage). Then the whole run: end to end, the benchmark's own measurement (its warm-up and
  * timed runs, whose length the benchmark settings decide) apart, and the overhead (the rest), each
- * figure next to its target (issue 14) with PASS or MISS. The second part,
+ * figure next to its target (issue 14) with PASS or MISS. With HEIMDALL_VARIANTS=int8 the int8 variant's
+ * figures follow fp32's (size, error against fp32, paired p50 ratio per batch: the events' `variants`);
+ * without it, a line saying it was not in the run. The second part,
  * test/bench/reference.bench.ts, times the reference pass that parity runs.
  *
  * BENCH_VARIANTS (default tiny,large); BENCH_RUNS (default 1): runs per variant, each figure their
@@ -108,6 +110,8 @@ interface Figures {
   parityMaxAbs: number;
   parityReference: string;
   loadavg: [number, number];
+  /** Absent when the run had no int8 variant. */
+  int8?: VariantFigures;
 }
 
 async function measureVariant(checkpoint: string): Promise<Figures> {
@@ -123,6 +127,7 @@ async function measureVariant(checkpoint: string): Promise<Figures> {
     const exported = report.events.find((e) => e.type === 'heimdall.model.exported')!.data as { architecture: { params: number } };
     const bench = report.benchmark!;
     const measurementSeconds = (bench.measurementMs ?? Number.NaN) / 1000;
+    const int8 = int8Figures(report);
     return {
       wallSeconds,
       startupSeconds,
@@ -136,10 +141,59 @@ async function measureVariant(checkpoint: string): Promise<Figures> {
       parityMaxAbs: Math.max(...Object.values(report.parity!.perOutput).map((e) => e.maxAbs)),
       parityReference: report.parity!.reference,
       loadavg: [loadBefore, loadavg()[0]!],
+      ...(int8 ? { int8 } : {}),
     };
   } finally {
     await rm(workdir, { recursive: true, force: true });
   }
+}
+
+/** Issue 14's INT8 targets (large): size, batch-1 and batch-8 p50 over fp32's in the same run. */
+const INT8_TARGETS = { megabytes: { large: 230 } as Partial<Record<Variant, number>>, ratio: { 1: 0.65, 8: 0.75 } as Record<number, number> };
+
+/** A variant's figures as the run's events carry them (DESIGN §3 `variants`); each part absent where the events lack it. */
+interface VariantFigures {
+  bytes?: number;
+  parity?: { perOutput: Record<string, { maxAbs: number }>; tolerance: number; passed: boolean };
+  speedup?: { batch: number; ratio: number; ratioInterval: [number, number] }[];
+  registered?: string;
+  skipped?: string;
+}
+
+/** The int8 variant's figures in one run's report, or undefined when the run had no such variant. Read defensively: the shape is the events' (engineer A's), not ours. */
+function int8Figures(report: RunReport): VariantFigures | undefined {
+  const find = (type: string) => {
+    const data = report.events.find((e) => e.type === type)?.data as { variants?: { name?: string }[]; skippedVariants?: { name?: string; stage?: string; reason?: string }[] } | undefined;
+    return { entry: data?.variants?.find((v) => v?.name === 'int8') as Record<string, unknown> | undefined, skipped: data?.skippedVariants?.find((v) => v?.name === 'int8') };
+  };
+  const exported = find('heimdall.model.exported').entry;
+  if (!exported) return undefined;
+  const parity = find('heimdall.model.parity-checked');
+  const benchmarked = find('heimdall.model.benchmarked');
+  const registered = find('heimdall.model.registered').entry as { registry?: { name?: string; version?: string } } | undefined;
+  const skipped = [parity.skipped, benchmarked.skipped].find(Boolean);
+  return {
+    ...(typeof (exported.onnx as { bytes?: unknown })?.bytes === 'number' ? { bytes: (exported.onnx as { bytes: number }).bytes } : {}),
+    ...(parity.entry?.perOutput ? { parity: parity.entry as unknown as VariantFigures['parity'] } : {}),
+    ...(Array.isArray(benchmarked.entry?.speedup) ? { speedup: benchmarked.entry.speedup as VariantFigures['speedup'] } : {}),
+    ...(registered?.registry?.name ? { registered: `${registered.registry.name} v${registered.registry.version}` } : {}),
+    ...(skipped ? { skipped: `held back at ${skipped.stage}: ${skipped.reason}` } : {}),
+  };
+}
+
+/** The int8 lines of a variant's summary, next to fp32's; figures from the first run that had the variant. */
+function int8Lines(variant: Variant, runs: readonly Figures[]): string[] {
+  const figures = runs.find((f) => f.int8)?.int8;
+  if (!figures) return ['  int8: not in this run (HEIMDALL_VARIANTS=int8 adds it)'];
+  const lines = [`  int8: ${figures.bytes === undefined ? 'size not in the event' : `${(figures.bytes / 1e6).toFixed(0)} MB${verdict(figures.bytes / 1e6, INT8_TARGETS.megabytes[variant], ' MB')}`}${figures.registered ? `, registered as ${figures.registered}` : ''}${figures.skipped ? `, ${figures.skipped}` : ''}`];
+  if (figures.parity) {
+    const errors = Object.entries(figures.parity.perOutput).map(([name, e]) => `${name} max |diff| ${e.maxAbs.toExponential(2)}`).join(', ');
+    lines.push(`    against fp32 on the parity samples: ${errors} (tolerance ${figures.parity.tolerance}: ${figures.parity.passed ? 'passed' : 'failed'})`);
+  }
+  for (const s of figures.speedup ?? []) {
+    lines.push(`    batch ${s.batch}: p50 ${s.ratio.toFixed(3)}x fp32 [${s.ratioInterval[0].toFixed(3)}, ${s.ratioInterval[1].toFixed(3)}], paired in the same worker${verdict(s.ratio, INT8_TARGETS.ratio[s.batch], 'x')}`);
+  }
+  return lines;
 }
 
 const settings = loadConfig({}).benchmark;
@@ -156,7 +210,7 @@ for (const variant of variants) {
   const [wall, overhead, measurement, peak, weights] = [m((f) => f.wallSeconds), m((f) => f.overheadSeconds), m((f) => f.measurementSeconds), m((f) => f.peakRssBytesRun), all[0]!.weightBytes];
   const parityMax = Math.max(...all.map((f) => f.parityMaxAbs));
   const budgetSeconds = (settings.batches.length * settings.budgetMs) / 1000;
-  json[variant] = { runs: all, median: { wallSeconds: wall, overheadSeconds: overhead, measurementSeconds: measurement, peakRssBytesRun: peak }, budgetSeconds, int8: null };
+  json[variant] = { runs: all, median: { wallSeconds: wall, overheadSeconds: overhead, measurementSeconds: measurement, peakRssBytesRun: peak }, budgetSeconds, int8: all.map((f) => f.int8 ?? null) };
   const loads = all.map((f) => `${f.loadavg[0].toFixed(2)} -> ${f.loadavg[1].toFixed(2)}`).join(', ');
   lines.push(
     `${variant} (${(weights / 1e6).toFixed(0)} MB of weights), ${runs === 1 ? 'one run' : `median of ${runs} runs`}; loadavg ${loads}`,
@@ -171,8 +225,7 @@ for (const variant of variants) {
     `  overhead (end to end - measurement) ${overhead.toFixed(2)} s${verdict(overhead, TARGETS.overheadSeconds[variant], ' s')}`,
     `  peak RSS of the run ${mib(peak)} = ${(peak / weights).toFixed(2)}x the weights${verdict(peak / weights, TARGETS.peakRssOverWeights[variant], 'x')}`,
     `  parity max |diff| ${parityMax.toExponential(2)} against the ${all[0]!.parityReference} outputs${verdict(parityMax, TARGETS.parityMaxAbs)}`,
-    // Issue 14 item 2 adds the INT8 variant's figures here, next to fp32's.
-    `  int8: no variant yet (issue 14 item 2)`,
+    ...int8Lines(variant, all),
   );
 }
 console.log(lines.join('\n'));

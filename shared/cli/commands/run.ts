@@ -3,14 +3,14 @@ import { loadConfig } from '../../config/index.ts';
 import { createLogger } from '../../logging/index.ts';
 import { createAdapters } from '../../pipeline/adapters.ts';
 import { runInProcess } from '../../pipeline/in-process.ts';
-import type { RunReport } from '../../pipeline/report.ts';
+import type { RunReport, VariantReport } from '../../pipeline/report.ts';
 import { FsAnnouncedUploads } from '../../pipeline/run-state/announced.ts';
 import { FsRunStateStore } from '../../pipeline/run-state/fs.ts';
 import type { AnyStage } from '../../pipeline/stage.ts';
 import type { SubscriberFunction } from '../../pipeline/subscriber.ts';
 import { parseCommandArgs } from '../args.ts';
-import { eventLine } from '../event-line.ts';
-import { formatSeconds } from '../format.ts';
+import { eventLines } from '../event-line.ts';
+import { formatBytes, formatSeconds } from '../format.ts';
 import type { CommandIO } from '../io.ts';
 import { ProgressLine } from '../progress.ts';
 import { signalExitCode, watchStopSignals } from '../signals.ts';
@@ -57,7 +57,7 @@ export async function runCommand(argv: string[], io: CommandIO, stages: readonly
       },
       onEvent: (event) => {
         progress?.done();
-        io.stdout(eventLine(event));
+        for (const line of eventLines(event)) io.stdout(line);
         for (const subscriber of subscribers) subscriber.accept(event);
       },
     });
@@ -69,6 +69,7 @@ export async function runCommand(argv: string[], io: CommandIO, stages: readonly
     } else {
       io.stderr(`error: ${report.error!.code}: run ${report.runId} failed at ${report.error!.stage}: ${report.error!.message}`);
     }
+    for (const variant of report.variants ?? []) io.stdout(variantOutcome(variant));
     if (values.json) io.stdout(JSON.stringify(report));
     // Stopped: alerts get a moment, not the full drain.
     await Promise.all(subscribers.map((s) => s.close(stop.received ? SUBSCRIBERS_DRAIN_ON_STOP_MS : SUBSCRIBERS_DRAIN_MS)));
@@ -78,6 +79,17 @@ export async function runCommand(argv: string[], io: CommandIO, stages: readonly
     progress?.done();
     stop.dispose();
   }
+}
+
+/** One line per variant after the summary: registered where, with its size, error against fp32 and batch-1 speed-up; or why not. */
+function variantOutcome(variant: VariantReport): string {
+  const outcome = variant.registered;
+  if (!outcome?.registered || !outcome.registry) return `variant ${variant.name} not registered: ${outcome?.reason ?? 'the run did not get that far'}`;
+  const error = variant.parity ? `, max |diff| ${Math.max(...Object.values(variant.parity.perOutput).map((e) => e.maxAbs)).toExponential(1)} vs fp32` : '';
+  const speedup = variant.benchmark?.speedup[0];
+  const faster = speedup ? `, b${speedup.batch} x${speedup.ratio.toFixed(2)} [${speedup.ratioInterval[0].toFixed(2)}, ${speedup.ratioInterval[1].toFixed(2)}] of fp32` : '';
+  const alias = outcome.alias?.moved ? `alias ${outcome.alias.name}` : `${outcome.alias?.name ?? 'alias'} held back by ${outcome.gate?.checks.filter((c) => !c.passed && c.policy === 'block').map((c) => c.name).join(', ') || 'the gate'}`;
+  return `variant ${variant.name}: ${outcome.registry.created ? 'registered' : 'already registered:'} ${outcome.registry.name} version ${outcome.registry.version} (${alias}), ${formatBytes(variant.onnx.bytes)}${error}${faster}`;
 }
 
 /** `alias staging`, or why it stayed where it was: `staging held back by latency`. */

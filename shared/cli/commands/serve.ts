@@ -4,7 +4,7 @@ import { ErrorCodes, HeimdallError } from '../../errors/index.ts';
 import { createLogger } from '../../logging/index.ts';
 import { STAGES, type StageName } from '../../pipeline/stage.ts';
 import { parseCommandArgs } from '../args.ts';
-import { eventLine } from '../event-line.ts';
+import { eventLines } from '../event-line.ts';
 import { formatSeconds } from '../format.ts';
 import type { CliEnvironment } from '../main.ts';
 import { ProgressLine } from '../progress.ts';
@@ -56,7 +56,7 @@ export async function serveCommand(argv: string[], env: CliEnvironment): Promise
     onEvent: (event) => {
       for (const line of progress.values()) line.done();
       progress.clear();
-      env.io.stdout(eventLine(event));
+      for (const line of eventLines(event)) env.io.stdout(line);
     },
   });
   const parts = [

@@ -5,7 +5,7 @@ import { EVENT_TYPES, parseEvent, type AnyCloudEvent } from '../../events/index.
 import { createLogger, type Logger } from '../../logging/index.ts';
 import { FsRunStateStore } from '../../pipeline/run-state/fs.ts';
 import { parseCommandArgs } from '../args.ts';
-import { eventLine } from '../event-line.ts';
+import { eventLines } from '../event-line.ts';
 import type { CliEnvironment } from '../main.ts';
 import { untilStopSignal } from '../signals.ts';
 
@@ -33,7 +33,8 @@ export async function watchCommand(argv: string[], env: CliEnvironment): Promise
   const show = (event: AnyCloudEvent) => {
     if (values.run && !event.data.runId.startsWith(values.run)) return;
     if (values.type && !event.type.includes(values.type)) return;
-    env.io.stdout(values.json ? JSON.stringify(event) : colored(eventLine(event), event, color));
+    if (values.json) env.io.stdout(JSON.stringify(event));
+    else for (const line of eventLines(event)) env.io.stdout(colored(line, event, color));
   };
   const stopped = untilStopSignal().then(() => undefined);
   await (config.nats ? followNats(config, logger, show, Boolean(values.all), stopped) : followFiles(config, show, Boolean(values.all), stopped));

@@ -10,7 +10,7 @@ import { ZipReader } from '../../checkpoint/zip-reader.ts';
 import { openCheckpoint } from '../../checkpoint/index.ts';
 import { readModelSummary } from '../../onnx/reader.ts';
 import { structuralProblems, weightLayoutProblems } from '../../onnx/structure.ts';
-import { exportCheckpoint } from './export.ts';
+import { exportCheckpoint, variantPath } from './export.ts';
 import { SUPPORTED_OPSETS } from './graph.ts';
 import { inferArchitecture } from './infer.ts';
 import { ReferenceModel } from './reference.ts';
@@ -132,5 +132,63 @@ describe('exportCheckpoint', () => {
     await writeSmallCheckpoint(path, { poisoned: 'backbone.0.1.0.block.3.bias', values: [Number.NaN, Number.POSITIVE_INFINITY] });
     const result = await exportCheckpoint(path, join(dir, 'nan.onnx'));
     expect(result.warnings).toEqual(['2 NaN/Inf values in backbone.0.1.0.block.3.bias']);
+  });
+
+  describe('with the int8 variant', () => {
+    const out = () => join(dir, 'variant.onnx');
+    let result: Awaited<ReturnType<typeof exportCheckpoint>>;
+    beforeAll(async () => {
+      result = await exportCheckpoint(checkpoint, out(), { variants: ['int8'] });
+    });
+
+    it('writes model.int8.onnx beside the fp32 model, which stays byte for byte what it is without a variant', async () => {
+      expect(variantPath(out(), 'int8')).toBe(join(dir, 'variant.int8.onnx'));
+      expect(result.variants.map((v) => [v.name, v.onnx.path])).toEqual([['int8', join(dir, 'variant.int8.onnx')]]);
+      const alone = await exportCheckpoint(checkpoint, join(dir, 'alone.onnx'));
+      expect(result.onnx.sha256).toBe(alone.onnx.sha256);
+      const model = await readModelSummary(result.variants[0]!.onnx.path);
+      expect(structuralProblems(model)).toEqual([]);
+      expect(model.metadata).toMatchObject({ quantization: 'int8', fp32_sha256: result.onnx.sha256, source_sha256: result.checkpoint.sha256 });
+    });
+
+    it('runs every block Linear as MatMulInteger on [in, out] int8 weights with per-column scales, and keeps the rest in float32', async () => {
+      const model = await readModelSummary(result.variants[0]!.onnx.path);
+      const initializers = new Map(model.graph.initializers.map((i) => [i.name, i]));
+      const count = (op: string) => model.graph.nodes.filter((n) => n.opType === op).length;
+      const blocks = SMALL_SPEC.depths.reduce((a, b) => a + b, 0);
+      expect([count('MatMul'), count('MatMulInteger'), count('DynamicQuantizeLinear'), count('Gemm')]).toEqual([0, 2 * blocks, 2 * blocks, 6]);
+      for (const node of model.graph.nodes.filter((n) => n.opType === 'MatMulInteger')) {
+        const [weight, zeroPoint] = [initializers.get(node.inputs[1]!)!, initializers.get(node.inputs[3]!)!];
+        expect([weight.dataType, zeroPoint.dataType, zeroPoint.dims]).toEqual([3, 3, [weight.dims[1]]]);
+      }
+      // A quarter of the bytes of each quantized weight; every other initializer as the fp32 model has it.
+      const fp32 = new Map((await readModelSummary(out())).graph.initializers.map((i) => [i.name, i]));
+      const transposed = [...fp32.values()].filter((i) => i.name.endsWith('.weight.transposed'));
+      expect(transposed.map((i) => [`${i.name}.quantized`, i.dims, i.byteLength / 4])).toEqual(transposed.map((i) => [`${i.name}.quantized`, initializers.get(`${i.name}.quantized`)!.dims, initializers.get(`${i.name}.quantized`)!.byteLength]));
+      const rest = [...fp32.values()].filter((i) => !i.name.endsWith('.weight.transposed'));
+      expect(rest.map((i) => initializers.get(i.name)?.byteLength)).toEqual(rest.map((i) => i.byteLength));
+    });
+
+    it('serves every batch size close to the fp32 model', async () => {
+      for (const batch of [1, 7, 32]) {
+        const [fp32, int8] = await Promise.all([run(out(), batch), run(variantPath(out(), 'int8'), batch)]);
+        expect(int8.positions.dims).toEqual([batch, 2]);
+        const maxDiff = Math.max(...Array.from(int8.positions.data as Float32Array, (v, i) => Math.abs(v - (fp32.positions.data as Float32Array)[i]!)));
+        expect(maxDiff).toBeGreaterThan(0);
+        expect(maxDiff).toBeLessThan(5e-2);
+      }
+    });
+
+    it('leaves neither model behind when stopped while the variant is written', async () => {
+      const stopped = join(dir, 'stopped.onnx');
+      const controller = new AbortController();
+      const export_ = exportCheckpoint(checkpoint, stopped, {
+        variants: ['int8'],
+        signal: controller.signal,
+        onProgress: ({ variant }) => variant && controller.abort(),
+      });
+      await expect(export_).rejects.toMatchObject({ code: 'ABORTED' });
+      expect([existsSync(variantPath(stopped, 'int8')), existsSync(`${variantPath(stopped, 'int8')}.partial`)]).toEqual([false, false]);
+    });
   });
 });

@@ -1,7 +1,7 @@
-import { stat } from 'node:fs/promises';
+import { rm, stat } from 'node:fs/promises';
 import { openCheckpoint, type CheckpointFormat, type CheckpointLayout } from '../../checkpoint/index.ts';
 import { alignedBuffer, countNonFinite } from '../../checkpoint/weight-buffers.ts';
-import type { Training } from '../../events/schemas.ts';
+import type { Training, VariantName } from '../../events/schemas.ts';
 import { readTraining } from '../../lineage/training.ts';
 import { HEIMDALL_PRODUCER } from '../../onnx/model.ts';
 import { writeModel, type WriteProgress, type WrittenModel } from '../../onnx/writer.ts';
@@ -14,8 +14,10 @@ export const PRODUCER_VERSION = '0.1.0';
 
 export interface ExportOptions {
   opset?: Opset;
-  /** Per-phase progress: hashing the checkpoint, then writing the weights. */
-  onProgress?: (event: { phase: 'hash' | 'write'; doneBytes: number; totalBytes: number }) => void;
+  /** Per-phase progress: hashing the checkpoint, then writing the weights (of a variant, once the fp32 model is written). */
+  onProgress?: (event: { phase: 'hash' | 'write'; variant?: VariantName; doneBytes: number; totalBytes: number }) => void;
+  /** Derived models to write beside the fp32 one (DESIGN §3 Variants), each at variantPath(outPath, name). */
+  variants?: readonly VariantName[];
   externalData?: boolean;
   /** Stops the export between tensors; the partial output is removed (see WriteOptions.signal). */
   signal?: AbortSignal;
@@ -30,13 +32,22 @@ export interface ExportResult {
   readonly irVersion: number;
   readonly checkpoint: { readonly path: string; readonly sha256: string; readonly bytes: number; readonly format: CheckpointFormat; readonly layout: CheckpointLayout };
   readonly onnx: WrittenModel;
+  /** The variants asked for, in that order. */
+  readonly variants: readonly { readonly name: VariantName; readonly onnx: WrittenModel }[];
   /** What the trainer left beside the weights (shared/lineage/training.ts); absent when nothing was. */
   readonly training?: Training;
   readonly warnings: readonly string[];
   readonly durationMs: number;
 }
 
-/** Checkpoint in, ONNX out: reads the weights lazily and streams them into the model file. */
+/** Where a variant of the model at `path` is written: `model.onnx` -> `model.int8.onnx`. */
+export const variantPath = (path: string, variant: VariantName) => `${path.replace(/\.onnx$/, '')}.${variant}.onnx`;
+
+/**
+ * Checkpoint in, ONNX out: reads the weights lazily and streams them into the model file; then each
+ * variant, streaming the weights again from the checkpoint (by then in the page cache). The variants'
+ * files are removed when anything fails, so nothing is left half-done.
+ */
 export async function exportCheckpoint(checkpointPath: string, outPath: string, options: ExportOptions = {}): Promise<ExportResult> {
   const started = performance.now();
   const opset = options.opset ?? DEFAULT_OPSET;
@@ -55,18 +66,22 @@ export async function exportCheckpoint(checkpointPath: string, outPath: string, 
     scanning.catch(() => undefined);
     const nonFinite = new Map<string, number>();
     const graph = buildLocalizationGraph(spec, checkpoint.tensors, opset);
+    const header = {
+      irVersion: IR_VERSION[opset],
+      opsetVersion: opset,
+      producerName: HEIMDALL_PRODUCER,
+      producerVersion: PRODUCER_VERSION,
+      docString: `LocalizationNet (ConvNeXt-${spec.variant}) exported by Heimdall from a ${checkpoint.format} checkpoint`,
+    };
+    let fp32Metadata: Record<string, string> = {};
     const onnx = await writeModel(
       {
-        irVersion: IR_VERSION[opset],
-        opsetVersion: opset,
-        producerName: HEIMDALL_PRODUCER,
-        producerVersion: PRODUCER_VERSION,
-        docString: `LocalizationNet (ConvNeXt-${spec.variant}) exported by Heimdall from a ${checkpoint.format} checkpoint`,
+        ...header,
         metadata: async () => {
           const scan = await scanning;
           // Every weight has been read: a damaged record fails the export before the model is published.
           records?.verify(scan.crc32s);
-          return {
+          return (fp32Metadata = {
             model_type: 'LocalizationNet',
             architecture: `convnext-${spec.variant}`,
             variant: spec.variant,
@@ -80,7 +95,7 @@ export async function exportCheckpoint(checkpointPath: string, outPath: string, 
             uncertainty_min: String(spec.uncertaintyMin),
             uncertainty_max: String(spec.uncertaintyMax),
             checkpoint_layout: checkpoint.layout,
-          };
+          });
         },
         graph,
       },
@@ -98,6 +113,30 @@ export async function exportCheckpoint(checkpointPath: string, outPath: string, 
       },
     );
     const { sha256 } = await scanning;
+    const variants: { name: VariantName; onnx: WrittenModel }[] = [];
+    try {
+      for (const name of options.variants ?? []) {
+        const written = await writeModel(
+          {
+            ...header,
+            docString: `${header.docString}, ${name}: MatMul weights per-channel symmetric int8, activations quantized at run time`,
+            metadata: async () => ({ ...fp32Metadata, quantization: name, fp32_sha256: onnx.sha256 }),
+            graph: buildLocalizationGraph(spec, checkpoint.tensors, opset, name),
+          },
+          variantPath(outPath, name),
+          {
+            ...(options.externalData !== undefined ? { externalData: options.externalData } : {}),
+            ...(options.signal ? { signal: options.signal } : {}),
+            onProgress: (p: WriteProgress) => options.onProgress?.({ phase: 'write', variant: name, doneBytes: p.writtenBytes, totalBytes: p.totalBytes }),
+            scratchBuffer: alignedBuffer,
+          },
+        );
+        variants.push({ name, onnx: written });
+      }
+    } catch (error) {
+      await Promise.all(variants.map((v) => removeModel(v.onnx)));
+      throw error;
+    }
     const warnings = [
       ...checkpoint.warnings,
       ...lineage.warnings,
@@ -111,6 +150,7 @@ export async function exportCheckpoint(checkpointPath: string, outPath: string, 
       irVersion: IR_VERSION[opset],
       checkpoint: { path: checkpointPath, sha256, bytes: size, format: checkpoint.format, layout: checkpoint.layout },
       onnx,
+      variants,
       ...(lineage.training ? { training: lineage.training } : {}),
       warnings,
       durationMs: performance.now() - started,
@@ -118,4 +158,9 @@ export async function exportCheckpoint(checkpointPath: string, outPath: string, 
   } finally {
     await checkpoint.close();
   }
+}
+
+/** A model file written by an export that then failed (its external data too). */
+async function removeModel(model: WrittenModel): Promise<void> {
+  await Promise.all([rm(model.path, { force: true }), model.externalData && rm(model.externalData.path, { force: true })]);
 }

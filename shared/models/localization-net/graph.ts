@@ -1,6 +1,7 @@
 import type { LazyTensor } from '../../checkpoint/index.ts';
 import { GraphBuilder } from '../../onnx/graph-builder.ts';
 import { attr, TensorDataType, type AttributeValue, type GraphDef, type InitializerDef } from '../../onnx/model.ts';
+import { ColumnQuantizer } from '../../onnx/quantize.ts';
 import { Transposer } from '../../onnx/transpose.ts';
 import {
   BATCH_NORM_EPS,
@@ -22,11 +23,19 @@ export const IR_VERSION: Readonly<Record<Opset, number>> = { 14: 7, 17: 8, 20: 9
 export const BATCH_DIM = 'batch_size';
 
 /**
+ * How the graph computes its block Linears: in float32, or (the INT8 variant, DESIGN §3 Variants) on
+ * per-channel int8 weights with activations quantized at run time (DynamicQuantizeLinear, MatMulInteger),
+ * the graph onnxruntime's quantize_dynamic makes of torch's export and fuses into DynamicQuantizeMatMul.
+ */
+export type Precision = 'float32' | 'int8';
+
+/**
  * How a node reads a weight (DESIGN §4, canonical graph): `stored` as torch keeps it (Conv,
  * LayerNorm, Mul, Gemm with transB), `transposed` for MatMul (nn.Linear's [out, in] as [in, out]).
  * Every weight enters the graph through `place` with the layout of its consumer and is put in that
  * layout while the writer streams it (weightInitializer), so no Transpose, Identity or Cast node ever
- * reads a weight: this is the one place a weight changes on its way into the file.
+ * reads a weight: this is the one place a weight changes on its way into the file. The INT8 variant
+ * adds one more consumer layout: a MatMulInteger's [in, out] int8 matrix with its scales (quantizedWeight).
  */
 export type WeightLayout = 'stored' | 'transposed';
 
@@ -38,10 +47,18 @@ type WeightSource = Pick<LazyTensor, 'shape' | 'readFloat32'>;
  * eval-mode module, so onnxruntime applies the same fusions (LayerNorm, Gelu), its quantizer and
  * optimizer see the same patterns, and latency matches; BatchNorm1d is folded into the preceding
  * Linear. Weights are read from the checkpoint only when the writer reaches them.
+ *
+ * In `int8` precision only the blocks' Linears are quantized, as quantize_dynamic(per_channel=True,
+ * op_types_to_quantize=['MatMul', 'Gemm']) quantizes torch's graph: they hold nearly all the weights
+ * (the 4x smaller file) and the time at batch 1, which reads them from memory. The rest stays float32:
+ * quantize_dynamic has no integer Gemm, and the heads' Gemms are a fraction of a percent of the
+ * weights whose errors would reach the outputs unaveraged; the depthwise and downsampling convolutions
+ * and the LayerNorms are small too.
  */
-export function buildLocalizationGraph(spec: LocalizationNetSpec, tensors: ReadonlyMap<string, LazyTensor>, opset: Opset): GraphDef {
-  const g = new GraphBuilder('localization_net');
+export function buildLocalizationGraph(spec: LocalizationNetSpec, tensors: ReadonlyMap<string, LazyTensor>, opset: Opset, precision: Precision = 'float32'): GraphDef {
+  const g = new GraphBuilder(precision === 'int8' ? 'localization_net_int8' : 'localization_net');
   const transposer = new Transposer();
+  const quantizer = new ColumnQuantizer();
   /** `source` as the initializer `name`, in the layout its consumer reads. */
   const place = (name: string, source: WeightSource, layout: WeightLayout) => g.initializer(weightInitializer(name, source, layout, transposer));
   /** A checkpoint tensor, under its state_dict name. */
@@ -79,8 +96,22 @@ export function buildLocalizationGraph(spec: LocalizationNetSpec, tensors: Reado
     return g.node('Mul', [g.node('Mul', [x, g.node('Add', [erf, one], { scope })], { scope }), half], { scope });
   };
   /** nn.Linear on a channels-last tensor, as torch.onnx.export writes it: MatMul by the [in, out] weight, then Add. */
-  const linear = (x: string, prefix: string) =>
-    g.node('Add', [g.node('MatMul', [x, weight(`${prefix}.weight`, 'transposed')], { scope: prefix }), weight(`${prefix}.bias`)], { scope: prefix });
+  const linear = (x: string, prefix: string) => {
+    const product = precision === 'int8' ? quantizedMatMul(x, prefix) : g.node('MatMul', [x, weight(`${prefix}.weight`, 'transposed')], { scope: prefix });
+    return g.node('Add', [product, weight(`${prefix}.bias`)], { scope: prefix });
+  };
+  /**
+   * x @ W on int8 weights, node for node what quantize_dynamic writes for a MatMul (its
+   * operators/matmul.py MatMulInteger): x quantized to uint8 at run time, the integer product, then
+   * scaled back by x's scale times W's per-column scales.
+   */
+  const quantizedMatMul = (x: string, prefix: string) => {
+    const [xq, xScale, xZeroPoint] = g.nodeOutputs('DynamicQuantizeLinear', [x], { scope: prefix, outputs: 3 });
+    const w = quantizedWeight(`${prefix}.weight`, tensors.get(`${prefix}.weight`)!, transposer, quantizer).map((init) => g.initializer(init));
+    const product = g.node('MatMulInteger', [xq!, w[0]!, xZeroPoint!, w[2]!], { scope: prefix });
+    const scale = g.node('Mul', [xScale!, w[1]!], { scope: prefix });
+    return g.node('Mul', [g.node('Cast', [product], { scope: prefix, attributes: { to: attr.int(TensorDataType.FLOAT) } }), scale], { scope: prefix });
+  };
   const conv = (x: string, prefix: string, attributes: Record<string, AttributeValue>) =>
     g.node('Conv', [x, weight(`${prefix}.weight`), weight(`${prefix}.bias`)], { scope: prefix, attributes });
 
@@ -193,3 +224,39 @@ function weightInitializer(name: string, source: WeightSource, layout: WeightLay
     }
   }
 }
+
+/**
+ * `source` (torch's [out, in] Linear weight) as a MatMulInteger reads it: the [in, out] transpose
+ * quantized by column (shared/onnx/quantize.ts), then its scales and zero points, in that order. The
+ * scales are known once the matrix is quantized, and the writer asks for each initializer's bytes
+ * only after the one before it, so they come from that quantization.
+ */
+function quantizedWeight(name: string, source: WeightSource, transposer: Transposer, quantizer: ColumnQuantizer): [InitializerDef, InitializerDef, InitializerDef] {
+  const [rows, cols] = source.shape as [number, number];
+  let scales: Float32Array | undefined;
+  const quantized: InitializerDef = {
+    name: `${name}.transposed.quantized`,
+    dataType: TensorDataType.INT8,
+    dims: [cols, rows],
+    byteLength: rows * cols,
+    data: async (scratch) => {
+      const out = scratch ? new Int8Array(scratch.buffer, scratch.byteOffset, rows * cols) : new Int8Array(rows * cols);
+      // The transpose is made straight into the quantizer's memory.
+      scales = await quantizer.quantize((buffer) => transposer.transpose((b) => source.readFloat32(b), rows, cols, buffer), cols, rows, out);
+      return new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
+    },
+  };
+  const scale: InitializerDef = {
+    name: `${name}.transposed.scale`,
+    dataType: TensorDataType.FLOAT,
+    dims: [rows],
+    byteLength: rows * 4,
+    data: async () => {
+      if (!scales) throw new Error(`the scales of ${name} are asked for before its quantized matrix`);
+      return new Uint8Array(scales.buffer, scales.byteOffset, scales.byteLength);
+    },
+  };
+  const zeroPoint: InitializerDef = { name: `${name}.transposed.zero_point`, dataType: TensorDataType.INT8, dims: [rows], byteLength: rows, data: async () => new Uint8Array(rows) };
+  return [quantized, scale, zeroPoint];
+}
+
