@@ -1,6 +1,6 @@
 import { formatMs } from '../../shared/cli/format.ts';
 import type { Config } from '../../shared/config/index.ts';
-import { ErrorCodes, HeimdallError } from '../../shared/errors/index.ts';
+import { ErrorCodes, HeimdallError, isRetriable } from '../../shared/errors/index.ts';
 import { createEvent } from '../../shared/events/index.ts';
 import type { Baseline, BenchmarkedVariant, EventData, LatencyStats, SkippedVariant } from '../../shared/events/schemas.ts';
 import { isRegression, pairedRatio } from '../../shared/gate/statistics.ts';
@@ -29,10 +29,19 @@ export const benchmarkHandler: StageHandler<'heimdall.model.parity-checked', 'he
   let result: BenchmarkResult;
   let holderModel: Awaited<ReturnType<typeof fetchUri>> | undefined;
   const variants: TimedVariant[] = [];
+  const unfetched: SkippedVariant[] = [];
   try {
     holderModel = holder && (await fetchHolder(ctx, ctx.config.modelName, holder, warnings));
     if (holderModel) fetched.push(holderModel);
-    for (const variant of candidates) variants.push(await fetchVariant(ctx, variant, variants.reduce((n, v) => n + v.companions.length, 0), warnings, fetched));
+    for (const variant of candidates) {
+      try {
+        variants.push(await fetchVariant(ctx, variant, variants.reduce((n, v) => n + v.companions.length, 0), warnings, fetched));
+      } catch (error) {
+        // The variant's file gone from the store (a cleanup) holds the variant back, never the fp32 model; the store unreachable is retried as usual.
+        if (!(error instanceof HeimdallError) || isRetriable(error.code)) throw error;
+        unfetched.push({ name: variant.name, stage: 'benchmark', reason: `its model cannot be read from ${variant.onnx.uri} (${error.code})` });
+      }
+    }
     const against = holderModel ? `, interleaved with version ${holder!.version} (${ctx.config.alias})` : '';
     const beside = variants.length > 0 ? ` and the ${variants.map((v) => v.entry.name).join(', ')} variant` : '';
     ctx.progress(`opening a session on ${settings.provider}; per batch ${settings.batches.join(', ')}: warm-up until settled, then ${settings.budgetMs} ms of timed runs${against}${beside}`);
@@ -62,7 +71,7 @@ export const benchmarkHandler: StageHandler<'heimdall.model.parity-checked', 'he
   // The gate decides what a regression means for the alias (register); here it is one figure among others.
   if (baseline?.regression) ctx.logger.info({ runId, baseline }, 'slower than the alias holder');
   const timedVariants = event.data.variants ? variantResults(variants, result.perBatch, ctx.config) : undefined;
-  const skippedVariants = [...(event.data.skippedVariants ?? []), ...(timedVariants?.skipped ?? [])];
+  const skippedVariants = [...(event.data.skippedVariants ?? []), ...unfetched, ...(timedVariants?.skipped ?? [])];
   return createEvent('heimdall.model.benchmarked', {
     stage: 'benchmark',
     source: source('benchmark'),

@@ -122,5 +122,19 @@ describe('parity on golden samples', () => {
     const failed = await run([{ name: 'int8', onnx: otherExported.data.onnx, passed: false, checks: [{ name: 'load', passed: false, detail: 'not a valid ONNX model: truncated' }] }]);
     expect(failed.data.variants).toEqual([]);
     expect(failed.data.skippedVariants).toEqual([{ name: 'int8', stage: 'validate', reason: 'failed validation (load: not a valid ONNX model: truncated)' }]);
+
+    // NaN outputs have no figure an event can carry: held back, the fp32 run goes on.
+    const poisonedPath = join(dir, 'poisoned.pth');
+    await writeSmallCheckpoint(poisonedPath, { poisoned: 'backbone.0.1.0.block.3.bias', values: [Number.NaN] });
+    const poisoned = (await executeStage(stage('export'), await ingestLocalFile(poisonedPath, environment.store, () => undefined), environment)) as CloudEvent<'heimdall.model.exported'>;
+    const nan = await run([{ name: 'int8', onnx: poisoned.data.onnx, passed: true, checks }]);
+    expect(nan.type).toBe('heimdall.model.parity-checked');
+    expect(nan.data.variants).toEqual([]);
+    expect(nan.data.skippedVariants).toEqual([{ name: 'int8', stage: 'parity', reason: `its outputs on the ${SAMPLES} samples are not all finite` }]);
+
+    // A variant whose file is gone from the store is held back too.
+    const gone = await run([{ name: 'int8', onnx: { ...otherExported.data.onnx, uri: otherExported.data.onnx.uri.replace(/model\.onnx$/, 'gone.onnx') }, passed: true, checks }]);
+    expect(gone.type).toBe('heimdall.model.parity-checked');
+    expect(gone.data.skippedVariants).toMatchObject([{ name: 'int8', stage: 'parity' }]);
   });
 });

@@ -210,4 +210,15 @@ describe('register', () => {
     expect(followUps(again).map((e) => e.id)).toEqual(ids);
     expect((await registry.aliasHistory(`${NAME}-int8`)).staging).toHaveLength(1);
   });
+
+  it('reports a variant whose file is gone as not registered, and still registers the fp32 model', async () => {
+    const event = await benchmarked(22);
+    const standIn = (await benchmarked(23)).data.onnx;
+    const gone = { ...standIn, uri: standIn.uri.replace(/model\.onnx$/, 'gone.onnx') };
+    const variants = [{ name: 'int8' as const, onnx: gone, perBatch: [latency(1, 1.5)], speedup: [{ batch: 1, ratio: 0.6, ratioInterval: [0.58, 0.63] as [number, number] }], perOutput: { positions: { maxAbs: 3e-3, meanAbs: 1e-3 } }, tolerance: 5e-2 }];
+    const registered = await register({ ...event, data: { ...event.data, variants } });
+    expect(registered.type).toBe('heimdall.model.registered');
+    expect(registered.data.registry.created).toBe(true);
+    expect(registered.data.variants).toEqual([{ name: 'int8', registered: false, reason: expect.stringMatching(/^not registered as heimdall-localization-int8: OBJECT_NOT_FOUND: /) }]);
+  });
 });

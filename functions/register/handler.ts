@@ -1,5 +1,6 @@
 import { join } from 'node:path';
 import { rm } from 'node:fs/promises';
+import { HeimdallError, isRetriable } from '../../shared/errors/index.ts';
 import { createEvent, type CloudEvent, type EventData } from '../../shared/events/index.ts';
 import type { Baseline, BenchmarkedVariant, GateVerdict, LatencyStats, RegisteredVariant, Training } from '../../shared/events/schemas.ts';
 import { decideGate } from '../../shared/gate/checks.ts';
@@ -33,8 +34,16 @@ export const registerHandler: StageHandler<'heimdall.model.benchmarked', 'heimda
     const name = variantModelName(ctx.config.modelName, variant.name);
     const accuracy = { maxAbs: Math.max(...Object.values(variant.perOutput).map((e) => e.maxAbs)), tolerance: variant.tolerance };
     const target = { name, sha256: variant.onnx.sha256, ...(variant.baseline ? { baseline: variant.baseline } : {}), accuracy };
-    const outcome = await registerAndGate(ctx, target, training, (gate) => registerVariant(event, variant, fp32.version, gate, ctx));
-    variants.push({ name: variant.name, registered: true, ...outcomeData(ctx, name, outcome) });
+    try {
+      const outcome = await registerAndGate(ctx, target, training, (gate) => registerVariant(event, variant, fp32.version, gate, ctx));
+      variants.push({ name: variant.name, registered: true, ...outcomeData(ctx, name, outcome) });
+    } catch (error) {
+      // The fp32 model is registered (its alias may have moved): a variant the registry refuses, or
+      // whose file is gone, is reported as not registered; the registry unreachable is retried, and the
+      // redelivery finds every step done so far.
+      if (!(error instanceof HeimdallError) || isRetriable(error.code)) throw error;
+      variants.push({ name: variant.name, registered: false, reason: `not registered as ${name}: ${error.code}: ${error.message}` });
+    }
   }
   for (const skipped of event.data.skippedVariants ?? []) {
     variants.push({ name: skipped.name, registered: false, reason: `held back at ${skipped.stage}: ${skipped.reason}` });

@@ -163,11 +163,13 @@ export class LinearKernel {
     const tileAt = align(yAt + padded * m * 8);
     const { buffer, kernel } = this.memory.reserve(tileAt + 4 * n * 8);
     this.lent = undefined;
+    // The memory could not grow (JS from here on); a failed grow leaves the lent weight's buffer as it was.
+    if (!kernel) return linearInJs(x, rows, layer);
     const weight = new Float32Array(buffer, 0, m * n);
     if (!inPlace) weight.set(layer.weight);
     new Float64Array(buffer, biasAt, m).set(bias);
     packRows(x, rows, padded, n, new Float64Array(buffer, xAt, padded * n));
-    kernel!.linear(xAt, 0, biasAt, yAt, tileAt, padded, n, m);
+    kernel.linear(xAt, 0, biasAt, yAt, tileAt, padded, n, m);
     const y = new Float64Array(buffer, yAt, rows * m).slice();
     for (let o = m - (m % 4); o < m; o++) for (let r = 0; r < rows; r++) y[r * m + o] = dot(x, r * n, weight, o * n, n) + bias[o]!;
     return y;
