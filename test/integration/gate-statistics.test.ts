@@ -57,9 +57,16 @@ beforeAll(async () => {
 
 describe('the latency gate on this machine', () => {
   it('has a premise: the larger variant is at least 25 % slower at batch 1, timed on its own', async () => {
-    const [alone, larger] = [await batch1(fast, undefined, 500), await batch1(slow, undefined, 500)];
-    // Conservative: the slow model's lowest plausible median against the fast one's highest.
-    expect(larger.candidate.p50Interval[0] / alone.candidate.p50Interval[1]).toBeGreaterThanOrEqual(1.25);
+    // Conservative per pair: the slow model's lowest plausible median against the fast one's highest.
+    // Pairs of runs taken in turn, and their median: other test files share the 2 cores, and a burst
+    // of their work during one model's run alone would otherwise decide the comparison.
+    const ratios: number[] = [];
+    for (let pair = 0; pair < 5; pair++) {
+      const [alone, larger] = [await batch1(fast, undefined, 300), await batch1(slow, undefined, 300)];
+      ratios.push(larger.candidate.p50Interval[0] / alone.candidate.p50Interval[1]);
+    }
+    const median = [...ratios].sort((a, b) => a - b)[2]!;
+    expect(median, ratios.map((r) => r.toFixed(3)).join(', ')).toBeGreaterThanOrEqual(1.25);
   });
 
   it(`never calls the same model a regression against itself (${REPEATS} benchmarks)`, async () => {
