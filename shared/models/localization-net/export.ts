@@ -73,7 +73,28 @@ export async function exportCheckpoint(checkpointPath: string, outPath: string, 
       producerVersion: PRODUCER_VERSION,
       docString: `LocalizationNet (ConvNeXt-${spec.variant}) exported by Heimdall from a ${checkpoint.format} checkpoint`,
     };
-    let fp32Metadata: Record<string, string> = {};
+    /** The model's metadata, once the checkpoint's digest is known. */
+    const describe = (scan: { sha256: string }) => ({
+      model_type: 'LocalizationNet',
+      architecture: `convnext-${spec.variant}`,
+      variant: spec.variant,
+      source_sha256: scan.sha256,
+      parameters: String(parameters),
+      opset: String(opset),
+      dims: spec.dims.join(','),
+      depths: spec.depths.join(','),
+      position_head: spec.positionHidden.join(','),
+      uncertainty_head: spec.uncertaintyHidden.join(','),
+      uncertainty_min: String(spec.uncertaintyMin),
+      uncertainty_max: String(spec.uncertaintyMax),
+      checkpoint_layout: checkpoint.layout,
+    });
+    const writeOptions = {
+      ...(options.externalData !== undefined ? { externalData: options.externalData } : {}),
+      ...(options.signal ? { signal: options.signal } : {}),
+      // Weights are read into these, and counted there at memory speed (weight-buffers.ts).
+      scratchBuffer: alignedBuffer,
+    };
     const onnx = await writeModel(
       {
         ...header,
@@ -81,35 +102,18 @@ export async function exportCheckpoint(checkpointPath: string, outPath: string, 
           const scan = await scanning;
           // Every weight has been read: a damaged record fails the export before the model is published.
           records?.verify(scan.crc32s);
-          return (fp32Metadata = {
-            model_type: 'LocalizationNet',
-            architecture: `convnext-${spec.variant}`,
-            variant: spec.variant,
-            source_sha256: scan.sha256,
-            parameters: String(parameters),
-            opset: String(opset),
-            dims: spec.dims.join(','),
-            depths: spec.depths.join(','),
-            position_head: spec.positionHidden.join(','),
-            uncertainty_head: spec.uncertaintyHidden.join(','),
-            uncertainty_min: String(spec.uncertaintyMin),
-            uncertainty_max: String(spec.uncertaintyMax),
-            checkpoint_layout: checkpoint.layout,
-          });
+          return describe(scan);
         },
         graph,
       },
       outPath,
       {
-        ...(options.externalData !== undefined ? { externalData: options.externalData } : {}),
-        ...(options.signal ? { signal: options.signal } : {}),
+        ...writeOptions,
         inspect: (name, data) => {
           const count = countNonFinite(new Float32Array(data.buffer, data.byteOffset, data.byteLength / 4));
           if (count > 0) nonFinite.set(name, count);
         },
         onProgress: (p: WriteProgress) => options.onProgress?.({ phase: 'write', doneBytes: p.writtenBytes, totalBytes: p.totalBytes }),
-        // Weights are read into these, and counted there at memory speed (weight-buffers.ts).
-        scratchBuffer: alignedBuffer,
       },
     );
     const { sha256 } = await scanning;
@@ -120,16 +124,12 @@ export async function exportCheckpoint(checkpointPath: string, outPath: string, 
           {
             ...header,
             docString: `${header.docString}, ${name}: MatMul weights per-channel symmetric int8, activations quantized at run time`,
-            metadata: async () => ({ ...fp32Metadata, quantization: name, fp32_sha256: onnx.sha256 }),
+            // The fp32 model's write has verified the records already.
+            metadata: async () => ({ ...describe(await scanning), quantization: name, fp32_sha256: onnx.sha256 }),
             graph: buildLocalizationGraph(spec, checkpoint.tensors, opset, name),
           },
           variantPath(outPath, name),
-          {
-            ...(options.externalData !== undefined ? { externalData: options.externalData } : {}),
-            ...(options.signal ? { signal: options.signal } : {}),
-            onProgress: (p: WriteProgress) => options.onProgress?.({ phase: 'write', variant: name, doneBytes: p.writtenBytes, totalBytes: p.totalBytes }),
-            scratchBuffer: alignedBuffer,
-          },
+          { ...writeOptions, onProgress: (p: WriteProgress) => options.onProgress?.({ phase: 'write', variant: name, doneBytes: p.writtenBytes, totalBytes: p.totalBytes }) },
         );
         variants.push({ name, onnx: written });
       }
