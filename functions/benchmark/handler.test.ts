@@ -70,7 +70,7 @@ async function benchmark(modelName: string, batches = '2,4', budgetMs = '40'): P
 beforeAll(async () => {
   const config = loadConfig({ HEIMDALL_DATA_DIR: join(dir, 'data') });
   await mkdir(join(dir, 'scratch'), { recursive: true });
-  environment = { ...createAdapters(config), config, logger: createLogger('silent'), scratchDir: join(dir, 'scratch') };
+  environment = { ...(await createAdapters(config)), config, logger: createLogger('silent'), scratchDir: join(dir, 'scratch') };
   let event: AnyCloudEvent = await exported(5);
   for (const name of ['validate', 'parity'] as const) event = await executeStage(stage(name), event, environment);
   expect(event.type).toBe('heimdall.model.parity-checked');

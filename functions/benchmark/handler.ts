@@ -9,7 +9,7 @@ import { source, type StageContext, type StageHandler } from '../../shared/pipel
 import { ONNX_URI_TAG, SHA256_TAG, type ModelVersion } from '../../shared/registry/model-registry.ts';
 import { runBenchmark, type BatchResult, type BenchmarkResult } from '../../shared/runtime/benchmark.ts';
 import type { Companion } from '../../shared/runtime/model-host.ts';
-import { fetchUri, locateUri } from '../../shared/storage/object-store.ts';
+import { fetchModel, locateUri, type FetchedModel } from '../../shared/storage/object-store.ts';
 
 /**
  * model.parity-checked -> model.benchmarked: onnxruntime latency in a process of its own (DESIGN §5),
@@ -24,10 +24,10 @@ export const benchmarkHandler: StageHandler<'heimdall.model.parity-checked', 'he
   const warnings: string[] = [];
   const holder = await aliasHolder(ctx, ctx.config.modelName, onnx.sha256);
   const candidates = (event.data.variants ?? []).filter((v) => v.passed);
-  const model = await fetchUri(ctx.store, onnx.uri);
+  const model = await fetchModel(ctx.store, onnx.uri);
   const fetched: { release(): Promise<void> }[] = [model];
   let result: BenchmarkResult;
-  let holderModel: Awaited<ReturnType<typeof fetchUri>> | undefined;
+  let holderModel: FetchedModel | undefined;
   const variants: TimedVariant[] = [];
   const unfetched: SkippedVariant[] = [];
   try {
@@ -107,7 +107,7 @@ interface TimedVariant {
 /** The variant's file and its own alias holder's (of `<modelName>-<variant>`), fetched for the benchmark; each added to `fetched` for release. */
 async function fetchVariant(ctx: StageContext, entry: CheckedVariant, offset: number, warnings: string[], fetched: { release(): Promise<void> }[]): Promise<TimedVariant> {
   const name = variantModelName(ctx.config.modelName, entry.name);
-  const file = await fetchUri(ctx.store, entry.onnx.uri);
+  const file = await fetchModel(ctx.store, entry.onnx.uri);
   fetched.push(file);
   const holder = await aliasHolder(ctx, name, entry.onnx.sha256);
   const holderFile = holder && (await fetchHolder(ctx, name, holder, warnings));
@@ -176,7 +176,7 @@ async function fetchHolder(ctx: StageContext, name: string, holder: ModelVersion
       warnings.push(`no latency baseline${of}: ${uri} no longer holds the model of version ${holder.version} (${ctx.config.alias})`);
       return undefined;
     }
-    return await ctx.store.fetchFile(bucket, key, info ? { etag: info.etag } : undefined);
+    return await fetchModel(ctx.store, uri, info ? { etag: info.etag } : undefined);
   } catch (error) {
     if (!(error instanceof HeimdallError && UNREADABLE_HOLDER.has(error.code))) throw error;
     warnings.push(`no latency baseline${of}: the model of version ${holder.version} (${ctx.config.alias}) cannot be read from ${uri} (${error.code})`);

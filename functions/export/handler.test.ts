@@ -35,7 +35,7 @@ async function replacedInStore(): Promise<CloudEvent<'heimdall.checkpoint.create
 beforeAll(async () => {
   const config = loadConfig({ HEIMDALL_DATA_DIR: join(dir, 'data') });
   await mkdir(join(dir, 'scratch'), { recursive: true });
-  environment = { ...createAdapters(config), config, logger: createLogger('silent'), scratchDir: join(dir, 'scratch') };
+  environment = { ...(await createAdapters(config)), config, logger: createLogger('silent'), scratchDir: join(dir, 'scratch') };
   const checkpoint = join(dir, 'small.pth');
   await writeSmallCheckpoint(checkpoint, { seed: 5 });
   created = await ingestLocalFile(checkpoint, environment.store, () => undefined);

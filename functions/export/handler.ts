@@ -1,34 +1,42 @@
-import { rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, rm } from 'node:fs/promises';
+import { basename, join } from 'node:path';
 import { ErrorCodes, HeimdallError } from '../../shared/errors/index.ts';
 import { createEvent, runIdOf } from '../../shared/events/index.ts';
 import { formatBytes } from '../../shared/cli/format.ts';
-import { exportCheckpoint, variantPath } from '../../shared/models/localization-net/export.ts';
+import { exportCheckpoint } from '../../shared/models/localization-net/export.ts';
+import { externalDataName } from '../../shared/onnx/model.ts';
+import type { WrittenModel } from '../../shared/onnx/writer.ts';
 import { source, type StageContext, type StageHandler } from '../../shared/pipeline/stage.ts';
 import { MODELS_BUCKET, modelKey } from '../../shared/storage/object-store.ts';
 
 /**
  * checkpoint.created -> model.exported: reads the checkpoint from the object store (the version and
  * etag the event names: OBJECT_NOT_FOUND when that upload was replaced), writes the ONNX
- * model to `models/localization/<runId>/model.onnx` with its metadata. Idempotent: the export is
+ * model to `models/localization/<runId>/model.onnx`, its weights beside it in `model.onnx.data`, both
+ * with its metadata. Idempotent: the export is
  * deterministic and the key content-addressed, so a redelivery rewrites the same bytes. The run's
  * sha256 (ingest's hash, the run id's source) is carried, not recomputed as a new truth: the one read
  * the exporter makes of the whole file (for the zip's CRC checks, beside the writer) hashes it on the
  * way, and bytes that are not the run's are never exported under its id. The configured variants
  * (DESIGN §3 Variants) are written by the same export and stored beside the model
- * (`model.<variant>.onnx`, the same metadata plus `variant`).
+ * (`model.<variant>.onnx` and its `.data`, the same metadata plus `variant`).
  */
 export const exportHandler: StageHandler<'heimdall.checkpoint.created', 'heimdall.model.exported'> = async (event, ctx) => {
   const { bucket, key, runId, versionId, etag } = event.data;
   // The version ingest hashed (the run id is its sha256), even when newer uploads replaced it since.
   const checkpoint = await ctx.store.fetchFile(bucket, key, { ...(versionId ? { versionId } : {}), ...(etag ? { etag } : {}) });
-  const out = join(ctx.scratchDir, `${runId}.onnx`);
+  // The file names are those stored (model.onnx, model.int8.onnx): each model names its external data file by its own name.
+  const folder = join(ctx.scratchDir, runId);
+  const out = join(folder, basename(modelKey(runId)));
   const variants = ctx.config.variants;
   try {
+    await mkdir(folder, { recursive: true });
     const sourceMetadata = await uploadMetadata(ctx, event.data);
     ctx.progress(`exporting ${key} (${formatBytes(event.data.size)})`);
     const result = await exportCheckpoint(checkpoint.path, out, {
       opset: ctx.config.opset,
+      // Weights beside the graph, page-aligned: onnxruntime maps them instead of copying them out of the protobuf (cold start, issue 14).
+      externalData: true,
       ...(variants.length > 0 ? { variants } : {}),
       signal: ctx.signal,
       sourceMetadata,
@@ -47,13 +55,25 @@ export const exportHandler: StageHandler<'heimdall.checkpoint.created', 'heimdal
       'export-date': new Date().toISOString(),
       'model-type': 'LocalizationNet',
     };
-    ctx.progress(`uploading model.onnx (${formatBytes(result.onnx.bytes)})`);
-    await ctx.store.putFile(MODELS_BUCKET, modelKey(runId), out, { sha256: result.onnx.sha256, ...metadata });
-    for (const variant of result.variants) {
-      ctx.progress(`uploading model.${variant.name}.onnx (${formatBytes(variant.onnx.bytes)})`);
-      await ctx.store.putFile(MODELS_BUCKET, modelKey(runId, variant.name), variant.onnx.path, { sha256: variant.onnx.sha256, ...metadata, variant: variant.name });
-    }
-    const artifact = (key: string, written: { sha256: string; bytes: number }) => ({ uri: ctx.store.uri(MODELS_BUCKET, key), sha256: written.sha256, bytes: written.bytes, opset: result.opset, irVersion: result.irVersion });
+    const upload = async (key: string, written: WrittenModel, extra: Record<string, string> = {}) => {
+      // The weights first: a stored model never names a data file that is not there yet.
+      if (written.externalData) {
+        ctx.progress(`uploading ${basename(written.externalData.path)} (${formatBytes(written.externalData.bytes)})`);
+        await ctx.store.putFile(MODELS_BUCKET, externalDataName(key), written.externalData.path, { sha256: written.externalData.sha256, ...metadata, ...extra });
+      }
+      ctx.progress(`uploading ${basename(key)} (${formatBytes(written.bytes)})`);
+      await ctx.store.putFile(MODELS_BUCKET, key, written.path, { sha256: written.sha256, ...metadata, ...extra });
+    };
+    await upload(modelKey(runId), result.onnx);
+    for (const variant of result.variants) await upload(modelKey(runId, variant.name), variant.onnx, { variant: variant.name });
+    const artifact = (key: string, written: WrittenModel) => ({
+      uri: ctx.store.uri(MODELS_BUCKET, key),
+      sha256: written.sha256,
+      bytes: written.bytes,
+      opset: result.opset,
+      irVersion: result.irVersion,
+      ...(written.externalData ? { externalData: { uri: ctx.store.uri(MODELS_BUCKET, externalDataName(key)), sha256: written.externalData.sha256, bytes: written.externalData.bytes } } : {}),
+    });
     return createEvent('heimdall.model.exported', {
       stage: 'export',
       source: source('export'),
@@ -71,7 +91,7 @@ export const exportHandler: StageHandler<'heimdall.checkpoint.created', 'heimdal
     });
   } finally {
     await checkpoint.release();
-    await Promise.all([out, ...variants.map((name) => variantPath(out, name))].map((path) => rm(path, { force: true })));
+    await rm(folder, { recursive: true, force: true });
   }
 };
 

@@ -36,7 +36,7 @@ async function ingestUpload(key: string, path: string, versionId?: string) {
 beforeAll(async () => {
   const config = loadConfig({ HEIMDALL_DATA_DIR: join(dir, 'data') });
   await mkdir(join(dir, 'scratch'), { recursive: true });
-  environment = { ...createAdapters(config), config, logger: createLogger('silent'), scratchDir: join(dir, 'scratch') };
+  environment = { ...(await createAdapters(config)), config, logger: createLogger('silent'), scratchDir: join(dir, 'scratch') };
   const checkpoint = join(dir, 'small.pth');
   await writeSmallCheckpoint(checkpoint);
   const exported = await executeStage(stageFunctions.find((s) => s.name === 'export')!, await ingestLocalFile(checkpoint, environment.store, () => undefined), environment);

@@ -56,7 +56,7 @@ async function putSidecar(outputs: { positions: Float32Array; uncertainties: Flo
 beforeAll(async () => {
   const config = loadConfig({ HEIMDALL_DATA_DIR: join(dir, 'data') });
   await mkdir(join(dir, 'scratch'), { recursive: true });
-  environment = { ...createAdapters(config), config, logger: createLogger('silent'), scratchDir: join(dir, 'scratch') };
+  environment = { ...(await createAdapters(config)), config, logger: createLogger('silent'), scratchDir: join(dir, 'scratch') };
   const checkpoint = join(dir, 'small.pth');
   await writeSmallCheckpoint(checkpoint);
   let event: AnyCloudEvent = await ingestLocalFile(checkpoint, environment.store, () => undefined);

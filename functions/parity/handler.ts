@@ -7,7 +7,7 @@ import { referencePass } from '../../shared/models/localization-net/reference-pa
 import { source, type StageContext, type StageHandler } from '../../shared/pipeline/stage.ts';
 import { openModel, type HostedModel, type ModelOutputs } from '../../shared/runtime/model-host.ts';
 import { sampleInput } from '../../shared/runtime/sample-input.ts';
-import { fetchUri, locateUri, PARITY_SIDECAR_SUFFIX } from '../../shared/storage/object-store.ts';
+import { fetchModel, locateUri, PARITY_SIDECAR_SUFFIX } from '../../shared/storage/object-store.ts';
 
 /** Where expected outputs come from, and the inputs they belong to. */
 interface Expected {
@@ -61,7 +61,7 @@ type CheckedVariant = NonNullable<EventData<'heimdall.model.parity-checked'>['va
 
 /** The model's outputs on the expected samples' inputs. */
 async function runModel(onnx: OnnxArtifact, expected: Expected, ctx: StageContext): Promise<Outputs> {
-  const model = await fetchUri(ctx.store, onnx.uri);
+  const model = await fetchModel(ctx.store, onnx.uri);
   try {
     // On the provider the model will serve on (a GPU pod runs parity on CUDA): its numerics are what must match.
     const session = await openModel(model.path, { provider: ctx.config.benchmark.provider, threads: ctx.config.benchmark.threads }, { signal: ctx.signal, sha256: onnx.sha256 });

@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import { rm } from 'node:fs/promises';
 import { HeimdallError, isRetriable } from '../../shared/errors/index.ts';
-import { createEvent, type CloudEvent, type EventData } from '../../shared/events/index.ts';
+import { createEvent, modelBytes, type CloudEvent, type EventData } from '../../shared/events/index.ts';
 import type { Baseline, BenchmarkedVariant, GateVerdict, LatencyStats, RegisteredVariant, Training } from '../../shared/events/schemas.ts';
 import { decideGate } from '../../shared/gate/checks.ts';
 import { GATE_ACTOR, promote } from '../../shared/gate/promotion.ts';
@@ -12,7 +12,7 @@ import { source, type StageContext, type StageHandler } from '../../shared/pipel
 import { GATE_TAG, ONNX_URI_TAG, PIPELINE_RUN_TAG, type AliasChange, type ModelRegistry, type ModelVersion } from '../../shared/registry/model-registry.ts';
 import { gateVerdictOf } from '../../shared/registry/versions.ts';
 import { writeAtomically } from '../../shared/storage/fs.ts';
-import { fetchUri, MODELS_BUCKET, reportKey } from '../../shared/storage/object-store.ts';
+import { fetchModel, MODELS_BUCKET, reportKey } from '../../shared/storage/object-store.ts';
 
 type Benchmarked = CloudEvent<'heimdall.model.benchmarked'>;
 type Registered = EventData<'heimdall.model.registered'>;
@@ -126,7 +126,7 @@ async function gateMoveOf(registry: ModelRegistry, name: string, alias: string, 
 async function registerVariant(event: Benchmarked, variant: BenchmarkedVariant, fp32: ModelVersion, gate: GateVerdict, ctx: StageContext): Promise<{ version: ModelVersion; created: boolean }> {
   const { runId, checkpoint, training } = event.data;
   const name = variantModelName(ctx.config.modelName, variant.name);
-  const model = await fetchUri(ctx.store, variant.onnx.uri);
+  const model = await fetchModel(ctx.store, variant.onnx.uri);
   try {
     const { metadata } = await readModelSummary(model.path);
     const variantOf = { name: ctx.config.modelName, version: fp32.version, sha256: event.data.onnx.sha256 };
@@ -150,6 +150,7 @@ async function registerVariant(event: Benchmarked, variant: BenchmarkedVariant, 
       sha256: variant.onnx.sha256,
       pipelineRunId: runId,
       modelPath: model.path,
+      ...(model.externalData ? { externalDataPath: model.externalData.path } : {}),
       modelUri: variant.onnx.uri,
       tags: {
         ...lineage.tags,
@@ -165,7 +166,7 @@ async function registerVariant(event: Benchmarked, variant: BenchmarkedVariant, 
         ...Object.fromEntries(variant.speedup.map((s) => [`speedup_batch${s.batch}`, s.ratio.toFixed(3)])),
       },
       params: { ...lineage.params, ...pick(metadata, ['variant', 'parameters']), opset: String(variant.onnx.opset), checkpoint_uri: checkpoint.uri, checkpoint_sha256: checkpoint.sha256, quantization: variant.name },
-      metrics: { ...lineage.metrics, model_bytes: variant.onnx.bytes, ...errorMetrics('accuracy', variant.perOutput), ...latencyMetrics(variant.perBatch, variant.baseline), ...speedups },
+      metrics: { ...lineage.metrics, model_bytes: modelBytes(variant.onnx), ...errorMetrics('accuracy', variant.perOutput), ...latencyMetrics(variant.perBatch, variant.baseline), ...speedups },
       ...(training?.mlflowRunId ? { trainingRunId: training.mlflowRunId } : {}),
       report,
     });
@@ -177,7 +178,7 @@ async function registerVariant(event: Benchmarked, variant: BenchmarkedVariant, 
 /** Registers the model with everything the stages found, and stores the run's report beside it. */
 async function registerModel(event: Benchmarked, gate: GateVerdict, ctx: StageContext): Promise<{ version: ModelVersion; created: boolean }> {
   const { runId, onnx, checkpoint, parity, training } = event.data;
-  const model = await fetchUri(ctx.store, onnx.uri);
+  const model = await fetchModel(ctx.store, onnx.uri);
   try {
     const { metadata } = await readModelSummary(model.path);
     const report = {
@@ -202,6 +203,7 @@ async function registerModel(event: Benchmarked, gate: GateVerdict, ctx: StageCo
       sha256: onnx.sha256,
       pipelineRunId: runId,
       modelPath: model.path,
+      ...(model.externalData ? { externalDataPath: model.externalData.path } : {}),
       modelUri: onnx.uri,
       tags: {
         ...lineage.tags,
@@ -226,7 +228,7 @@ async function registerModel(event: Benchmarked, gate: GateVerdict, ctx: StageCo
 /** Size, parity errors, latency figures (with their sample counts) and the ratio to the alias holder. */
 function stageMetrics(event: Benchmarked): Record<string, number> {
   const { onnx, parity, perBatch, baseline, sessionCreateMs } = event.data;
-  return { model_bytes: onnx.bytes, session_create_ms: sessionCreateMs, ...errorMetrics('parity', parity.perOutput), ...latencyMetrics(perBatch, baseline) };
+  return { model_bytes: modelBytes(onnx), session_create_ms: sessionCreateMs, ...errorMetrics('parity', parity.perOutput), ...latencyMetrics(perBatch, baseline) };
 }
 
 /** `<prefix>_max_abs_<output>` and `<prefix>_mean_abs_<output>` of each output. */

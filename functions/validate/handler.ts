@@ -4,11 +4,14 @@ import { checkUncertaintyRange, INPUT_NAME, INPUT_SHAPE, OUTPUT_NAMES, OUTPUT_WI
 import { configNumber } from '../../shared/models/localization-net/infer.ts';
 import { BATCH_DIM } from '../../shared/models/localization-net/graph.ts';
 import { readModelSummary, type ModelSummary, type ValueSummary } from '../../shared/onnx/reader.ts';
-import { structuralProblems } from '../../shared/onnx/structure.ts';
+import { externalDataName } from '../../shared/onnx/model.ts';
+import { externalDataProblems, structuralProblems } from '../../shared/onnx/structure.ts';
 import { source, type StageContext, type StageHandler } from '../../shared/pipeline/stage.ts';
 import { openModel, type ModelOutputs } from '../../shared/runtime/model-host.ts';
 import { sampleInput } from '../../shared/runtime/sample-input.ts';
-import { fetchUri } from '../../shared/storage/object-store.ts';
+import { fetchModel } from '../../shared/storage/object-store.ts';
+import { formatBytes } from '../../shared/cli/format.ts';
+import { basename } from 'node:path';
 
 /** DESIGN §5: the batch sizes every model must serve. */
 export const VALIDATION_BATCHES = [1, 2, 8, 32] as const;
@@ -64,7 +67,7 @@ type UncertaintyRange = { min: number; max: number };
  */
 async function checkModel(onnx: OnnxArtifact, ctx: StageContext, options: { range?: UncertaintyRange; label?: string } = {}): Promise<{ summary: ModelSummary; checks: Check[]; range: UncertaintyRange }> {
   const say = (message: string) => ctx.progress(options.label ? `${options.label}: ${message}` : message);
-  const model = await fetchUri(ctx.store, onnx.uri);
+  const model = await fetchModel(ctx.store, onnx.uri);
   const checks: Check[] = [];
   const check = (name: string, problems: string[], passedDetail: string) => checks.push({ name, passed: problems.length === 0, detail: problems.length ? problems.join('; ') : passedDetail });
   try {
@@ -73,6 +76,11 @@ async function checkModel(onnx: OnnxArtifact, ctx: StageContext, options: { rang
     check('structure', structuralProblems(summary), `${summary.graph.nodes.length} nodes, topologically sorted, single assignment, IR ${summary.irVersion} / opset ${summary.opsets.get('')}`);
     check('io-contract', ioProblems(summary.graph.inputs, summary.graph.outputs), `${INPUT_NAME} -> ${OUTPUT_NAMES.join(', ')}`);
     const range = options.range ?? uncertaintyRange(summary.metadata);
+    const data = model.externalData && { name: basename(model.externalData.path), bytes: model.externalData.bytes, ...(model.externalData.sha256 ? { sha256: model.externalData.sha256 } : {}) };
+    const dataProblems = externalDataProblems(summary, externalDataName(basename(model.path)), data);
+    check('external-data', dataProblems, data ? `weights in ${data.name} (${formatBytes(data.bytes)}), within it, its sha256 named by the model` : 'every weight inline');
+    // onnxruntime would open whatever file the model names: not one that is not the model's own.
+    if (dataProblems.length > 0) return { summary, checks, range };
 
     say('loading in onnxruntime');
     // One session for every batch size, on the provider the model will serve on (as parity and the

@@ -1,4 +1,4 @@
-import { VariantName, type AnyCloudEvent } from '../events/index.ts';
+import { modelBytes, VariantName, type AnyCloudEvent } from '../events/index.ts';
 import { GATE_ACTOR } from '../gate/promotion.ts';
 import { formatBytes, formatCount, formatSeconds } from './format.ts';
 
@@ -41,7 +41,7 @@ const worstError = (perOutput: Readonly<Record<string, { maxAbs: number }>>) => 
 function describeVariants(event: AnyCloudEvent): string[] {
   switch (event.type) {
     case 'heimdall.model.exported':
-      return (event.data.variants ?? []).map((v) => `${v.name} -> ${formatBytes(v.onnx.bytes)}`);
+      return (event.data.variants ?? []).map((v) => `${v.name} -> ${formatBytes(modelBytes(v.onnx))}`);
     case 'heimdall.model.validated':
       return (event.data.variants ?? []).map((v) => (v.passed ? `${v.name} ${v.checks.length} checks passed` : `${v.name} FAILED ${v.checks.filter((c) => !c.passed).map((c) => `${c.name}: ${c.detail}`).join('; ')}`));
     case 'heimdall.model.parity-checked':
@@ -69,7 +69,7 @@ export function describeEvent(event: AnyCloudEvent): [string, string] {
     }
     case 'heimdall.model.exported': {
       const d = event.data;
-      return ['export', `${d.architecture.variant}, ${formatCount(d.architecture.params)} params -> ${formatBytes(d.onnx.bytes)} opset ${d.onnx.opset} in ${formatSeconds(d.durationMs)}`];
+      return ['export', `${d.architecture.variant}, ${formatCount(d.architecture.params)} params -> ${formatBytes(modelBytes(d.onnx))} opset ${d.onnx.opset} in ${formatSeconds(d.durationMs)}`];
     }
     case 'heimdall.model.validated':
       return ['validate', `${event.data.checks.length} checks passed, batches ${event.data.batchSizesChecked.join('/')}`];

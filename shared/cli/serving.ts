@@ -67,7 +67,7 @@ export async function startServing(options: ServeOptions): Promise<Serving> {
   const graceMs = config.nats ? config.nats.ackWaitSeconds * 1000 : 0;
   try {
     if (!config.nats) {
-      const dashboard = options.dashboard && (await startDashboard({ runState: new FsRunStateStore(config.dataDir), models: { registry: createAdapters(config).registry, name: config.modelName }, logger, ...options.dashboard }));
+      const dashboard = options.dashboard && (await startDashboard({ runState: new FsRunStateStore(config.dataDir), models: { registry: (await createAdapters(config)).registry, name: config.modelName }, logger, ...options.dashboard }));
       if (dashboard) phases.dashboard.push(() => dashboard.close());
       return { ...(dashboard ? { dashboardUrl: dashboard.url } : {}), functionPorts: {}, graceMs, stop: stopAll };
     }

@@ -4,7 +4,7 @@ import { VariantName } from '../events/schemas.ts';
 import { checkAliasName } from '../gate/promotion.ts';
 import { DEFAULT_ALIAS, DEFAULT_MODEL_NAME } from '../registry/model-registry.ts';
 import { CHECKPOINTS_BUCKET, isBucketName } from '../storage/object-store.ts';
-import { endpointProblem, type ServerSideEncryption, type UploadChecksum } from '../storage/s3.ts';
+import { endpointProblem, type ServerSideEncryption, type UploadChecksum } from '../storage/s3-settings.ts';
 
 /**
  * Configuration from environment variables, validated once at start-up: a bad value stops the

@@ -3,6 +3,7 @@ import { formatBytes, formatCount, formatMs, formatSeconds } from '../cli/format
 import { latencyChart } from './chart.ts';
 import { describeGate } from '../registry/versions.ts';
 import type { DashboardData, ModelAliases, RunView, StageView } from './data.ts';
+import { modelBytes } from '../events/index.ts';
 
 /**
  * Server-rendered HTML of the status page. Every value goes through hono's `html` template, which
@@ -93,7 +94,7 @@ function runRows(run: RunView) {
       <td class="run">
         <code class="run-id">${run.runId}</code>
         ${run.checkpoint ? html`<div class="checkpoint">${run.checkpoint.key} <span class="muted">${formatBytes(run.checkpoint.size)}</span></div>` : ''}
-        ${exported ? html`<div class="muted">${exported.architecture.variant}, ${formatCount(exported.architecture.params)} params, ONNX ${formatBytes(exported.onnx.bytes)} opset ${exported.onnx.opset}</div>` : ''}
+        ${exported ? html`<div class="muted">${exported.architecture.variant}, ${formatCount(exported.architecture.params)} params, ONNX ${formatBytes(modelBytes(exported.onnx))} opset ${exported.onnx.opset}</div>` : ''}
       </td>
       <td><span class="badge ${run.status}">${run.status}</span></td>
       <td><ol class="timeline">${run.stages.map(stageChip)}</ol></td>

@@ -25,12 +25,17 @@ export function isObjectUri(uri: string): boolean {
 
 export const OnnxArtifact = z.object({
   uri: ObjectUri,
+  /** Of the ONNX file; for a model with external data it names the data file's digest (`external_data_sha256`), so it stands for the weights too. */
   sha256: Sha256,
   bytes: z.number().int().nonnegative(),
   opset: z.number().int(),
   irVersion: z.number().int(),
+  /** The weights' file stored beside the model (`<uri>.data`), when the model keeps them there (DESIGN §3 storage layout). */
+  externalData: z.object({ uri: ObjectUri, sha256: Sha256, bytes: z.number().int().nonnegative() }).optional(),
 });
 export type OnnxArtifact = z.infer<typeof OnnxArtifact>;
+/** What the model takes in storage: its ONNX file and its external data file. */
+export const modelBytes = (onnx: OnnxArtifact) => onnx.bytes + (onnx.externalData?.bytes ?? 0);
 
 /**
  * Derived models the exporter writes beside the fp32 graph (DESIGN §3 Variants). Each later stage

@@ -72,6 +72,15 @@ export interface ModelDef {
   readonly graph: GraphDef;
 }
 
+/**
+ * Metadata key naming the sha256 of the external data file: the model file's own digest (the
+ * registry's identity of a model) then covers its weights too, and the data file a stage is handed
+ * is checked against it (shared/onnx/structure.ts externalDataProblems).
+ */
+export const EXTERNAL_DATA_SHA256 = 'external_data_sha256';
+/** The external data file of the model at `path`: beside it, named after it (what writeModel writes). */
+export const externalDataName = (modelName: string) => `${modelName}.data`;
+
 /** ModelProto fields. */
 export const ModelField = { irVersion: 1, producerName: 2, producerVersion: 3, docString: 6, graph: 7, opsetImport: 8, metadataProps: 14 } as const;
 /** GraphProto fields. */

@@ -71,11 +71,11 @@ describe('readModelSummary on well-formed models', () => {
   });
 
   it('reads what other writers emit: packed dims, negative dim values, external data, fields it does not know', async () => {
-    const packedDims = new ProtoMessage().bytes(1, bytes(2, 3)).varint(2, 1).string(8, 'w').varint(14, 1).message(13, encodeStringEntry('location', 'w.bin')).message(13, encodeStringEntry('length', '24'));
+    const packedDims = new ProtoMessage().bytes(1, bytes(2, 3)).varint(2, 1).string(8, 'w').varint(14, 1).message(13, encodeStringEntry('location', 'w.bin')).message(13, encodeStringEntry('offset', '4096')).message(13, encodeStringEntry('length', '24'));
     const unknownShape = encodeValueInfo({ name: 'y', elemType: 1, shape: [-1, 3] });
     const g = new ProtoMessage().message(5, packedDims).message(12, unknownShape).string(10, 'a doc string').float(99, 1.5);
     const summary = await read(new ProtoMessage().varint(1, 8).message(7, g).bytes(20, new Uint8Array(100)).finish());
-    expect(summary.graph.initializers).toEqual([{ name: 'w', dataType: 1, dims: [2, 3], byteLength: 24, external: true }]);
+    expect(summary.graph.initializers).toEqual([{ name: 'w', dataType: 1, dims: [2, 3], byteLength: 24, external: true, location: 'w.bin', offset: 4096 }]);
     expect(summary.graph.outputs[0]!.shape).toEqual([-1, 3]);
   });
 

@@ -32,7 +32,18 @@ export interface GraphSummary {
   readonly nodes: readonly { opType: string; name: string; domain: string; inputs: string[]; outputs: string[] }[];
   readonly inputs: readonly ValueSummary[];
   readonly outputs: readonly ValueSummary[];
-  readonly initializers: readonly { name: string; dataType: number; dims: number[]; byteLength: number; external: boolean }[];
+  readonly initializers: readonly InitializerSummary[];
+}
+
+export interface InitializerSummary {
+  readonly name: string;
+  readonly dataType: number;
+  readonly dims: number[];
+  readonly byteLength: number;
+  readonly external: boolean;
+  /** Where an external initializer's bytes are: the file (relative to the model's folder) and the offset in it ('' and 0 when not given). */
+  readonly location?: string;
+  readonly offset?: number;
 }
 
 export interface ValueSummary {
@@ -186,7 +197,7 @@ async function readNode(scanner: FileScanner, region: Region) {
 }
 
 async function readTensor(scanner: FileScanner, region: Region) {
-  const tensor = { name: '', dataType: 0, dims: [] as number[], byteLength: 0, external: false };
+  const tensor: { -readonly [K in keyof InitializerSummary]: InitializerSummary[K] } = { name: '', dataType: 0, dims: [], byteLength: 0, external: false };
   for await (const f of scanner.fields(region, 'TensorProto')) {
     switch (f.field) {
       case TensorField.rawData:
@@ -210,10 +221,12 @@ async function readTensor(scanner: FileScanner, region: Region) {
       case TensorField.externalData: {
         scanner.budget.take('external data entries');
         const [key, value] = await stringEntry(scanner, scanner.message(f, 'TensorProto.external_data'));
-        if (key !== 'length') break;
-        const length = Number(value);
-        if (!/^\d+$/.test(value) || !Number.isSafeInteger(length)) throw invalid(`initializer ${JSON.stringify(tensor.name)} gives external data length ${JSON.stringify(value)}, not a byte count`);
-        tensor.byteLength = length;
+        if (key === 'location') tensor.location = value;
+        if (key !== 'length' && key !== 'offset') break;
+        const count = Number(value);
+        if (!/^\d+$/.test(value) || !Number.isSafeInteger(count)) throw invalid(`initializer ${JSON.stringify(tensor.name)} gives external data ${key} ${JSON.stringify(value)}, not a byte count`);
+        if (key === 'length') tensor.byteLength = count;
+        else tensor.offset = count;
         break;
       }
     }

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { ModelSummary } from './reader.ts';
-import { structuralProblems, weightLayoutProblems } from './structure.ts';
+import { externalDataProblems, structuralProblems, weightLayoutProblems } from './structure.ts';
 
 const model = (nodes: ModelSummary['graph']['nodes'], irVersion = 7, opset = 14): ModelSummary => ({
   irVersion,
@@ -68,5 +68,50 @@ describe('weightLayoutProblems', () => {
   it('does not mind a Transpose of an activation (ConvNeXt blocks permute NCHW <-> NHWC)', () => {
     const permuted = model([node('p', ['x'], ['t']), { opType: 'Transpose', name: 'nhwc', domain: '', inputs: ['t'], outputs: ['y'] }]);
     expect(structuralProblems({ ...permuted, producerName: 'heimdall-exporter' })).toEqual([]);
+  });
+});
+
+describe('externalDataProblems', () => {
+  const digest = 'ab'.repeat(32);
+  /** Two weights of 16 bytes in `model.onnx.data` at offsets 0 and 4096, as our writer places them. */
+  const external = (changes: { location?: string; offset?: number; metadata?: Record<string, string> } = {}): ModelSummary => {
+    const base = model([]);
+    const init = (name: string, offset: number) => ({ name, dataType: 1, dims: [2, 2], byteLength: 16, external: true, location: 'model.onnx.data', offset });
+    return {
+      ...base,
+      metadata: changes.metadata ?? { external_data_sha256: digest },
+      graph: { ...base.graph, initializers: [init('w1', 0), { ...init('w2', changes.offset ?? 4096), ...(changes.location !== undefined ? { location: changes.location } : {}) }] },
+    };
+  };
+  const data = { name: 'model.onnx.data', bytes: 4112, sha256: digest };
+
+  it('accepts weights within the file beside the model whose digest the model names', () => {
+    expect(externalDataProblems(external(), 'model.onnx.data', data)).toEqual([]);
+  });
+
+  it('has nothing to say of a model with every weight inline', () => {
+    expect(externalDataProblems(model([]), 'model.onnx.data', undefined)).toEqual([]);
+  });
+
+  for (const location of ['../other-run/model.onnx.data', '/etc/passwd', 'weights.bin', '']) {
+    it(`refuses a weight that names ${JSON.stringify(location)} instead of the file beside the model`, () => {
+      expect(externalDataProblems(external({ location }), 'model.onnx.data', data)).toEqual([`initializer w2 names external file ${JSON.stringify(location)}, not model.onnx.data beside the model`]);
+    });
+  }
+
+  it('refuses weights whose file is not stored, or that run past its end', () => {
+    expect(externalDataProblems(external(), 'model.onnx.data', undefined)).toEqual(['2 initializers live in model.onnx.data, which is not stored beside the model']);
+    expect(externalDataProblems(external({ offset: 8192 }), 'model.onnx.data', data)).toEqual(['initializer w2 spans bytes 8192..8208 of model.onnx.data, which holds 4112']);
+  });
+
+  it('refuses a data file that is not the one the model names, and a model that names none', () => {
+    expect(externalDataProblems(external(), 'model.onnx.data', { ...data, sha256: 'cd'.repeat(32) })).toEqual([`model.onnx.data has sha256 ${'cd'.repeat(32)}, the model names ${digest}: they are not one model`]);
+    expect(externalDataProblems(external({ metadata: {} }), 'model.onnx.data', data)).toEqual(['the model names no external_data_sha256 for model.onnx.data: its digest would not cover its weights']);
+  });
+
+  it('names the first offender of a kind and counts the rest', () => {
+    const many = external();
+    const offenders = { ...many, graph: { ...many.graph, initializers: many.graph.initializers.map((i) => ({ ...i, location: 'elsewhere' })) } };
+    expect(externalDataProblems(offenders, 'model.onnx.data', data)).toEqual(['initializer w1 names external file "elsewhere", not model.onnx.data beside the model (and 1 more initializers alike)']);
   });
 });

@@ -1,4 +1,4 @@
-import { HEIMDALL_PRODUCER } from './model.ts';
+import { EXTERNAL_DATA_SHA256, HEIMDALL_PRODUCER } from './model.ts';
 import type { ModelSummary } from './reader.ts';
 
 /** The IR version each opset shipped with (onnx/helper.py VERSION_TABLE); a model must declare at least that IR. */
@@ -57,4 +57,43 @@ export function weightLayoutProblems(model: ModelSummary): string[] {
     .flatMap((node) =>
       node.inputs.filter((input) => initializers.has(input)).map((input) => `node ${node.name} (${node.opType}) reads initializer ${input}: store it in the layout its consumer reads`),
     );
+}
+
+/** The external data file stored beside a model: its name there, its size and the sha256 the store keeps for it. */
+export interface ExternalDataFile {
+  readonly name: string;
+  readonly bytes: number;
+  readonly sha256?: string;
+}
+
+/**
+ * The rules for a model whose weights live in an external file. onnxruntime opens each `location`
+ * relative to the model's folder, so a model from the bucket could otherwise name any file there or
+ * above it: every external initializer must name the one file stored beside the model
+ * (`expectedName`, `<model>.data`), lie within it, and the model must name the file's sha256
+ * (EXTERNAL_DATA_SHA256), which the stored file must have: the model's own digest then stands for its
+ * weights too. Returns the problems found (the first offender of each kind, with a count); none for
+ * a model with every weight inline.
+ */
+export function externalDataProblems(model: ModelSummary, expectedName: string, data: ExternalDataFile | undefined): string[] {
+  const external = model.graph.initializers.filter((i) => i.external);
+  if (external.length === 0) return [];
+  const problems: string[] = [];
+  const report = (offenders: readonly string[]) => {
+    if (offenders.length > 0) problems.push(offenders.length === 1 ? offenders[0]! : `${offenders[0]} (and ${offenders.length - 1} more initializers alike)`);
+  };
+  report(external.filter((i) => i.location !== expectedName).map((i) => `initializer ${i.name} names external file ${JSON.stringify(i.location ?? '')}, not ${expectedName} beside the model`));
+  if (!data) {
+    problems.push(`${external.length} initializers live in ${expectedName}, which is not stored beside the model`);
+    return problems;
+  }
+  report(
+    external
+      .filter((i) => (i.offset ?? 0) + i.byteLength > data.bytes)
+      .map((i) => `initializer ${i.name} spans bytes ${i.offset ?? 0}..${(i.offset ?? 0) + i.byteLength} of ${data.name}, which holds ${data.bytes}`),
+  );
+  const named = model.metadata[EXTERNAL_DATA_SHA256];
+  if (named === undefined) problems.push(`the model names no ${EXTERNAL_DATA_SHA256} for ${data.name}: its digest would not cover its weights`);
+  else if (data.sha256 !== undefined && data.sha256 !== named) problems.push(`${data.name} has sha256 ${data.sha256}, the model names ${named}: they are not one model`);
+  return problems;
 }

@@ -7,7 +7,9 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { ensureOracle } from '../../test/support/oracle.ts';
 import { tempDir } from '../../test/support/temp.ts';
 import { GraphBuilder } from './graph-builder.ts';
-import { TensorDataType, type ModelDef } from './model.ts';
+import { EXTERNAL_DATA_SHA256, TensorDataType, type ModelDef } from './model.ts';
+import { readModelSummary } from './reader.ts';
+import { sha256File } from '../runtime/sha256.ts';
 import { checkOutputPath, writeModel } from './writer.ts';
 
 let dir: string;
@@ -73,6 +75,15 @@ describe('writeModel', () => {
       expect(Number(offset) % 4096, `${name} at ${offset}`).toBe(0);
       expect(Number(length), name).toBe(SIZES[Number(name.slice(1))]! * 4);
     }
+  });
+
+  it("names the data file's sha256 in the model's metadata, so the model's own digest covers its weights", async () => {
+    await roundTrip(true);
+    await roundTrip(false);
+    const path = join(dir, 'weights-true.onnx');
+    const { metadata } = await readModelSummary(path);
+    expect(metadata[EXTERNAL_DATA_SHA256]).toBe(await sha256File(`${path}.data`));
+    expect((await readModelSummary(join(dir, 'weights-false.onnx'))).metadata).toEqual({});
   });
 });
 

@@ -9,6 +9,8 @@ import {
   encodeStringEntry,
   encodeTensorHeader,
   encodeValueInfo,
+  EXTERNAL_DATA_SHA256,
+  externalDataName,
   fieldSize,
   GraphField,
   ModelField,
@@ -24,6 +26,9 @@ import { ProtoMessage } from './protobuf.ts';
  *
  * Protobuf caps a message at 2 GiB, so bigger models keep their weights in a side file
  * (https://onnx.ai/onnx/repo-docs/ExternalData.html): `<model>.data`, referenced by location/offset/length.
+ * The pipeline stores every model so (`externalData: true`): onnxruntime maps page-aligned external
+ * weights instead of copying them out of the protobuf, and `mlflow.onnx.log_model` saves models the
+ * same way by default (`save_as_external_data=True`).
  */
 
 /** Above this much initializer data the weights go to the external data file. */
@@ -97,7 +102,7 @@ export async function writeModel(model: ModelDef, path: string, options: WriteOp
   const { signal } = options;
   const weightBytes = graph.initializers.reduce((sum, i) => sum + i.byteLength, 0);
   const external = options.externalData ?? weightBytes > EXTERNAL_DATA_THRESHOLD;
-  const dataName = `${basename(path)}.data`;
+  const dataName = externalDataName(basename(path));
   if (external && Buffer.byteLength(dataName) > NAME_MAX) {
     throw new HeimdallError(ErrorCodes.USAGE, `the model's weights go to an external data file ${dataName}, a name longer than ${NAME_MAX} bytes: choose a shorter output name`);
   }
@@ -181,11 +186,12 @@ export async function writeModel(model: ModelDef, path: string, options: WriteOp
     // Metadata after the graph: protobuf fields may come in any order, and its values may be late
     // (the checkpoint's digest): an abort does not wait for them.
     throwIfAborted(signal);
+    const dataResult = await dataFile?.close();
+    const metadata = { ...(await untilAborted(model.metadata(), signal)), ...(dataResult ? { [EXTERNAL_DATA_SHA256]: dataResult.sha256 } : {}) };
     const tail = new ProtoMessage();
-    for (const [key, value] of Object.entries(await untilAborted(model.metadata(), signal))) tail.message(ModelField.metadataProps, encodeStringEntry(key, value));
+    for (const [key, value] of Object.entries(metadata)) tail.message(ModelField.metadataProps, encodeStringEntry(key, value));
     await modelFile.write(tail.finish());
     const modelResult = await modelFile.close();
-    const dataResult = await dataFile?.close();
     throwIfAborted(signal);
     // The names may have changed hands while we wrote: check again right before replacing them.
     await checkOutputPath(path);

@@ -37,7 +37,7 @@ beforeAll(async () => {
   const dir = await tempDir('heimdall-execute-');
   const config = loadConfig({ HEIMDALL_DATA_DIR: dir });
   const logs = new Writable({ write: (chunk: Buffer, _encoding, done) => (lines.push(JSON.parse(chunk.toString())), done()) });
-  environment = { ...createAdapters(config), config, logger: pino({ level: 'info' }, logs), scratchDir: dir };
+  environment = { ...(await createAdapters(config)), config, logger: pino({ level: 'info' }, logs), scratchDir: dir };
 });
 
 const span = (event: AnyCloudEvent) => parseTraceparent(event.traceparent!);

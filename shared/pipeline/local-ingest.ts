@@ -3,7 +3,8 @@ import { basename } from 'node:path';
 import { ErrorCodes, HeimdallError } from '../errors/index.ts';
 import { runIdOf, type CloudEvent } from '../events/index.ts';
 import { sha256File } from '../runtime/sha256.ts';
-import { CHECKPOINTS_BUCKET, PARITY_SIDECAR_SUFFIX, type ObjectStore } from '../storage/object-store.ts';
+import { FsObjectStore } from '../storage/fs.ts';
+import { CHECKPOINTS_BUCKET, PARITY_SIDECAR_SUFFIX, type ObjectInfo, type ObjectStore } from '../storage/object-store.ts';
 import { runStartEvent } from './stage.ts';
 
 /**
@@ -17,17 +18,14 @@ export async function ingestLocalFile(path: string, store: ObjectStore, onProgre
   const before = await stat(path, { bigint: true }).catch(() => undefined);
   if (!before) throw new HeimdallError(ErrorCodes.CHECKPOINT_NOT_FOUND, `no such checkpoint file: ${path}`);
   if (!before.isFile()) throw new HeimdallError(ErrorCodes.NOT_A_FILE, `${path} is not a regular file (a directory, FIFO, device or socket): a checkpoint must be one`);
-  onProgress(`hashing ${basename(path)}`);
-  const sha256 = await untilAborted(sha256File(path), signal);
-  const runId = runIdOf(sha256);
-  const key = `${runId}/${basename(path)}`;
-  signal?.throwIfAborted();
-  onProgress(`storing ${key}`);
-  const object = await store.putFile(CHECKPOINTS_BUCKET, key, path, { sha256 }).catch((error: Error) => {
+  const keyOf = (sha256: string) => `${runIdOf(sha256)}/${basename(path)}`;
+  const stored = await (store instanceof FsObjectStore ? hashWhileStoring(path, store, keyOf, onProgress, signal) : hashThenStore(path, store, keyOf, onProgress, signal)).catch((error: Error) => {
     // The store's own errors (STORAGE_AUTH, ...) say more than a generic I/O failure.
-    if (error instanceof HeimdallError) throw error;
+    if (error instanceof HeimdallError || signal?.aborted) throw error;
     throw new HeimdallError(ErrorCodes.IO_ERROR, `cannot store the checkpoint: ${error.message}`, { cause: error });
   });
+  const { key, sha256, object } = stored;
+  const runId = runIdOf(sha256);
   // Written to while we hashed or copied it (a trainer still saving): the object may hold other
   // bytes than those hashed. Retriable: once the file is complete, the same command works.
   const after = await stat(path, { bigint: true }).catch(() => undefined);
@@ -40,7 +38,32 @@ export async function ingestLocalFile(path: string, store: ObjectStore, onProgre
   return runStartEvent('heimdall.checkpoint.created', { stage: 'ingest', key, data: { bucket: CHECKPOINTS_BUCKET, key, size: object.size, etag: object.etag, runId, sha256 } });
 }
 
-/** `work`, or the signal's reason as soon as it fires (a hash in a worker thread cannot be cancelled; it is left to finish). */
+/**
+ * The embedded store copies the file in while it is hashed (a checkpoint of gigabytes: the copy no
+ * longer waits for the digest that names its key); the stop is honoured once it is hashed.
+ */
+function hashWhileStoring(path: string, store: FsObjectStore, keyOf: (sha256: string) => string, onProgress: (message: string) => void, signal?: AbortSignal): Promise<Stored> {
+  onProgress(`hashing and storing ${basename(path)}`);
+  return untilAborted(store.putFileByDigest(CHECKPOINTS_BUCKET, path, keyOf, signal ? { signal } : {}), signal);
+}
+
+/** A service's store needs the key before the upload: the file is hashed first, then stored. */
+async function hashThenStore(path: string, store: ObjectStore, keyOf: (sha256: string) => string, onProgress: (message: string) => void, signal?: AbortSignal): Promise<Stored> {
+  onProgress(`hashing ${basename(path)}`);
+  const sha256 = await untilAborted(sha256File(path), signal);
+  const key = keyOf(sha256);
+  signal?.throwIfAborted();
+  onProgress(`storing ${key}`);
+  return { key, sha256, object: await store.putFile(CHECKPOINTS_BUCKET, key, path, { sha256 }) };
+}
+
+interface Stored {
+  readonly key: string;
+  readonly sha256: string;
+  readonly object: ObjectInfo;
+}
+
+/** `work`, or the signal's reason as soon as it fires (a hash in a worker thread cannot be cancelled; it is left to finish, and stores nothing). */
 function untilAborted<T>(work: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
   if (!signal) return work;
   work.catch(() => undefined);

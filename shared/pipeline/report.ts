@@ -1,10 +1,11 @@
-import type { AnyCloudEvent, BenchmarkedVariant, CloudEvent, EventData, RegisteredVariant } from '../events/index.ts';
+import { modelBytes, type AnyCloudEvent, type BenchmarkedVariant, type CloudEvent, type EventData, type RegisteredVariant } from '../events/index.ts';
 
 /** The final report of one run (`heimdall run --json` prints it as its last line). */
 export interface RunReport {
   readonly runId: string;
   readonly status: 'registered' | 'failed';
   readonly events: ReadonlyArray<{ type: string; id: string; time: string; data: unknown }>;
+  /** `bytes`: the model file and its external data file together. */
   readonly onnx?: { uri: string; sha256: string; bytes: number };
   readonly parity?: Omit<EventData<'heimdall.model.parity-checked'>, 'runId' | 'checkpoint' | 'onnx' | 'variants'>;
   readonly benchmark?: Omit<EventData<'heimdall.model.benchmarked'>, 'runId' | 'checkpoint' | 'onnx' | 'parity' | 'variants'>;
@@ -38,7 +39,7 @@ export function buildReport(runId: string, events: readonly AnyCloudEvent[]): Ru
     runId,
     status: registered && !failed ? 'registered' : 'failed',
     events: events.map((e) => ({ type: e.type, id: e.id, time: e.time, data: e.data })),
-    ...(exported ? { onnx: { uri: exported.data.onnx.uri, sha256: exported.data.onnx.sha256, bytes: exported.data.onnx.bytes } } : {}),
+    ...(exported ? { onnx: { uri: exported.data.onnx.uri, sha256: exported.data.onnx.sha256, bytes: modelBytes(exported.data.onnx) } } : {}),
     ...(parity ? { parity: omit(parity.data, ['runId', 'checkpoint', 'onnx', 'variants']) } : {}),
     ...(benchmark ? { benchmark: omit(benchmark.data, ['runId', 'checkpoint', 'onnx', 'parity', 'variants']) } : {}),
     ...(registered
@@ -53,7 +54,7 @@ export function buildReport(runId: string, events: readonly AnyCloudEvent[]): Ru
             const outcome = registered?.data.variants?.find((v) => v.name === name);
             return {
               name,
-              onnx: { uri: onnx.uri, sha256: onnx.sha256, bytes: onnx.bytes },
+              onnx: { uri: onnx.uri, sha256: onnx.sha256, bytes: modelBytes(onnx) },
               ...(checked ? { parity: { perOutput: checked.perOutput, tolerance: checked.tolerance, passed: checked.passed } } : {}),
               ...(timed ? { benchmark: { perBatch: timed.perBatch, speedup: timed.speedup, ...(timed.baseline ? { baseline: timed.baseline } : {}) } } : {}),
               ...(outcome ? { registered: omit(outcome, ['name']) } : {}),

@@ -27,6 +27,8 @@ export interface RegistrationRequest {
   readonly pipelineRunId: string;
   /** Local path of the ONNX file (the registry may copy it as an artifact). */
   readonly modelPath: string;
+  /** Local path of its external data file, when it has one: copied beside it under this file's name, which the model refers to it by. */
+  readonly externalDataPath?: string;
   /** Where the model already lives (object store uri). */
   readonly modelUri: string;
   readonly tags: Readonly<Record<string, string>>;

@@ -1,4 +1,5 @@
 import { appendFile, mkdir, readdir, readFile, stat, utimes, writeFile } from 'node:fs/promises';
+import { createHash, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { tempDir } from '../../test/support/temp.ts';
@@ -48,6 +49,32 @@ describe('FsObjectStore', () => {
     await writeFile(source, 'rewritten');
     expect(await readFile(stored, 'utf8')).toBe('original bytes');
     expect(await store.stat('heimdall-checkpoints', 'run/ckpt.pth')).toEqual(info);
+  });
+
+  it('stores a file under a key named by its sha256, hashed as it is copied in (putFileByDigest)', async () => {
+    // Past the hashing worker's 4 MiB chunk, so the copy is written in several chunks.
+    const content = randomBytes(9 * 1024 * 1024 + 5);
+    const { store, source, dataDir, leftovers } = await fresh('by-digest');
+    await writeFile(source, content);
+    const sha256 = createHash('sha256').update(content).digest('hex');
+    const stored = await store.putFileByDigest('heimdall-checkpoints', source, (digest) => `${digest.slice(0, 16)}/ckpt.pth`, { metadata: { origin: 'test' } });
+    expect(stored).toMatchObject({ key: `${sha256.slice(0, 16)}/ckpt.pth`, sha256, object: { size: content.byteLength, metadata: { origin: 'test', sha256 } } });
+    const path = join(dataDir, 'buckets/heimdall-checkpoints', stored.key);
+    expect((await readFile(path)).equals(content)).toBe(true);
+    expect((await stat(path)).ino).not.toBe((await stat(source)).ino);
+    expect(await store.stat('heimdall-checkpoints', stored.key)).toEqual(stored.object);
+    expect(await leftovers()).toEqual([]);
+  });
+
+  it('stores nothing by digest when the key it names cannot be held, or the upload was stopped once hashed', async () => {
+    const { store, source, dataDir, leftovers } = await fresh('by-digest-refused');
+    await expect(store.putFileByDigest('heimdall-checkpoints', source, () => 'k'.repeat(300))).rejects.toMatchObject({ code: 'STORAGE_REJECTED' });
+    const stop = new AbortController();
+    stop.abort(new Error('stopped'));
+    await expect(store.putFileByDigest('heimdall-checkpoints', source, (digest) => `${digest}/ckpt.pth`, { signal: stop.signal })).rejects.toThrow('stopped');
+    await expect(store.putFileByDigest('..', source, (digest) => digest)).rejects.toMatchObject({ code: 'OBJECT_NOT_FOUND' });
+    expect(await leftovers()).toEqual([]);
+    expect(await readdir(join(dataDir, 'buckets')).catch(() => [])).toEqual(['.tmp']);
   });
 
   it('leaves no temporary behind, after uploads that succeed, fail, or died with their process', async () => {

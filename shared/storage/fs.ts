@@ -4,6 +4,7 @@ import { copyFile, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 
 import { dirname, join, relative, resolve, sep } from 'node:path';
 import { pathToFileURL, fileURLToPath } from 'node:url';
 import { ErrorCodes, HeimdallError } from '../errors/index.ts';
+import { sha256File } from '../runtime/sha256.ts';
 import { isBucketName, type ListedObject, type ObjectInfo, type ObjectStore, type ObjectVersion } from './object-store.ts';
 
 /** S3's limit on a key. */
@@ -77,22 +78,65 @@ export class FsObjectStore implements ObjectStore {
   }
 
   async putFile(bucket: string, key: string, path: string, metadata: Record<string, string> = {}): Promise<ObjectInfo> {
-    const target = this.pathOf(bucket, key);
+    this.checkStorable(bucket, key);
+    return this.storeCopy(bucket, path, async (temporary) => {
+      // Our own copy: a clone shares blocks until either side changes (instant, no extra space),
+      // else libuv falls back to a plain copy.
+      await copyFile(path, temporary, constants.COPYFILE_EXCL | constants.COPYFILE_FICLONE);
+      return { key, metadata };
+    });
+  }
+
+  /**
+   * Stores the file at `path` under a key named by its content (ingest's `<runId>/<name>`), with its
+   * sha256 in the metadata: the file is copied in while it is hashed, on two cores where a hash and
+   * then putFile would take the time of both. A stop (`signal`) once it is hashed stores nothing.
+   */
+  async putFileByDigest(bucket: string, path: string, keyOf: (sha256: string) => string, options: { metadata?: Record<string, string>; signal?: AbortSignal } = {}): Promise<{ key: string; sha256: string; object: ObjectInfo }> {
+    // An invalid bucket is refused before the file is read.
+    this.bucketDir(bucket);
+    let named = { key: '', sha256: '' };
+    const object = await this.storeCopy(bucket, path, async (temporary) => {
+      // Both read the file, from the page cache once either has: the digest on a worker thread, the
+      // copy (a clone where the file system has them) on libuv's pool.
+      // Both settle before the temporary can be removed, so a failed hash leaves no copy being written.
+      const [hashed, copied] = await Promise.allSettled([sha256File(path), copyFile(path, temporary, constants.COPYFILE_EXCL | constants.COPYFILE_FICLONE)]);
+      if (hashed.status === 'rejected') throw hashed.reason;
+      if (copied.status === 'rejected') throw copied.reason;
+      const sha256 = hashed.value;
+      options.signal?.throwIfAborted();
+      named = { key: keyOf(sha256), sha256 };
+      this.checkStorable(bucket, named.key);
+      return { key: named.key, metadata: { ...options.metadata, sha256 } };
+    });
+    return { ...named, object };
+  }
+
+  /** Refuses a key this store cannot hold (STORAGE_REJECTED) or one outside its bucket. */
+  private checkStorable(bucket: string, key: string): void {
+    this.pathOf(bucket, key);
     const reason = unstorable(key);
     if (reason) throw new HeimdallError(ErrorCodes.STORAGE_REJECTED, `key ${key.length > 80 ? `${key.slice(0, 80)}…` : key} ${reason}: the embedded store cannot hold it`);
+  }
+
+  /**
+   * Stores a copy of the regular file at `path` in `bucket`: `fill` writes it to a temporary (and says
+   * under which key), which is then renamed into place with its metadata; the temporary never
+   * outlives a failure.
+   */
+  private async storeCopy(bucket: string, path: string, fill: (temporary: string) => Promise<{ key: string; metadata: Record<string, string> }>): Promise<ObjectInfo> {
     const source = await stat(path);
     if (!source.isFile()) throw new HeimdallError(ErrorCodes.NOT_A_FILE, `${path} is not a regular file: cannot store it`);
     await this.sweepOnce();
     await mkdir(this.tmp, { recursive: true });
     const temporary = join(this.tmp, `${process.pid}-${nextId()}`);
     try {
-      // Our own copy: a clone shares blocks until either side changes (instant, no extra space),
-      // else libuv falls back to a plain copy.
-      await copyFile(path, temporary, constants.COPYFILE_EXCL | constants.COPYFILE_FICLONE);
+      const { key, metadata } = await fill(temporary);
       const copied = await stat(temporary, { bigint: true });
       const size = Number(copied.size);
       // Opaque like S3's: new on every upload, without hashing gigabytes again.
       const etag = createHash('md5').update(`${size}:${copied.mtimeNs}:${copied.ino}:${randomBytes(8).toString('hex')}`).digest('hex');
+      const target = this.pathOf(bucket, key);
       await mkdir(dirname(target), { recursive: true });
       await rename(temporary, target);
       const meta: StoredMeta = { key, size, mtimeNs: String(copied.mtimeNs), etag, metadata };

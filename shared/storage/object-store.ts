@@ -1,4 +1,7 @@
+import { rename } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import { ErrorCodes, HeimdallError } from '../errors/index.ts';
+import { externalDataName } from '../onnx/model.ts';
 
 /**
  * The ObjectStore port: S3 semantics (buckets, keys, user metadata, etags) with files as the unit of
@@ -75,6 +78,52 @@ export function locateUri(store: ObjectStore, uri: string): { bucket: string; ke
 export async function fetchUri(store: ObjectStore, uri: string, version?: ObjectVersion): Promise<{ path: string; release(): Promise<void> }> {
   const { bucket, key } = locateUri(store, uri);
   return store.fetchFile(bucket, key, version);
+}
+
+/** A model fetched for a stage: the ONNX file and, where one is stored beside it, its external data file in the same folder. */
+export interface FetchedModel {
+  readonly path: string;
+  /** The external data file: its path (`<path>.data`, where onnxruntime looks), size and the sha256 the store keeps for it. */
+  readonly externalData?: { readonly path: string; readonly bytes: number; readonly sha256?: string };
+  release(): Promise<void>;
+}
+
+/**
+ * `fetchUri` for a model: the ONNX file and, when the store holds `<key>.data` beside it (the
+ * pipeline stores its models with external data: shared/onnx/writer.ts), that file too, under the
+ * name the model refers to it by, in the model's folder (onnxruntime and onnx resolve `location`
+ * relative to it). The embedded store's files are beside each other already; a downloaded one is
+ * moved beside the model (both temporaries of one store, one filesystem). Whether the model names
+ * that file, within its bounds and with its digest, is validate's check (externalDataProblems).
+ * `version` pins the model file (fetchFile); the data file is the one its key holds.
+ */
+export async function fetchModel(store: ObjectStore, uri: string, version?: ObjectVersion): Promise<FetchedModel> {
+  const { bucket, key } = locateUri(store, uri);
+  const model = await store.fetchFile(bucket, key, version);
+  try {
+    const dataKey = externalDataName(key);
+    const info = await store.stat(bucket, dataKey);
+    if (!info) return model;
+    const data = await store.fetchFile(bucket, dataKey);
+    const beside = join(dirname(model.path), basename(dataKey));
+    try {
+      if (data.path !== beside) await rename(data.path, beside);
+    } catch (error) {
+      await data.release();
+      throw error;
+    }
+    return {
+      path: model.path,
+      externalData: { path: beside, bytes: info.size, ...(info.metadata['sha256'] ? { sha256: info.metadata['sha256'] } : {}) },
+      release: async () => {
+        await data.release();
+        await model.release();
+      },
+    };
+  } catch (error) {
+    await model.release();
+    throw error;
+  }
 }
 
 /** `s3:`, `file:`: the scheme a uri starts with (RFC 3986 §3.1), lowercased; '' when it has none. */

@@ -2,8 +2,9 @@
  * `npm run bench:coldstart` (issue 14 item 3): how fast a fresh process goes from its start to its
  * first inference on the large model, for our graph and for torch.onnx.export's graph of the same
  * weights, measured in the same run. Ours is exported from the large fixture's full.pth as the export
- * stage stores it (model.onnx, weights inline), and once more with its weights in `model.onnx.data`
- * (the candidate artifact: onnxruntime maps such weights instead of parsing them out of the protobuf).
+ * stage stores it and the registries serve it (model.onnx, its weights in model.onnx.data: onnxruntime
+ * maps them instead of copying them out of the protobuf; MLflow and onnx load it as the file
+ * `mlflow.onnx.log_model` saves by default), and once more with its weights inline (for comparison).
  * torch's comes from bare.pt, the same weights without the trainer's config (test/bench/torch_export.py).
  *
  * Each round starts one fresh Node process per model (test/bench/coldstart-child.ts: onnxruntime
@@ -62,13 +63,14 @@ try {
   const fixture = (name: string) => files.find((f) => f.name === name)!.path;
   const models: Record<string, string> = {
     ours: join(work, 'ours', 'model.onnx'),
-    'ours, external data': join(work, 'ours-external', 'model.onnx'),
+    'ours, inline': join(work, 'ours-inline', 'model.onnx'),
     torch: join(work, 'torch.onnx'),
   };
-  process.stderr.write('bench coldstart: exporting the large fixture with our exporter (as registered, and with model.onnx.data) and with torch.onnx.export\n');
+  process.stderr.write('bench coldstart: exporting the large fixture with our exporter (as stored and registered, and with its weights inline) and with torch.onnx.export\n');
   for (const path of Object.values(models)) await mkdir(dirname(path), { recursive: true });
-  await exportCheckpoint(fixture('full.pth'), models.ours!);
-  await exportCheckpoint(fixture('full.pth'), models['ours, external data']!, { externalData: true });
+  // As functions/export/handler.ts writes it.
+  await exportCheckpoint(fixture('full.pth'), models.ours!, { externalData: true });
+  await exportCheckpoint(fixture('full.pth'), models['ours, inline']!, { externalData: false });
   const { debianPython } = await ensureOracle();
   await run(debianPython, [join(here, 'torch_export.py'), fixture('bare.pt'), models.torch!], { maxBuffer: 1 << 24 });
   // Into the page cache, data files too: every timed start then reads the same way.
@@ -97,7 +99,7 @@ try {
     ratios[name] = perRound;
     const ratio = median(perRound);
     lines.push(
-      `  ${name} / torch, total: median ${ratio.toFixed(3)} (min ${Math.min(...perRound).toFixed(3)}, max ${Math.max(...perRound).toFixed(3)} over ${rounds} rounds)   target <= ${TARGET_RATIO}: ${ratio <= TARGET_RATIO ? 'PASS' : 'MISS'}`,
+      `  ${name} / torch, total: median ${ratio.toFixed(3)} (min ${Math.min(...perRound).toFixed(3)}, max ${Math.max(...perRound).toFixed(3)} over ${rounds} rounds)   ${name === 'ours' ? `target <= ${TARGET_RATIO}: ${ratio <= TARGET_RATIO ? 'PASS' : 'MISS'}` : '(for comparison: not what is stored)'}`,
     );
   }
   lines.push(`  ${loadAverageLine(loadAtStart)}`);

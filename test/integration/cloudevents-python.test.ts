@@ -87,7 +87,7 @@ describe('a function over HTTP, the Python SDK as its client', () => {
     const env = { PORT: '0', HEIMDALL_DATA_DIR: dataDir, HEIMDALL_LOG_LEVEL: 'silent', ...QUICK_ENV };
     const checkpoint = join(dir, 'http.pth');
     await writeSmallCheckpoint(checkpoint, { seed: 61 });
-    data = (await ingestLocalFile(checkpoint, createAdapters(loadConfig(env)).store, () => undefined)).data;
+    data = (await ingestLocalFile(checkpoint, (await createAdapters(loadConfig(env))).store, () => undefined)).data;
     fn = await serveFunction(stageFunctions.find((s) => s.name === 'export')!, { env });
   });
   afterAll(async () => fn?.stop());

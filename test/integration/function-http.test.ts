@@ -36,7 +36,7 @@ async function environmentIn(dataDir: string): Promise<StageEnvironment> {
   const config = loadConfig({ HEIMDALL_DATA_DIR: dataDir, ...QUICK });
   const scratchDir = join(dataDir, 'scratch');
   await mkdir(scratchDir, { recursive: true });
-  return { ...createAdapters(config), config, logger: createLogger('silent'), scratchDir };
+  return { ...(await createAdapters(config)), config, logger: createLogger('silent'), scratchDir };
 }
 
 /** A small checkpoint put in the data dir's store, announced as ingest would. */

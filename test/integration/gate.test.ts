@@ -56,7 +56,7 @@ async function run(checkpoint: string, dataDir: string, env: Record<string, stri
   const logger = createLogger('silent');
   const alerts = alertsSubscriber.create(config, logger)!;
   const before = webhook.requests.length;
-  const report = await runInProcess(checkpoint, { stages: stageFunctions, ...createAdapters(config), config, logger, onEvent: (event) => alerts.accept(event) });
+  const report = await runInProcess(checkpoint, { stages: stageFunctions, ...(await createAdapters(config)), config, logger, onEvent: (event) => alerts.accept(event) });
   await alerts.close(10_000);
   expect(report.error, JSON.stringify(report.error)).toBeUndefined();
   return { report, alerts: webhook.requests.slice(before).map((r) => (r.body as { text: string }).text) };

@@ -64,7 +64,7 @@ describe('the events carry it, from an S3 upload with mlflow-run-id metadata', (
     s3 = await startS3Server();
     const config = loadConfig({ HEIMDALL_DATA_DIR: join(dir, 'data'), HEIMDALL_PARITY_SAMPLES: '1', ...s3.env });
     await mkdir(join(dir, 'scratch'), { recursive: true });
-    environment = { ...createAdapters(config), config, logger: createLogger('silent'), scratchDir: join(dir, 'scratch') };
+    environment = { ...(await createAdapters(config)), config, logger: createLogger('silent'), scratchDir: join(dir, 'scratch') };
   });
   afterAll(() => s3?.stop());
 

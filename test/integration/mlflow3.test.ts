@@ -9,9 +9,9 @@
  * `checkAliasName` refuses exactly the names this MLflow refuses.
  */
 import { createHash } from 'node:crypto';
-import { readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { userInfo } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { checkAliasName, promote, rollbackTarget } from '../../shared/gate/promotion.ts';
 import { exportCheckpoint } from '../../shared/models/localization-net/export.ts';
@@ -54,11 +54,13 @@ const models: Record<number, { path: string; sha256: string }> = {};
 
 const python = (args: string[]) => runServicesPython('mlflow3_models.py', args, { ...mlflow.env, ...MLFLOW_OFFLINE_ENV });
 
+/** A model as the export stage stores it: model.onnx and its weights in model.onnx.data. */
 async function smallModel(seed: number): Promise<{ path: string; sha256: string }> {
   const checkpoint = join(dir, `small-${seed}.pth`);
-  const path = join(dir, `small-${seed}.onnx`);
+  const path = join(dir, `small-${seed}`, 'model.onnx');
+  await mkdir(dirname(path), { recursive: true });
   await writeSmallCheckpoint(checkpoint, { seed });
-  await exportCheckpoint(checkpoint, path);
+  await exportCheckpoint(checkpoint, path, { externalData: true });
   return { path, sha256: createHash('sha256').update(await readFile(path)).digest('hex') };
 }
 
@@ -69,6 +71,7 @@ function request(seed: number, overrides: Partial<RegistrationRequest> = {}): Re
     sha256,
     pipelineRunId: sha256.slice(0, 16),
     modelPath: path,
+    externalDataPath: `${path}.data`,
     modelUri: `s3://heimdall-models/models/localization/${sha256.slice(0, 16)}/model.onnx`,
     tags: { onnx_uri: `s3://heimdall-models/models/localization/${sha256.slice(0, 16)}/model.onnx`, 'training.val_loss': '0.25' },
     params: { variant: 'custom', 'optimizer.lr': '0.001' },
@@ -143,8 +146,10 @@ describe('a model registered on MLflow 3', () => {
     await writeFile(metadata, JSON.stringify((ours.mlmodel as { metadata: Record<string, string> }).metadata));
     const reference = JSON.parse(await python(['log', 'log-model-reference', models[1]!.path, inputs, metadata])) as Described;
 
-    expect(ours.files).toEqual(reference.files);
-    expect(ours.files).toEqual(['MLmodel', 'conda.yaml', 'input_example.json', 'model.onnx', 'python_env.yaml', 'requirements.txt', 'serving_input_example.json']);
+    // log_model names the weights' file by a uuid; ours is named after the model file.
+    const weightsNamed = (files: string[]) => files.map((f) => (f.endsWith('.data') ? '<weights>.data' : f)).sort();
+    expect(weightsNamed(ours.files)).toEqual(weightsNamed(reference.files));
+    expect(ours.files).toEqual(['MLmodel', 'conda.yaml', 'input_example.json', 'model.onnx', 'model.onnx.data', 'python_env.yaml', 'requirements.txt', 'serving_input_example.json']);
     // Byte for byte: the pinned environment and both input examples.
     expect(ours.texts).toEqual(reference.texts);
 
@@ -163,11 +168,16 @@ describe('a model registered on MLflow 3', () => {
     expect(ours.mlmodel['utc_time_created']).toMatch(utcTime);
     expect(reference.mlmodel['utc_time_created']).toMatch(utcTime);
     const rest = (m: Record<string, unknown>) => {
-      const { artifact_path, model_id, model_uuid, run_id, utc_time_created, signature, ...others } = m as Record<string, unknown> & { signature: Record<string, string | null> };
+      // model_size_bytes: onnx.save_model lays the weights out in its own way (names, padding).
+      const { artifact_path, model_id, model_uuid, run_id, utc_time_created, signature, model_size_bytes, ...others } = m as Record<string, unknown> & { signature: Record<string, string | null> };
       const parsed = Object.fromEntries(Object.entries(signature).map(([k, v]) => [k, v === null ? null : JSON.parse(v)]));
       return { ...others, signature: parsed };
     };
     expect(rest(ours.mlmodel)).toEqual(rest(reference.mlmodel));
+    // save_model sums the model's files and the two input examples (written before MLmodel and the environment files).
+    const modelFiles = (await stat(models[1]!.path)).size + (await stat(`${models[1]!.path}.data`)).size;
+    const examples = ['input_example.json', SERVING_INPUT_FILE].reduce((sum, name) => sum + Buffer.byteLength(ours.texts[name]!), 0);
+    expect(ours.mlmodel['model_size_bytes']).toBe(modelFiles + examples);
   });
 
   it('is scored by mlflow models serve on its registered input example', async () => {

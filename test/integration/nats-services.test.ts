@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MlflowClient } from '../../shared/registry/mlflow/client.ts';
-import { MODELS_BUCKET, modelKey } from '../../shared/storage/object-store.ts';
+import { fetchModel, MODELS_BUCKET, modelKey } from '../../shared/storage/object-store.ts';
 import { S3ObjectStore } from '../../shared/storage/s3.ts';
 import { startNatsServer, type NatsServer } from '../support/nats-server.ts';
 import { ensureFixtures } from '../support/oracle.ts';
@@ -62,7 +62,8 @@ describe('NATS workers with S3 and MLflow', () => {
     const runId = registered.data.runId;
     const object = await store.stat(MODELS_BUCKET, modelKey(runId));
     expect(object?.metadata).toMatchObject({ 'run-id': runId, 'source-checkpoint': `s3://${TRAINING_BUCKET}/${key}`, opset: '14', 'model-type': 'LocalizationNet', sha256: registered.data.onnx.sha256 });
-    const model = await store.fetchFile(MODELS_BUCKET, modelKey(runId));
+    // With its weights (model.onnx.data) beside it, as the stages read it.
+    const model = await fetchModel(store, store.uri(MODELS_BUCKET, modelKey(runId)));
 
     // Python MLflow loads the alias; its outputs equal onnxruntime-node's.
     const batch = 2;

@@ -299,6 +299,8 @@ describe('heimdall serve on NATS JetStream', () => {
     expect(first.stderr()).toContain('draining');
     spawnWorker();
     const runId = await registeredRun(observer, 'runs/drain.pth');
+    // model.promoted follows model.registered: published after it, it may reach the observer a moment later.
+    await waitFor('its promotion', () => observer.of('heimdall.model.promoted', runId).length > 0);
     for (const type of RUN_EVENTS) expect(observer.of(type as 'heimdall.model.exported', runId), type).toHaveLength(1);
     expect(await registryVersions(dataDir)).toHaveLength(1);
   });

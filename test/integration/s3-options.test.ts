@@ -162,7 +162,7 @@ describe('server-side encryption', () => {
     await through(moto, async (proxy) => {
       // From the environment, as `heimdall` builds its store.
       const config = loadConfig({ ...moto.env, S3_ENDPOINT: proxy.url, S3_SSE: 'aws:kms', S3_SSE_KMS_KEY_ID: kmsKeyId });
-      const { store } = createAdapters(config);
+      const { store } = await createAdapters(config);
       await store.putFile(BUCKET, 'sse-kms/small.onnx', small.path);
       const [put] = uploads(proxy);
       expect(put!.headers).toMatchObject({ 'x-amz-server-side-encryption': 'aws:kms', 'x-amz-server-side-encryption-aws-kms-key-id': kmsKeyId });

@@ -18,7 +18,7 @@ import { MlflowClient } from '../../shared/registry/mlflow/client.ts';
 import { MlflowModelRegistry } from '../../shared/registry/mlflow/registry.ts';
 import type { RegistrationRequest } from '../../shared/registry/model-registry.ts';
 import { S3ObjectStore } from '../../shared/storage/s3.ts';
-import { CHECKPOINTS_BUCKET, MODELS_BUCKET, modelKey, reportKey } from '../../shared/storage/object-store.ts';
+import { CHECKPOINTS_BUCKET, fetchModel, MODELS_BUCKET, modelKey, reportKey } from '../../shared/storage/object-store.ts';
 import { heimdallRun } from '../support/heimdall-cli.ts';
 import { startHttpProxy } from '../support/services/http-proxy.ts';
 import { MLFLOW_OFFLINE_ENV, startMlflowServer, type MlflowServer } from '../support/services/mlflow-server.ts';
@@ -84,7 +84,8 @@ describe('heimdall run with S3 and MLflow', () => {
     expect(first.code).toBe(0);
     expect(first.report.registry).toMatchObject({ name: MODEL, version: '1', created: true });
 
-    const model = await store.fetchFile(MODELS_BUCKET, modelKey(first.report.runId));
+    // model.onnx and model.onnx.data downloaded side by side, as every stage reads a model.
+    const model = await fetchModel(store, store.uri(MODELS_BUCKET, modelKey(first.report.runId)));
     const session = await ort.InferenceSession.create(model.path);
     const expected = await session.run({ mel_spectrogram: new ort.Tensor('float32', inputs, [batch, 3, 128, 32]) });
     await session.release();
@@ -137,6 +138,13 @@ describe('heimdall run with S3 and MLflow', () => {
     const model = await store.fetchFile(MODELS_BUCKET, modelKey(runId));
     expect(model.sha256).toBe(onnx!.sha256);
     await model.release();
+    // Its weights beside it, uploaded first, with the same metadata and their own sha256, which the model names.
+    const exported = first.report.events.find((e) => e.type === 'heimdall.model.exported')!.data as { onnx: { externalData: { uri: string; sha256: string; bytes: number } } };
+    expect(exported.onnx.externalData.uri).toBe(`s3://${MODELS_BUCKET}/${modelKey(runId)}.data`);
+    const data = await store.fetchFile(MODELS_BUCKET, `${modelKey(runId)}.data`);
+    expect([data.sha256, data.size]).toEqual([exported.onnx.externalData.sha256, exported.onnx.externalData.bytes]);
+    await data.release();
+    expect((await store.stat(MODELS_BUCKET, `${modelKey(runId)}.data`))?.metadata).toEqual({ ...info!.metadata, sha256: exported.onnx.externalData.sha256 });
     // The report carries no sha256 of its own model's bytes: the store reads it back (it checks a sha256 it finds).
     expect(await store.stat(MODELS_BUCKET, reportKey(runId))).toMatchObject({ metadata: { 'run-id': runId } });
     const report = await store.fetchFile(MODELS_BUCKET, reportKey(runId));

@@ -64,7 +64,7 @@ describe('in process (heimdall run)', () => {
       const dataDir = join(dir, 'in-process');
       const config = loadConfig({ HEIMDALL_DATA_DIR: dataDir, ...QUICK_ENV });
       const events: AnyCloudEvent[] = [];
-      await runInProcess(path, { stages: stageFunctions, ...createAdapters(config), config, logger: createLogger('silent'), onEvent: (event) => events.push(event) });
+      await runInProcess(path, { stages: stageFunctions, ...(await createAdapters(config)), config, logger: createLogger('silent'), onEvent: (event) => events.push(event) });
       return events;
     };
     const events = await run(checkpoint);

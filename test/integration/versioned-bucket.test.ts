@@ -74,7 +74,7 @@ beforeAll(async () => {
   await client.setBucketVersioning(BUCKET, { Status: 'Enabled' });
   const config = loadConfig({ HEIMDALL_DATA_DIR: join(dir, 'data'), ...s3.env });
   await mkdir(join(dir, 'scratch'), { recursive: true });
-  environment = { ...createAdapters(config), config, logger: createLogger('silent'), scratchDir: join(dir, 'scratch') };
+  environment = { ...(await createAdapters(config)), config, logger: createLogger('silent'), scratchDir: join(dir, 'scratch') };
   // Both uploads land before any notification is handled: the replay after an outage.
   v1 = await upload(1);
   v2 = await upload(2);

@@ -272,7 +272,7 @@ describe('knative.yaml pods', () => {
 
   it('probes endpoints the function really serves', async () => {
     const config = loadConfig({ HEIMDALL_DATA_DIR: await mkdtemp(join(tmpdir(), 'heimdall-knative-')) });
-    const app = createFunctionApp(stageFunctions[0]!, { ...createAdapters(config), config, logger: createLogger('silent'), scratchDir: tmpdir() });
+    const app = createFunctionApp(stageFunctions[0]!, { ...(await createAdapters(config)), config, logger: createLogger('silent'), scratchDir: tmpdir() });
     for (const svc of services) {
       const { readinessProbe, livenessProbe } = containerOf(svc);
       expect([readinessProbe.httpGet.path, livenessProbe.httpGet.path]).toEqual(['/health/readiness', '/health/liveness']);

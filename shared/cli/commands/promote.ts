@@ -52,7 +52,7 @@ async function moveAlias(
   const logger = createLogger(config.logLevel);
   const name = options.name ?? config.modelName;
   const alias = options.alias ?? config.alias;
-  const { registry } = createAdapters(config);
+  const { registry } = await createAdapters(config);
   const publisher = config.nats ? await natsPublisher(config.nats.url, logger) : undefined;
   try {
     const version = await target(registry, name, alias);

@@ -43,7 +43,7 @@ export async function reconcileCommand(argv: string[], env: CliEnvironment): Pro
     const subscribers = env.subscribers.flatMap((f) => f.create(config, logger) ?? []);
     try {
       const ports = embeddedSweepPorts(
-        { stages: env.stages, ...createAdapters(config), config, logger, signal: stop.signal, onEvent: (event) => subscribers.forEach((s) => void s.accept(event)) },
+        { stages: env.stages, ...(await createAdapters(config)), config, logger, signal: stop.signal, onEvent: (event) => subscribers.forEach((s) => void s.accept(event)) },
         env.ingest,
       );
       report = await sweep(ports, { ...options, signal: stop.signal });

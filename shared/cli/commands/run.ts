@@ -41,7 +41,7 @@ export async function runCommand(argv: string[], io: CommandIO, stages: readonly
   try {
     const report = await runInProcess(checkpoint, {
       stages,
-      ...createAdapters(config),
+      ...(await createAdapters(config)),
       runState: new FsRunStateStore(config.dataDir),
       announced: new FsAnnouncedUploads(config.dataDir),
       config,

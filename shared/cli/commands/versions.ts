@@ -12,7 +12,7 @@ export async function versionsCommand(argv: string[], env: CliEnvironment): Prom
   const { values, positionals } = parseCommandArgs(argv, versionsUsage, { name: { type: 'string' }, json: { type: 'boolean' } });
   if (positionals.length > 0) throw new HeimdallError(ErrorCodes.USAGE, `usage: ${versionsUsage}`);
   const config = loadConfig();
-  const summary = await modelVersions(createAdapters(config).registry, values.name ?? config.modelName);
+  const summary = await modelVersions((await createAdapters(config)).registry, values.name ?? config.modelName);
   env.io.stdout(values.json ? JSON.stringify(summary) : versionsText(summary));
   return 0;
 }

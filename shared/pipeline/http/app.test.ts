@@ -36,13 +36,13 @@ afterAll(async () => {
   await broker?.close();
 });
 
-function appFor(stage: AnyStage, sink?: string) {
+async function appFor(stage: AnyStage, sink?: string) {
   const config = loadConfig({ HEIMDALL_DATA_DIR: dir, ...(sink ? { K_SINK: sink } : {}) });
-  return createFunctionApp(stage, { ...createAdapters(config), config, logger: createLogger('silent'), scratchDir: dir });
+  return createFunctionApp(stage, { ...(await createAdapters(config)), config, logger: createLogger('silent'), scratchDir: dir });
 }
-function post(stage: AnyStage, sink?: string): Promise<Response> {
+async function post(stage: AnyStage, sink?: string): Promise<Response> {
   const { headers, body } = toBinary(created);
-  return Promise.resolve(appFor(stage, sink).request('/', { method: 'POST', headers, body }));
+  return Promise.resolve((await appFor(stage, sink)).request('/', { method: 'POST', headers, body }));
 }
 const reply = async (response: Response): Promise<AnyCloudEvent> => fromHttp(response.headers, await response.text());
 
@@ -90,13 +90,13 @@ describe('trace context over HTTP', () => {
   it("takes the trace from Knative's W3C traceparent header when the event carries none", async () => {
     const { traceparent: _traceparent, tracestate: _tracestate, ...untraced } = created;
     const { headers, body } = toBinary(untraced);
-    const response = await appFor(registerStage(false)).request('/', { method: 'POST', headers: { ...headers, traceparent: `00-${'ab'.repeat(16)}-${'cd'.repeat(8)}-00` }, body });
+    const response = await (await appFor(registerStage(false))).request('/', { method: 'POST', headers: { ...headers, traceparent: `00-${'ab'.repeat(16)}-${'cd'.repeat(8)}-00` }, body });
     expect(parseTraceparent((await reply(response)).traceparent!)).toMatchObject({ traceId: 'ab'.repeat(16), flags: '00' });
   });
 
   it('a failure continues the trace as a result would', async () => {
     const { headers, body } = toBinary(created);
-    const response = await appFor(failing).request('/', { method: 'POST', headers, body });
+    const response = await (await appFor(failing)).request('/', { method: 'POST', headers, body });
     const event = await reply(response);
     expect(event).toMatchObject({ type: 'heimdall.pipeline.failed', subject: 'k.pth', tracestate: 'rojo=1', data: { error: { code: 'CHECKPOINT_CORRUPT' } } });
     expect(parseTraceparent(event.traceparent!)?.traceId).toBe(traceId);
@@ -106,14 +106,14 @@ describe('trace context over HTTP', () => {
   it('an event without any trace context starts a trace', async () => {
     const { traceparent: _traceparent, tracestate: _tracestate, ...untraced } = created;
     const { headers, body } = toBinary(untraced);
-    const event = await reply(await appFor(registerStage(false)).request('/', { method: 'POST', headers, body }));
+    const event = await reply(await (await appFor(registerStage(false))).request('/', { method: 'POST', headers, body }));
     expect(parseTraceparent(event.traceparent!)?.traceId).not.toBe(traceId);
   });
 });
 
 describe('data that is not JSON over HTTP', () => {
   it('answers 415 Unsupported Media Type naming what was sent: data_base64, another datacontenttype or content-type, another event format', async () => {
-    const app = appFor(registerStage(false));
+    const app = await appFor(registerStage(false));
     const { data: _data, ...attributes } = created;
     const { headers, body } = toBinary(created);
     const cases = [

@@ -76,7 +76,7 @@ async function serveApp(name: string, build: AppBuilder, options: ServeOptions):
   let built: ReturnType<AppBuilder>;
   let server: Awaited<ReturnType<typeof listen>>;
   try {
-    built = build({ ...createAdapters(config), config, logger, scratchDir }, lifecycle);
+    built = build({ ...(await createAdapters(config)), config, logger, scratchDir }, lifecycle);
     server = await listen(built.app, port.data);
   } catch (error) {
     await removeScratch();

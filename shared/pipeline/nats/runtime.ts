@@ -45,7 +45,7 @@ export async function connectRuntime(config: Config, logger: Logger, name: strin
     jsm,
     bus,
     runState,
-    environment: { ...createAdapters(config), config, logger, scratchDir },
+    environment: { ...(await createAdapters(config)), config, logger, scratchDir },
     async close() {
       // Bounded whether or not the server answers: subscriptions get the drain's deadline too.
       const started = Date.now();

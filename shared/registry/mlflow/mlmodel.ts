@@ -61,7 +61,7 @@ export interface ModelDirectoryInfo {
   readonly artifactLocation: string;
   /** The LoggedModel's source run. */
   readonly runId: string;
-  /** Size of model.onnx: part of model_size_bytes. */
+  /** Size of model.onnx and its external data file: part of model_size_bytes. */
   readonly onnxBytes: number;
   readonly createdAt: Date;
   /** Free-form `metadata` of the MLmodel file (sha256, pipeline run id...). */

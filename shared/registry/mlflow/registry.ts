@@ -1,5 +1,6 @@
 import { stat } from 'node:fs/promises';
 import { userInfo } from 'node:os';
+import { basename } from 'node:path';
 import type { PromotionReason } from '../../events/schemas.ts';
 import { ErrorCodes, HeimdallError } from '../../errors/index.ts';
 import { checkExpectedHolder, PIPELINE_RUN_TAG, SHA256_TAG, TRAINING_METRIC_PREFIX, type AliasChange, type ModelRegistry, type ModelVersion, type RegistrationRequest } from '../model-registry.ts';
@@ -360,16 +361,26 @@ export class MlflowModelRegistry implements ModelRegistry {
     }
   }
 
-  /** The LoggedModel's artifacts: the model directory, model.onnx first and MLmodel last. */
+  /**
+   * The LoggedModel's artifacts: the model directory, the weights' file and model.onnx first and
+   * MLmodel last. The weights stay in their own file beside model.onnx, under the name the model
+   * refers to them by, as `mlflow.onnx.log_model` saves a model by default (save_as_external_data):
+   * `mlflow.onnx.load_model` and the pyfunc's onnxruntime session read them from there.
+   */
   private async uploadModel(model: LoggedModelInfo, sourceRunId: string, request: RegistrationRequest): Promise<void> {
     const root = artifactRoot(model.artifact_uri);
+    let dataBytes = 0;
+    if (request.externalDataPath) {
+      dataBytes = (await stat(request.externalDataPath)).size;
+      await this.client.uploadArtifact(`${root}/${basename(request.externalDataPath)}`, { file: request.externalDataPath, size: dataBytes });
+    }
     const { size } = await stat(request.modelPath);
     await this.client.uploadArtifact(`${root}/${ONNX_FILE}`, { file: request.modelPath, size });
     const files = modelDirectoryFiles({
       modelId: model.model_id,
       artifactLocation: model.artifact_uri,
       runId: sourceRunId,
-      onnxBytes: size,
+      onnxBytes: size + dataBytes,
       createdAt: new Date(),
       metadata: { sha256: request.sha256, pipeline_run_id: request.pipelineRunId, onnx_uri: request.modelUri },
     });

@@ -66,15 +66,14 @@ def log(experiment, onnx_path, inputs_path, metadata_path):
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 2), "positions"), TensorSpec(np.dtype(np.float32), (-1, 2), "uncertainties")]),
     )
     with mlflow.start_run():
-        # save_as_external_data=False: our model.onnx holds its weights (the exporter moves them
-        # out only past 2 GiB), so the directory holds the one file, as ours does.
+        # save_as_external_data left at its default (True): the weights go to a .data file beside
+        # model.onnx, as the pipeline stores and registers its models.
         info = mlflow.onnx.log_model(
             onnx.load(onnx_path),
             name="model",
             signature=signature,
             input_example={"mel_spectrogram": x},
             metadata=metadata,
-            save_as_external_data=False,
         )
     return describe(info.model_id)
 
