@@ -6,6 +6,7 @@
  * budget keep it to seconds; the threshold is the default (10 %).
  */
 import { join } from 'node:path';
+import * as ort from 'onnxruntime-node';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { pyOrderedDict } from '../../shared/checkpoint/pickle-writer.ts';
 import { writeTorchCheckpoint } from '../../shared/checkpoint/torch-writer.ts';
@@ -57,16 +58,34 @@ beforeAll(async () => {
 
 describe('the latency gate on this machine', () => {
   it('has a premise: the larger variant is at least 25 % slower at batch 1, timed on its own', async () => {
-    // Conservative per pair: the slow model's lowest plausible median against the fast one's highest.
-    // Pairs of runs taken in turn, and their median: other test files share the 2 cores, and a burst
-    // of their work during one model's run alone would otherwise decide the comparison.
-    const ratios: number[] = [];
-    for (let pair = 0; pair < 5; pair++) {
-      const [alone, larger] = [await batch1(fast, undefined, 300), await batch1(slow, undefined, 300)];
-      ratios.push(larger.candidate.p50Interval[0] / alone.candidate.p50Interval[1]);
+    // Timed apart from the benchmark's code, with onnxruntime directly: both sessions in this process
+    // on one intra-op thread (as the benchmark here), single runs taken in turn, so a burst of the
+    // other test files' work on the 2 cores hits both models alike (runs of 300 ms one after the
+    // other were moved by such bursts to 0.88-1.45 in one CI run); the median of the per-pair ratios.
+    const options = { intraOpNumThreads: 1, interOpNumThreads: 1 };
+    const [alone, larger] = await Promise.all([ort.InferenceSession.create(fast, options), ort.InferenceSession.create(slow, options)]);
+    try {
+      const feeds = { mel_spectrogram: new ort.Tensor('float32', new Float32Array(3 * 128 * 32).map((_, i) => Math.sin(i)), [1, 3, 128, 32]) };
+      const timed = async (session: ort.InferenceSession) => {
+        const started = performance.now();
+        await session.run(feeds);
+        return performance.now() - started;
+      };
+      for (let i = 0; i < 20; i++) {
+        await timed(alone);
+        await timed(larger);
+      }
+      const ratios: number[] = [];
+      for (let pair = 0; pair < 301; pair++) {
+        const fastMs = await timed(alone);
+        ratios.push((await timed(larger)) / fastMs);
+      }
+      const sorted = [...ratios].sort((a, b) => a - b);
+      const quartiles = [sorted[75]!, sorted[150]!, sorted[225]!].map((r) => r.toFixed(3)).join(' / ');
+      expect(sorted[150]!, `per-pair ratio quartiles ${quartiles} (n ${ratios.length})`).toBeGreaterThanOrEqual(1.25);
+    } finally {
+      await Promise.all([alone.release(), larger.release()]);
     }
-    const median = [...ratios].sort((a, b) => a - b)[2]!;
-    expect(median, ratios.map((r) => r.toFixed(3)).join(', ')).toBeGreaterThanOrEqual(1.25);
   });
 
   it(`never calls the same model a regression against itself (${REPEATS} benchmarks)`, async () => {
