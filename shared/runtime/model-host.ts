@@ -167,6 +167,9 @@ function lease(host: ModelHost, signal: AbortSignal | undefined, owned: boolean)
 }
 
 /** The parent's end of a model host process: one request at a time, answered by one reply (after `batch` messages, for timing). */
+/** How long a failed request waits for the process's exit to be reported, which names its cause. */
+const EXIT_REPORT_WAIT_MS = 2_000;
+
 class ModelHost {
   /** Set once the process is gone: every request from then on rejects with it. */
   gone?: HeimdallError;
@@ -179,7 +182,14 @@ class ModelHost {
     this.exited = new Promise((resolve) => child.once('exit', () => resolve()).once('error', () => resolve()));
     child.on('message', (reply: HostReply) => this.pending?.resolve(reply));
     child.once('exit', (code, signalName) => this.fail(new HeimdallError(ErrorCodes.IO_ERROR, `the onnxruntime process exited (${signalName ?? `code ${code}`}; out of memory?)`)));
-    child.once('error', (error) => this.fail(new HeimdallError(ErrorCodes.IO_ERROR, `cannot run the onnxruntime process: ${error.message}`, { cause: error })));
+    child.once('error', (error) => {
+      const failure = new HeimdallError(ErrorCodes.IO_ERROR, `cannot run the onnxruntime process: ${error.message}`, { cause: error });
+      // A request sent to a process that has just died fails before its exit is reported; the exit
+      // says why (the signal, the code), so it goes first when it comes soon. A spawn that failed has no exit.
+      if (child.pid === undefined) return this.fail(failure);
+      const timer = setTimeout(() => this.fail(failure), EXIT_REPORT_WAIT_MS);
+      child.once('exit', () => clearTimeout(timer));
+    });
   }
 
   /** A process, started: it loads onnxruntime while the caller gets on with its work. */
