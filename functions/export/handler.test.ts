@@ -44,9 +44,24 @@ beforeAll(async () => {
 
 describe('export', () => {
   it('exports the ingested bytes under their run id, with the sha256 ingest carried', async () => {
-    const exported = await executeStage(exportStage, created, environment);
+    const progress: string[] = [];
+    const exported = await executeStage(exportStage, created, environment, { progress: (message) => progress.push(message) });
     expect(exported).toMatchObject({ type: 'heimdall.model.exported', data: { runId: created.data.runId, checkpoint: { sha256: created.data.sha256 } } });
     expect(await environment.store.stat(MODELS_BUCKET, modelKey(created.data.runId))).toMatchObject({ metadata: { 'source-checkpoint-sha256': created.data.sha256 } });
+    // The store hashed the checkpoint as ingest stored it, and vouches for it: only the weight records are read again.
+    expect(progress.some((m) => m.startsWith('checking weight records'))).toBe(true);
+    expect(progress.some((m) => m.startsWith('hashing checkpoint'))).toBe(false);
+  });
+
+  it('refuses bytes whose digest, as the store vouches for it, is not the run’s, before reading them', async () => {
+    const other = join(dir, 'vouched.pth');
+    await writeSmallCheckpoint(other, { seed: 7 });
+    const { bucket, key } = created.data;
+    await environment.store.putFileByDigest!(bucket, other, () => key);
+    const progress: string[] = [];
+    const failed = await executeStage(exportStage, { ...created, data: { ...created.data, etag: '' } }, environment, { progress: (message) => progress.push(message) });
+    expect(failed).toMatchObject({ data: { error: { code: 'CHECKPOINT_CORRUPT', message: expect.stringContaining(`not ${created.data.sha256} that run`) } } });
+    expect(progress).toEqual([]);
   });
 
   it('refuses bytes that are not those the run was started from, and uploads nothing', async () => {

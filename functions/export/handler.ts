@@ -15,9 +15,11 @@ import { MODELS_BUCKET, modelKey } from '../../shared/storage/object-store.ts';
  * model to `models/localization/<runId>/model.onnx`, its weights beside it in `model.onnx.data`, both
  * with its metadata. Idempotent: the export is
  * deterministic and the key content-addressed, so a redelivery rewrites the same bytes. The run's
- * sha256 (ingest's hash, the run id's source) is carried, not recomputed as a new truth: the one read
- * the exporter makes of the whole file (for the zip's CRC checks, beside the writer) hashes it on the
- * way, and bytes that are not the run's are never exported under its id. The configured variants
+ * sha256 (ingest's hash, the run id's source) is carried, not recomputed as a new truth, and bytes
+ * that are not the run's are never exported under its id: their digest is the one the store vouches
+ * for (computed as it downloaded them, or as the embedded store stored them), held to the run's
+ * before the export starts; where the store knows none, the exporter's read of the whole file (for
+ * the zip's CRC checks, beside the writer) hashes it on the way. The configured variants
  * (DESIGN §3 Variants) are written by the same export and stored beside the model
  * (`model.<variant>.onnx` and its `.data`, the same metadata plus `variant`).
  */
@@ -30,6 +32,7 @@ export const exportHandler: StageHandler<'heimdall.checkpoint.created', 'heimdal
   const out = join(folder, basename(modelKey(runId)));
   const variants = ctx.config.variants;
   try {
+    if (checkpoint.sha256) checkSameBytes(event.data, checkpoint.sha256);
     await mkdir(folder, { recursive: true });
     const sourceMetadata = await uploadMetadata(ctx, event.data);
     ctx.progress(`exporting ${key} (${formatBytes(event.data.size)})`);
@@ -40,10 +43,10 @@ export const exportHandler: StageHandler<'heimdall.checkpoint.created', 'heimdal
       ...(variants.length > 0 ? { variants } : {}),
       signal: ctx.signal,
       sourceMetadata,
-      onProgress: ({ phase, variant, doneBytes, totalBytes }) =>
-        ctx.progress(`${phase === 'hash' ? 'hashing checkpoint' : `writing ${variant ? `${variant} ` : ''}weights`} ${formatBytes(doneBytes)} / ${formatBytes(totalBytes)}`),
+      ...(checkpoint.sha256 ? { sha256: checkpoint.sha256 } : {}),
+      onProgress: ({ phase, variant, doneBytes, totalBytes }) => ctx.progress(`${PHASE_LABEL[phase]}${variant ? ` (${variant})` : ''} ${formatBytes(doneBytes)} / ${formatBytes(totalBytes)}`),
     });
-    checkSameBytes(event.data, result.checkpoint.sha256);
+    if (!checkpoint.sha256) checkSameBytes(event.data, result.checkpoint.sha256);
     for (const warning of result.warnings) ctx.logger.warn({ runId, warning }, 'export warning');
     const checkpointUri = ctx.store.uri(bucket, key);
     const metadata = {
@@ -55,14 +58,15 @@ export const exportHandler: StageHandler<'heimdall.checkpoint.created', 'heimdal
       'export-date': new Date().toISOString(),
       'model-type': 'LocalizationNet',
     };
+    // The stage's own scratch files: the embedded store moves them in rather than copying hundreds of MB.
     const upload = async (key: string, written: WrittenModel, extra: Record<string, string> = {}) => {
       // The weights first: a stored model never names a data file that is not there yet.
       if (written.externalData) {
         ctx.progress(`uploading ${basename(written.externalData.path)} (${formatBytes(written.externalData.bytes)})`);
-        await ctx.store.putFile(MODELS_BUCKET, externalDataName(key), written.externalData.path, { sha256: written.externalData.sha256, ...metadata, ...extra });
+        await ctx.store.putFile(MODELS_BUCKET, externalDataName(key), written.externalData.path, { sha256: written.externalData.sha256, ...metadata, ...extra }, { move: true });
       }
       ctx.progress(`uploading ${basename(key)} (${formatBytes(written.bytes)})`);
-      await ctx.store.putFile(MODELS_BUCKET, key, written.path, { sha256: written.sha256, ...metadata, ...extra });
+      await ctx.store.putFile(MODELS_BUCKET, key, written.path, { sha256: written.sha256, ...metadata, ...extra }, { move: true });
     };
     await upload(modelKey(runId), result.onnx);
     for (const variant of result.variants) await upload(modelKey(runId, variant.name), variant.onnx, { variant: variant.name });
@@ -94,6 +98,8 @@ export const exportHandler: StageHandler<'heimdall.checkpoint.created', 'heimdal
     await rm(folder, { recursive: true, force: true });
   }
 };
+
+const PHASE_LABEL = { hash: 'hashing checkpoint', check: 'checking weight records', write: 'writing weights' } as const;
 
 /**
  * The bytes exported are those ingest hashed: their sha256 is the one the event carries (or, from a

@@ -22,8 +22,9 @@ export async function ingestHandler(object: ObjectRecord, ctx: StageContext): Pr
   // notifications after an outage, when newer uploads may have replaced the object.
   const file = await ctx.store.fetchFile(object.bucket, object.key, versionOf(object));
   try {
-    ctx.progress(`hashing ${object.key} (${formatBytes(object.size)})`);
-    const sha256 = await sha256File(file.path);
+    // A download is hashed on the way: the file need not be read again.
+    if (!file.sha256) ctx.progress(`hashing ${object.key} (${formatBytes(object.size)})`);
+    const sha256 = file.sha256 ?? (await sha256File(file.path));
     const runId = runIdOf(sha256);
     if (kindOf(object.key) === 'model') return await announceModel(object, file.path, sha256, ctx);
     return runStartEvent('heimdall.checkpoint.created', {

@@ -3,7 +3,6 @@ import { basename } from 'node:path';
 import { ErrorCodes, HeimdallError } from '../errors/index.ts';
 import { runIdOf, type CloudEvent } from '../events/index.ts';
 import { sha256File } from '../runtime/sha256.ts';
-import { FsObjectStore } from '../storage/fs.ts';
 import { CHECKPOINTS_BUCKET, PARITY_SIDECAR_SUFFIX, type ObjectInfo, type ObjectStore } from '../storage/object-store.ts';
 import { runStartEvent } from './stage.ts';
 
@@ -19,7 +18,8 @@ export async function ingestLocalFile(path: string, store: ObjectStore, onProgre
   if (!before) throw new HeimdallError(ErrorCodes.CHECKPOINT_NOT_FOUND, `no such checkpoint file: ${path}`);
   if (!before.isFile()) throw new HeimdallError(ErrorCodes.NOT_A_FILE, `${path} is not a regular file (a directory, FIFO, device or socket): a checkpoint must be one`);
   const keyOf = (sha256: string) => `${runIdOf(sha256)}/${basename(path)}`;
-  const stored = await (store instanceof FsObjectStore ? hashWhileStoring(path, store, keyOf, onProgress, signal) : hashThenStore(path, store, keyOf, onProgress, signal)).catch((error: Error) => {
+  const byDigest = store.putFileByDigest?.bind(store);
+  const stored = await (byDigest ? hashWhileStoring(path, byDigest, keyOf, onProgress, signal) : hashThenStore(path, store, keyOf, onProgress, signal)).catch((error: Error) => {
     // The store's own errors (STORAGE_AUTH, ...) say more than a generic I/O failure.
     if (error instanceof HeimdallError || signal?.aborted) throw error;
     throw new HeimdallError(ErrorCodes.IO_ERROR, `cannot store the checkpoint: ${error.message}`, { cause: error });
@@ -39,12 +39,12 @@ export async function ingestLocalFile(path: string, store: ObjectStore, onProgre
 }
 
 /**
- * The embedded store copies the file in while it is hashed (a checkpoint of gigabytes: the copy no
+ * A store that can copies the file in while it is hashed (a checkpoint of gigabytes: the copy no
  * longer waits for the digest that names its key); the stop is honoured once it is hashed.
  */
-function hashWhileStoring(path: string, store: FsObjectStore, keyOf: (sha256: string) => string, onProgress: (message: string) => void, signal?: AbortSignal): Promise<Stored> {
+function hashWhileStoring(path: string, putFileByDigest: NonNullable<ObjectStore['putFileByDigest']>, keyOf: (sha256: string) => string, onProgress: (message: string) => void, signal?: AbortSignal): Promise<Stored> {
   onProgress(`hashing and storing ${basename(path)}`);
-  return untilAborted(store.putFileByDigest(CHECKPOINTS_BUCKET, path, keyOf, signal ? { signal } : {}), signal);
+  return untilAborted(putFileByDigest(CHECKPOINTS_BUCKET, path, keyOf, signal ? { signal } : {}), signal);
 }
 
 /** A service's store needs the key before the upload: the file is hashed first, then stored. */

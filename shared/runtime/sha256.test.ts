@@ -36,6 +36,17 @@ describe('scanFile', () => {
     expect(await sha256File(path)).toBe(scan.sha256);
   });
 
+  it('reads only the ranges, for their CRC-32, when the digest is not asked for', async () => {
+    const ranges = [
+      { offset: 4 * 1024 * 1024 - 7, length: 5 * 1024 * 1024 },
+      { offset: 10, length: 20 },
+    ];
+    const progress: [number, number][] = [];
+    const scan = await scanFile({ path, crc32Ranges: ranges, sha256: false }, (done, total) => progress.push([done, total]));
+    expect(scan).toEqual({ crc32s: ranges.map((r) => crc32(bytes.subarray(r.offset, r.offset + r.length))) });
+    expect(progress.at(-1)).toEqual([5 * 1024 * 1024 + 20, 5 * 1024 * 1024 + 20]);
+  });
+
   it('rejects a missing file', async () => {
     await expect(scanFile({ path: `${path}.missing`, crc32Ranges: [] })).rejects.toMatchObject({ code: 'CHECKPOINT_NOT_FOUND' });
   });

@@ -1,6 +1,7 @@
-import { appendFile, mkdir, readdir, readFile, stat, utimes, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { appendFile, mkdir, mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { createHash, randomBytes } from 'node:crypto';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { tempDir } from '../../test/support/temp.ts';
 import { FsObjectStore } from './fs.ts';
@@ -133,6 +134,35 @@ describe('FsObjectStore', () => {
     expect(now).toMatchObject({ size: 11, metadata: {} });
     expect(now!.etag).not.toBe(info.etag);
     await expect(store.fetchFile('bucket-b', 'model.onnx', { etag: info.etag })).rejects.toMatchObject({ code: 'OBJECT_NOT_FOUND' });
+  });
+
+  it("vouches for a fetched file's sha256 only where it hashed the file itself, and only while the file is as it left it", async () => {
+    const { store, source, dataDir } = await fresh('vouched', 'checkpoint bytes');
+    const sha256 = createHash('sha256').update('checkpoint bytes').digest('hex');
+    const { key } = await store.putFileByDigest('bucket-b', source, (digest) => `${digest.slice(0, 16)}/ckpt.pth`);
+    expect(await store.fetchFile('bucket-b', key)).toMatchObject({ sha256 });
+    // A digest in the metadata is the uploader's claim, not the store's.
+    await store.putFile('bucket-b', 'claimed.pth', source, { sha256 });
+    expect(await store.fetchFile('bucket-b', 'claimed.pth')).not.toHaveProperty('sha256');
+    await writeFile(join(dataDir, 'buckets/bucket-b', key), 'checkpoint bytez');
+    expect(await store.fetchFile('bucket-b', key)).not.toHaveProperty('sha256');
+  });
+
+  it('moves a scratch file in when told it may (move), on its own filesystem or, by a copy, from another', async () => {
+    const { store, source, dataDir } = await fresh('moved', 'scratch model');
+    const sourceIno = (await stat(source)).ino;
+    await store.putFile('bucket-b', 'model.onnx', source, { sha256: 'x' }, { move: true });
+    const stored = join(dataDir, 'buckets/bucket-b/model.onnx');
+    expect((await stat(stored)).ino).toBe(sourceIno);
+    expect(await readFile(stored, 'utf8')).toBe('scratch model');
+    expect(existsSync(source)).toBe(false);
+    expect(await store.stat('bucket-b', 'model.onnx')).toMatchObject({ size: 13, metadata: { sha256: 'x' } });
+    // /dev/shm is a tmpfs of its own: the rename fails with EXDEV, and the file is copied in instead.
+    const elsewhere = join(await mkdtemp('/dev/shm/heimdall-fs-test-'), 'model.onnx');
+    await writeFile(elsewhere, 'from tmpfs');
+    await store.putFile('bucket-b', 'other.onnx', elsewhere, {}, { move: true });
+    expect(await readFile(join(dataDir, 'buckets/bucket-b/other.onnx'), 'utf8')).toBe('from tmpfs');
+    await rm(dirname(elsewhere), { recursive: true, force: true });
   });
 
   it('still reads the metadata of the older layout (<key>.meta.json beside the object)', async () => {

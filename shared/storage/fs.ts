@@ -1,11 +1,11 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { constants } from 'node:fs';
-import { copyFile, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join, relative, resolve, sep } from 'node:path';
 import { pathToFileURL, fileURLToPath } from 'node:url';
 import { ErrorCodes, HeimdallError } from '../errors/index.ts';
 import { sha256File } from '../runtime/sha256.ts';
-import { isBucketName, type ListedObject, type ObjectInfo, type ObjectStore, type ObjectVersion } from './object-store.ts';
+import { coldCopy } from './cold-copy.ts';
+import { isBucketName, type FetchedObject, type ListedObject, type ObjectInfo, type ObjectStore, type ObjectVersion, type PutOptions } from './object-store.ts';
 
 /** S3's limit on a key. */
 const MAX_KEY_BYTES = 1024;
@@ -16,8 +16,9 @@ const STALE_TEMPORARY_MS = 60 * 60 * 1000;
 
 /**
  * The embedded ObjectStore: bucket `b`, key `k` is the file `<dataDir>/buckets/<b>/<k>`, a copy of
- * its own (a copy-on-write clone where the file system has them, else a plain copy; never a hard
- * link, which would let an edit of the source file change the stored object under its run id).
+ * its own (cold-copy.ts: a copy-on-write clone where the file system has them, else written past the
+ * page cache; never a hard link, which would let an edit of the source file change the stored object
+ * under its run id), or a caller's scratch file moved in (`move`).
  *
  * Beside the buckets, in names no bucket can have (bucket names never start with a dot):
  * - `.tmp/` holds the temporaries of uploads in progress, with short names (`<pid>-<n>`), so a key
@@ -26,7 +27,8 @@ const STALE_TEMPORARY_MS = 60 * 60 * 1000;
  * - `.meta/<b>/<sha256(k)[0:2]>/<sha256(k)>.json` holds the object's etag and user metadata, with the
  *   size and mtime of the file they describe: when the file changed behind the store's back (or
  *   the upload stopped between file and metadata), `stat` reports a derived etag and no metadata
- *   rather than claims about bytes that are no longer there.
+ *   rather than claims about bytes that are no longer there. For a file it hashed itself
+ *   (putFileByDigest) it keeps the digest too, which `fetchFile` vouches for on the same terms.
  * Metadata of the older layout (`<k>.meta.json` beside the object) is still read.
  * Keys are S3's (up to 1024 bytes), each segment a file name (up to 255 bytes); a longer one cannot
  * be stored here (STORAGE_REJECTED) and is never found.
@@ -62,27 +64,32 @@ export class FsObjectStore implements ObjectStore {
   }
 
   async stat(bucket: string, key: string): Promise<ObjectInfo | undefined> {
+    return (await this.current(bucket, key))?.info;
+  }
+
+  /** The object and, where this store hashed it itself and it is as the store left it, its sha256. */
+  private async current(bucket: string, key: string): Promise<{ info: ObjectInfo; sha256?: string } | undefined> {
     const path = this.pathOf(bucket, key);
     if (unstorable(key)) return undefined;
     const file = await stat(path, { bigint: true }).catch(missing);
     if (!file?.isFile()) return undefined;
     const size = Number(file.size);
     const meta = await readJson<StoredMeta>(this.metaPath(bucket, key));
-    if (meta && meta.key === key && meta.size === size && meta.mtimeNs === String(file.mtimeNs)) return { size, etag: meta.etag, metadata: meta.metadata };
+    if (meta && meta.key === key && meta.size === size && meta.mtimeNs === String(file.mtimeNs)) {
+      return { info: { size, etag: meta.etag, metadata: meta.metadata }, ...(meta.sha256 ? { sha256: meta.sha256 } : {}) };
+    }
     if (!meta) {
       const legacy = await readJson<ObjectInfo>(`${path}.meta.json`);
-      if (legacy && legacy.size === size) return { size, etag: legacy.etag, metadata: legacy.metadata };
+      if (legacy && legacy.size === size) return { info: { size, etag: legacy.etag, metadata: legacy.metadata } };
     }
     // Not the bytes the metadata describes: an etag of what is there, and no claims about it.
-    return { size, etag: createHash('md5').update(`${size}:${file.mtimeNs}:${file.ino}`).digest('hex'), metadata: {} };
+    return { info: { size, etag: createHash('md5').update(`${size}:${file.mtimeNs}:${file.ino}`).digest('hex'), metadata: {} } };
   }
 
-  async putFile(bucket: string, key: string, path: string, metadata: Record<string, string> = {}): Promise<ObjectInfo> {
+  async putFile(bucket: string, key: string, path: string, metadata: Record<string, string> = {}, options: PutOptions = {}): Promise<ObjectInfo> {
     this.checkStorable(bucket, key);
     return this.storeCopy(bucket, path, async (temporary) => {
-      // Our own copy: a clone shares blocks until either side changes (instant, no extra space),
-      // else libuv falls back to a plain copy.
-      await copyFile(path, temporary, constants.COPYFILE_EXCL | constants.COPYFILE_FICLONE);
+      if (!options.move || !(await moved(path, temporary))) await coldCopy(path, temporary);
       return { key, metadata };
     });
   }
@@ -98,16 +105,16 @@ export class FsObjectStore implements ObjectStore {
     let named = { key: '', sha256: '' };
     const object = await this.storeCopy(bucket, path, async (temporary) => {
       // Both read the file, from the page cache once either has: the digest on a worker thread, the
-      // copy (a clone where the file system has them) on libuv's pool.
-      // Both settle before the temporary can be removed, so a failed hash leaves no copy being written.
-      const [hashed, copied] = await Promise.allSettled([sha256File(path), copyFile(path, temporary, constants.COPYFILE_EXCL | constants.COPYFILE_FICLONE)]);
+      // copy on this one and libuv's pool. Both settle before the temporary can be removed, so a
+      // failed hash leaves no copy being written.
+      const [hashed, copied] = await Promise.allSettled([sha256File(path), coldCopy(path, temporary)]);
       if (hashed.status === 'rejected') throw hashed.reason;
       if (copied.status === 'rejected') throw copied.reason;
       const sha256 = hashed.value;
       options.signal?.throwIfAborted();
       named = { key: keyOf(sha256), sha256 };
       this.checkStorable(bucket, named.key);
-      return { key: named.key, metadata: { ...options.metadata, sha256 } };
+      return { key: named.key, metadata: { ...options.metadata, sha256 }, sha256 };
     });
     return { ...named, object };
   }
@@ -124,14 +131,14 @@ export class FsObjectStore implements ObjectStore {
    * under which key), which is then renamed into place with its metadata; the temporary never
    * outlives a failure.
    */
-  private async storeCopy(bucket: string, path: string, fill: (temporary: string) => Promise<{ key: string; metadata: Record<string, string> }>): Promise<ObjectInfo> {
+  private async storeCopy(bucket: string, path: string, fill: (temporary: string) => Promise<{ key: string; metadata: Record<string, string>; sha256?: string }>): Promise<ObjectInfo> {
     const source = await stat(path);
     if (!source.isFile()) throw new HeimdallError(ErrorCodes.NOT_A_FILE, `${path} is not a regular file: cannot store it`);
     await this.sweepOnce();
     await mkdir(this.tmp, { recursive: true });
     const temporary = join(this.tmp, `${process.pid}-${nextId()}`);
     try {
-      const { key, metadata } = await fill(temporary);
+      const { key, metadata, sha256 } = await fill(temporary);
       const copied = await stat(temporary, { bigint: true });
       const size = Number(copied.size);
       // Opaque like S3's: new on every upload, without hashing gigabytes again.
@@ -139,7 +146,7 @@ export class FsObjectStore implements ObjectStore {
       const target = this.pathOf(bucket, key);
       await mkdir(dirname(target), { recursive: true });
       await rename(temporary, target);
-      const meta: StoredMeta = { key, size, mtimeNs: String(copied.mtimeNs), etag, metadata };
+      const meta: StoredMeta = { key, size, mtimeNs: String(copied.mtimeNs), etag, metadata, ...(sha256 ? { sha256 } : {}) };
       await writeAtomically(this.metaPath(bucket, key), JSON.stringify(meta, null, 2));
       return { size, etag, metadata };
     } finally {
@@ -147,16 +154,17 @@ export class FsObjectStore implements ObjectStore {
     }
   }
 
-  async fetchFile(bucket: string, key: string, version?: ObjectVersion): Promise<{ path: string; release(): Promise<void> }> {
+  async fetchFile(bucket: string, key: string, version?: ObjectVersion): Promise<FetchedObject> {
     const path = this.pathOf(bucket, key);
-    const info = await this.stat(bucket, key);
-    if (!info) throw new HeimdallError(ErrorCodes.OBJECT_NOT_FOUND, `no object ${key} in bucket ${bucket}`);
+    const object = await this.current(bucket, key);
+    if (!object) throw new HeimdallError(ErrorCodes.OBJECT_NOT_FOUND, `no object ${key} in bucket ${bucket}`);
+    const { info } = object;
     // No versions are kept here: the version a notification named is either what is there now
     // (same etag) or gone.
     if (version?.etag !== undefined && unquote(version.etag) !== unquote(info.etag)) {
       throw new HeimdallError(ErrorCodes.OBJECT_NOT_FOUND, `object ${key} in bucket ${bucket} has etag ${info.etag}, not ${version.etag} as notified: it was replaced, and this store keeps no versions`);
     }
-    return { path, release: async () => undefined };
+    return { path, ...(object.sha256 ? { sha256: object.sha256 } : {}), release: async () => undefined };
   }
 
   /**
@@ -223,6 +231,19 @@ interface StoredMeta {
   readonly mtimeNs: string;
   readonly etag: string;
   readonly metadata: Record<string, string>;
+  /** The file's sha256, where this store computed it as it stored the file (putFileByDigest). */
+  readonly sha256?: string;
+}
+
+/** Moves `path` to `temporary` (false when they lie on two filesystems: then it must be copied). */
+async function moved(path: string, temporary: string): Promise<boolean> {
+  try {
+    await rename(path, temporary);
+    return true;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'EXDEV') return false;
+    throw error;
+  }
 }
 
 const LEGACY_META_SUFFIX = '.meta.json';

@@ -30,6 +30,27 @@ export interface ListedObject {
   readonly versionId?: string;
 }
 
+/** A local path holding an object's bytes (fetchFile). */
+export interface FetchedObject {
+  readonly path: string;
+  /**
+   * The sha256 of these bytes where the store vouches for it: computed as they were downloaded, or
+   * by the embedded store when it stored them itself (putFileByDigest) while the file is as it left
+   * it. Absent where it does not know: a caller that must know hashes the file.
+   */
+  readonly sha256?: string;
+  /** Removes a downloaded temporary copy; a no-op where the store is local. */
+  release(): Promise<void>;
+}
+
+export interface PutOptions {
+  /**
+   * The file is the caller's own scratch file, given up: the store may take it (a rename, where
+   * it lies on the store's filesystem) instead of copying it. The path may be gone afterwards.
+   */
+  readonly move?: boolean;
+}
+
 export interface ObjectStore {
   /** `s3://bucket/key` for S3, `file://...` for the filesystem store: what events carry. */
   uri(bucket: string, key: string): string;
@@ -37,14 +58,19 @@ export interface ObjectStore {
   parseUri(uri: string): { bucket: string; key: string };
   stat(bucket: string, key: string): Promise<ObjectInfo | undefined>;
   /** Uploads a local file (creating the bucket when missing). */
-  putFile(bucket: string, key: string, path: string, metadata?: Record<string, string>): Promise<ObjectInfo>;
+  putFile(bucket: string, key: string, path: string, metadata?: Record<string, string>, options?: PutOptions): Promise<ObjectInfo>;
   /**
-   * A local path holding the object's bytes, and a release function to call when done (removes a
-   * downloaded temporary copy; a no-op where the store is local). OBJECT_NOT_FOUND when missing.
+   * Stores a file under a key named by its content (ingest's `<runId>/<name>`), hashing it while it
+   * is stored, with its sha256 in the metadata; a stop (`signal`) once it is hashed stores nothing.
+   * Only where a store can do both at once (the embedded one): elsewhere the caller hashes, then puts.
+   */
+  putFileByDigest?(bucket: string, path: string, keyOf: (sha256: string) => string, options?: { metadata?: Record<string, string>; signal?: AbortSignal }): Promise<{ key: string; sha256: string; object: ObjectInfo }>;
+  /**
+   * The object's bytes as a local file, to release when done. OBJECT_NOT_FOUND when missing.
    * `version` pins what a notification named: that version id (where the store keeps versions), and
    * an etag the object must still have (OBJECT_NOT_FOUND naming both when it no longer does).
    */
-  fetchFile(bucket: string, key: string, version?: ObjectVersion): Promise<{ path: string; release(): Promise<void> }>;
+  fetchFile(bucket: string, key: string, version?: ObjectVersion): Promise<FetchedObject>;
   /**
    * The objects whose keys start with `prefix`, in key order (UTF-8 bytes, as S3 lists them), read
    * page by page as the caller iterates (stop early and no further page is asked for).
@@ -75,7 +101,7 @@ export function locateUri(store: ObjectStore, uri: string): { bucket: string; ke
 }
 
 /** `fetchFile` for an object named by the uri an event carries (INVALID_EVENT when it names none of this store: `locateUri`). */
-export async function fetchUri(store: ObjectStore, uri: string, version?: ObjectVersion): Promise<{ path: string; release(): Promise<void> }> {
+export async function fetchUri(store: ObjectStore, uri: string, version?: ObjectVersion): Promise<FetchedObject> {
   const { bucket, key } = locateUri(store, uri);
   return store.fetchFile(bucket, key, version);
 }

@@ -10,7 +10,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Client, InvalidBucketNameError, InvalidObjectNameError, S3Error } from 'minio';
 import { ErrorCodes, HeimdallError } from '../errors/index.ts';
 import { DEFAULT_RETRY, isNetworkError, withRetry, type RetryPolicy } from '../errors/retry.ts';
-import type { ListedObject, ObjectInfo, ObjectStore, ObjectVersion } from './object-store.ts';
+import type { FetchedObject, ListedObject, ObjectInfo, ObjectStore, ObjectVersion } from './object-store.ts';
 import { endpointProblem, type ServerSideEncryption, type UploadChecksum } from './s3-settings.ts';
 
 export interface S3Options {
@@ -41,11 +41,10 @@ export interface S3Options {
 }
 
 /** A downloaded object: its bytes in a temporary file, and the sha256 computed while they arrived. */
-export interface FetchedObject {
-  readonly path: string;
+/** A download: its size, and its sha256 computed on the way. */
+export interface DownloadedObject extends FetchedObject {
   readonly size: number;
   readonly sha256: string;
-  release(): Promise<void>;
 }
 
 /** S3 error codes of a server that is overloaded or failing for now (the rest are answers, not accidents). */
@@ -217,7 +216,7 @@ export class S3ObjectStore implements ObjectStore {
    * When the object carries a `sha256` in its metadata (as every object we upload does), the
    * bytes must match it.
    */
-  async fetchFile(bucket: string, key: string, version: ObjectVersion = {}): Promise<FetchedObject> {
+  async fetchFile(bucket: string, key: string, version: ObjectVersion = {}): Promise<DownloadedObject> {
     const where = `s3://${bucket}/${key}${version.versionId ? ` (version ${version.versionId})` : ''}`;
     const dir = await mkdtemp(join(this.tempDir, 'heimdall-s3-'));
     const path = join(dir, basename(key) || 'object');

@@ -125,6 +125,20 @@ describe('exportCheckpoint', () => {
     const out = join(dir, 'crc.onnx');
     await expect(exportCheckpoint(path, out)).rejects.toMatchObject({ code: 'CHECKPOINT_CORRUPT', message: expect.stringMatching(/CRC mismatch in .*data\/7/) });
     expect(existsSync(out) || existsSync(`${out}.partial`)).toBe(false);
+    // Told the file's digest (the store vouched for it), it reads only the records again, and still finds the damage.
+    const phases = new Set<string>();
+    const told = exportCheckpoint(path, out, { sha256: 'f'.repeat(64), onProgress: ({ phase }) => phases.add(phase) });
+    await expect(told).rejects.toMatchObject({ code: 'CHECKPOINT_CORRUPT', message: expect.stringMatching(/CRC mismatch in .*data\/7/) });
+    expect(phases.has('check') && !phases.has('hash')).toBe(true);
+    expect(existsSync(out) || existsSync(`${out}.partial`)).toBe(false);
+  });
+
+  it('carries a digest it is told instead of hashing the checkpoint again, into the result and the metadata', async () => {
+    const out = join(dir, 'told.onnx');
+    const told = 'a'.repeat(64);
+    const result = await exportCheckpoint(checkpoint, out, { sha256: told });
+    expect(result.checkpoint.sha256).toBe(told);
+    expect((await readModelSummary(out)).metadata['source_sha256']).toBe(told);
   });
 
   it('warns about NaN/Inf weights but still exports (validation fails them later)', async () => {

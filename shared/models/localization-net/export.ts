@@ -14,8 +14,17 @@ export const PRODUCER_VERSION = '0.1.0';
 
 export interface ExportOptions {
   opset?: Opset;
-  /** Per-phase progress: hashing the checkpoint, then writing the weights (of a variant, once the fp32 model is written). */
-  onProgress?: (event: { phase: 'hash' | 'write'; variant?: VariantName; doneBytes: number; totalBytes: number }) => void;
+  /**
+   * Per-phase progress: hashing the checkpoint (or, when its digest is known, checking its weight
+   * records), beside writing the weights (of a variant, once the fp32 model is written).
+   */
+  onProgress?: (event: { phase: 'hash' | 'check' | 'write'; variant?: VariantName; doneBytes: number; totalBytes: number }) => void;
+  /**
+   * The checkpoint's sha256 where it is known for these bytes already (the store vouched for it:
+   * ObjectStore FetchedObject): then only the records the export reads are read again, for their
+   * CRC-32, instead of the whole file for its digest (most of a trainer's checkpoint is optimizer state).
+   */
+  sha256?: string;
   /** Derived models to write beside the fp32 one (DESIGN §3 Variants), each at variantPath(outPath, name). */
   variants?: readonly VariantName[];
   externalData?: boolean;
@@ -57,12 +66,17 @@ export async function exportCheckpoint(checkpointPath: string, outPath: string, 
     const lineage = readTraining(checkpoint, options.sourceMetadata);
     const parameters = parameterCount(spec);
     // A worker hashes the checkpoint while the weights are written (the digest goes into the metadata,
-    // written last). It streams the whole file anyway, so it also checks the CRC-32 of the records we
-    // read, which would otherwise cost this thread a pass over every weight.
+    // written last), unless it is known. It streams the file anyway, so it also checks the CRC-32 of
+    // the records we read, which would otherwise cost this thread a pass over every weight.
     const records = checkpoint.deferRecordChecks?.();
-    const scanning = scanFile({ path: checkpointPath, crc32Ranges: records?.records ?? [] }, (doneBytes, totalBytes) =>
-      options.onProgress?.({ phase: 'hash', doneBytes, totalBytes }),
-    );
+    const known = options.sha256;
+    const ranges = records?.records ?? [];
+    const scanning =
+      known !== undefined && ranges.length === 0
+        ? Promise.resolve({ sha256: known, crc32s: [] as readonly number[] })
+        : scanFile({ path: checkpointPath, crc32Ranges: ranges, sha256: known === undefined }, (doneBytes, totalBytes) =>
+            options.onProgress?.({ phase: known === undefined ? 'hash' : 'check', doneBytes, totalBytes }),
+          ).then((scan) => ({ sha256: known ?? scan.sha256!, crc32s: scan.crc32s }));
     scanning.catch(() => undefined);
     const nonFinite = new Map<string, number>();
     const graph = buildLocalizationGraph(spec, checkpoint.tensors, opset);

@@ -1,0 +1,41 @@
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { tempDir } from '../../test/support/temp.ts';
+import { coldCopy } from './cold-copy.ts';
+
+let dir: string;
+let shm: string;
+beforeAll(async () => {
+  dir = await tempDir('heimdall-cold-copy-');
+  shm = await mkdtemp('/dev/shm/heimdall-cold-copy-');
+});
+afterAll(() => rm(shm, { recursive: true, force: true }));
+
+describe('coldCopy', () => {
+  // Over the size copied past the page cache, not a whole number of blocks or chunks: the last block is padded, then cut.
+  const large = randomBytes(64 * 1024 * 1024 + 12_345);
+
+  it('copies a large file byte for byte, past the page cache', async () => {
+    await writeFile(join(dir, 'large.bin'), large);
+    await coldCopy(join(dir, 'large.bin'), join(dir, 'large.copy'));
+    expect((await readFile(join(dir, 'large.copy'))).equals(large)).toBe(true);
+  });
+
+  it('copies a small file, and one on a filesystem without O_DIRECT (tmpfs), the plain way', async () => {
+    await writeFile(join(dir, 'small.bin'), 'small');
+    await coldCopy(join(dir, 'small.bin'), join(dir, 'small.copy'));
+    expect(await readFile(join(dir, 'small.copy'), 'utf8')).toBe('small');
+    await writeFile(join(shm, 'large.bin'), large);
+    await coldCopy(join(shm, 'large.bin'), join(shm, 'large.copy'));
+    expect((await readFile(join(shm, 'large.copy'))).equals(large)).toBe(true);
+  });
+
+  it('never replaces a file that is there', async () => {
+    await writeFile(join(dir, 'taken'), 'mine');
+    await expect(coldCopy(join(dir, 'large.bin'), join(dir, 'taken'))).rejects.toMatchObject({ code: 'EEXIST' });
+    await expect(coldCopy(join(dir, 'small.bin'), join(dir, 'taken'))).rejects.toMatchObject({ code: 'EEXIST' });
+    expect(await readFile(join(dir, 'taken'), 'utf8')).toBe('mine');
+  });
+});
