@@ -20,6 +20,7 @@ import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { loadConfig } from '../../shared/config/index.ts';
+import { modelBytes, type OnnxArtifact } from '../../shared/events/schemas.ts';
 import type { RunReport } from '../../shared/pipeline/report.ts';
 import { STAGES, type StageName } from '../../shared/pipeline/stage.ts';
 import { ensureFixtures, type Variant } from '../support/oracle.ts';
@@ -173,7 +174,8 @@ function int8Figures(report: RunReport): VariantFigures | undefined {
   const registered = find('heimdall.model.registered').entry as { registry?: { name?: string; version?: string } } | undefined;
   const skipped = [parity.skipped, benchmarked.skipped].find(Boolean);
   return {
-    ...(typeof (exported.onnx as { bytes?: unknown })?.bytes === 'number' ? { bytes: (exported.onnx as { bytes: number }).bytes } : {}),
+    // The model file and its external data file (modelBytes): the weights are in the latter.
+    ...(typeof (exported.onnx as { bytes?: unknown })?.bytes === 'number' ? { bytes: modelBytes(exported.onnx as OnnxArtifact) } : {}),
     ...(parity.entry?.perOutput ? { parity: parity.entry as unknown as VariantFigures['parity'] } : {}),
     ...(Array.isArray(benchmarked.entry?.speedup) ? { speedup: benchmarked.entry.speedup as VariantFigures['speedup'] } : {}),
     ...(registered?.registry?.name ? { registered: `${registered.registry.name} v${registered.registry.version}` } : {}),
