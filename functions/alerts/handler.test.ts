@@ -77,6 +77,8 @@ describe('alerts handler: event in, its alerts (often none) out', () => {
     ]);
     // A variant registered and moved like the fp32 model is no news.
     expect(alertsFor(withVariant({ ...registered, gate: { passed: true, checks: [] }, alias: { name: 'staging', moved: true } }))).toEqual([]);
+    // Nor one registered that carries no verdict: it is not "not registered".
+    expect(alertsFor(withVariant(registered))).toEqual([]);
   });
 
   it('listens to failures and registrations only', () => {

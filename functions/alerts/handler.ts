@@ -30,10 +30,9 @@ export function alertsFor(event: AnyCloudEvent): Alert[] {
       const { runId, registry, gate, alias } = event.data;
       const variants = (event.data.variants ?? []).map((variant) => {
         const stage = `register/${variant.name}`;
-        if (!variant.registered || !variant.registry || !variant.gate || !variant.alias) {
-          return alert(runId, stage, `Heimdall run ${runId}: the ${variant.name} variant was not registered: ${variant.reason ?? 'no reason given'}`);
-        }
-        return gateAlert(runId, stage, variant.registry, variant.gate, variant.alias);
+        if (!variant.registered) return alert(runId, stage, `Heimdall run ${runId}: the ${variant.name} variant was not registered: ${variant.reason ?? 'no reason given'}`);
+        // Registered without a verdict on it: nothing the gate said to tell.
+        return variant.registry && variant.gate && variant.alias ? gateAlert(runId, stage, variant.registry, variant.gate, variant.alias) : undefined;
       });
       return [gateAlert(runId, 'register', registry, gate, alias), ...variants].filter((a): a is Alert => a !== undefined);
     }

@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -37,5 +38,20 @@ describe('coldCopy', () => {
     await expect(coldCopy(join(dir, 'large.bin'), join(dir, 'taken'))).rejects.toMatchObject({ code: 'EEXIST' });
     await expect(coldCopy(join(dir, 'small.bin'), join(dir, 'taken'))).rejects.toMatchObject({ code: 'EEXIST' });
     expect(await readFile(join(dir, 'taken'), 'utf8')).toBe('mine');
+  });
+
+  it('rejects, and leaves no partial copy, when a write fails on the way (here past the file size limit: EFBIG)', async () => {
+    await writeFile(join(dir, 'limited.bin'), large);
+    // A process of its own under `ulimit -f` (32 MiB): the copy's writes past it fail with EFBIG.
+    const script = [
+      `const { coldCopy } = await import(${JSON.stringify(join(import.meta.dirname, 'cold-copy.ts'))});`,
+      `const { existsSync } = await import('node:fs');`,
+      `const target = ${JSON.stringify(join(dir, 'limited.copy'))};`,
+      `try { await coldCopy(${JSON.stringify(join(dir, 'limited.bin'))}, target); console.log('copied'); }`,
+      `catch (error) { console.log(error.code, existsSync(target) ? 'left behind' : 'none left'); }`,
+    ].join('\n');
+    const child = spawnSync('bash', ['-c', 'ulimit -f 32768 && exec "$0" "$@"', process.execPath, '--import', 'tsx', '--input-type=module', '-e', script], { encoding: 'utf8' });
+    // Exit 0: no unhandled rejection ended it.
+    expect({ status: child.status, stdout: child.stdout.trim() }).toEqual({ status: 0, stdout: 'EFBIG none left' });
   });
 });

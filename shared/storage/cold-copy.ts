@@ -33,14 +33,19 @@ export async function coldCopy(source: string, target: string): Promise<void> {
 async function directCopy(source: string, target: string): Promise<boolean> {
   const input = await open(source, 'r');
   let output: FileHandle | undefined;
+  let writing: Promise<unknown> = Promise.resolve();
   try {
     const { size } = await input.stat();
     if (size < COLD_COPY_MIN_BYTES) return false;
     output = await open(target, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_DIRECT).catch(refused);
-    if (!output) return false;
+    if (!output) {
+      // Some filesystems create the file before they refuse O_DIRECT (tmpfs before Linux 6.6): with
+      // O_EXCL, a file there now is that one, and the plain copy must find the name free.
+      await rm(target, { force: true });
+      return false;
+    }
     // Two page-aligned buffers, reused: the next chunk is read while this one is written.
     const buffers = [alignedBuffer(CHUNK), alignedBuffer(CHUNK)];
-    let writing: Promise<unknown> = Promise.resolve();
     for (let position = 0, turn = 0; position < size; turn++) {
       const buffer = buffers[turn % 2]!;
       const { bytesRead } = await input.read(buffer, 0, Math.min(CHUNK, size - position), position);
@@ -50,12 +55,17 @@ async function directCopy(source: string, target: string): Promise<boolean> {
       const length = Math.ceil(bytesRead / BLOCK) * BLOCK;
       buffer.fill(0, bytesRead, length);
       writing = writeAll(output, buffer.subarray(0, length), position);
+      // Awaited once the next chunk is read: a write that fails meanwhile (ENOSPC, EFBIG) must not
+      // be an unhandled rejection, which ends the process and leaves the partial copy.
+      writing.catch(() => undefined);
       position += bytesRead;
     }
     await writing;
     await output.truncate(size);
     return true;
   } catch (error) {
+    // No write still going to the file that is removed.
+    await writing.catch(() => undefined);
     if (output) await rm(target, { force: true });
     // A write refused for its alignment: copied the plain way instead.
     refused(error as NodeJS.ErrnoException);

@@ -2,9 +2,21 @@ import { existsSync } from 'node:fs';
 import { appendFile, mkdir, mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { createHash, randomBytes } from 'node:crypto';
 import { dirname, join } from 'node:path';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { execFileSync } from 'node:child_process';
+import { beforeAll, describe, expect, it, vi } from 'vitest';
 import { tempDir } from '../../test/support/temp.ts';
 import { FsObjectStore } from './fs.ts';
+
+/** Runs after the store's hash of a file and before its copy has been checked: a writer racing the store. */
+const race = vi.hoisted(() => ({ afterHash: undefined as (() => Promise<void>) | undefined }));
+vi.mock('../runtime/sha256.ts', async (importOriginal) => {
+  const actual = await importOriginal<typeof import('../runtime/sha256.ts')>();
+  return { ...actual, sha256File: async (...args: Parameters<typeof actual.sha256File>) => {
+    const digest = await actual.sha256File(...args);
+    await race.afterHash?.();
+    return digest;
+  } };
+});
 
 let dir: string;
 beforeAll(async () => {
@@ -146,6 +158,38 @@ describe('FsObjectStore', () => {
     expect(await store.fetchFile('bucket-b', 'claimed.pth')).not.toHaveProperty('sha256');
     await writeFile(join(dataDir, 'buckets/bucket-b', key), 'checkpoint bytez');
     expect(await store.fetchFile('bucket-b', key)).not.toHaveProperty('sha256');
+  });
+
+  it('vouches for no digest once the file was written in place, even with its mtime set back to the nanosecond', async () => {
+    const { store, source, dataDir } = await fresh('mtime-restored', 'checkpoint bytes');
+    const { key, object } = await store.putFileByDigest('bucket-b', source, (digest) => `${digest.slice(0, 16)}/ckpt.pth`);
+    const path = join(dataDir, 'buckets/bucket-b', key);
+    const { mtimeNs } = await stat(path, { bigint: true });
+    await writeFile(path, 'checkpoint bytez');
+    // As `cp -p`, `rsync -a` or a restore from a tar leave it: same size, same mtime.
+    execFileSync('touch', ['-m', '-d', `@${mtimeNs / 1_000_000_000n}.${String(mtimeNs % 1_000_000_000n).padStart(9, '0')}`, path]);
+    expect((await stat(path, { bigint: true })).mtimeNs).toBe(mtimeNs);
+    expect(await store.stat('bucket-b', key)).toEqual(object);
+    expect(await store.fetchFile('bucket-b', key)).not.toHaveProperty('sha256');
+  });
+
+  it('stores nothing when the file is written to while it is hashed and copied (the copy may not be what was hashed)', async () => {
+    const { store, source, leftovers, dataDir } = await fresh('racing', 'checkpoint bytes');
+    race.afterHash = () => writeFile(source, 'checkpoint bytez');
+    try {
+      await expect(store.putFileByDigest('bucket-b', source, (digest) => `${digest.slice(0, 16)}/ckpt.pth`)).rejects.toMatchObject({
+        code: 'IO_ERROR',
+        message: expect.stringMatching(/changed while it was being stored/),
+      });
+    } finally {
+      race.afterHash = undefined;
+    }
+    expect(await readdir(join(dataDir, 'buckets/bucket-b')).catch(() => [])).toEqual([]);
+    expect(await leftovers()).toEqual([]);
+    // Once the file is left alone, it is stored under the digest of what is there.
+    const { key } = await store.putFileByDigest('bucket-b', source, (digest) => `${digest.slice(0, 16)}/ckpt.pth`);
+    expect(await readFile(join(dataDir, 'buckets/bucket-b', key), 'utf8')).toBe('checkpoint bytez');
+    expect(key.slice(0, 16)).toBe(createHash('sha256').update('checkpoint bytez').digest('hex').slice(0, 16));
   });
 
   it('moves a scratch file in when told it may (move), on its own filesystem or, by a copy, from another', async () => {

@@ -1,4 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
+import type { BigIntStats } from 'node:fs';
 import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join, relative, resolve, sep } from 'node:path';
 import { pathToFileURL, fileURLToPath } from 'node:url';
@@ -28,7 +29,8 @@ const STALE_TEMPORARY_MS = 60 * 60 * 1000;
  *   size and mtime of the file they describe: when the file changed behind the store's back (or
  *   the upload stopped between file and metadata), `stat` reports a derived etag and no metadata
  *   rather than claims about bytes that are no longer there. For a file it hashed itself
- *   (putFileByDigest) it keeps the digest too, which `fetchFile` vouches for on the same terms.
+ *   (putFileByDigest) it keeps the digest too, which `fetchFile` vouches for on stricter terms: the
+ *   stored file's ctime and inode too (a write in place that restored the mtime still moved its ctime).
  * Metadata of the older layout (`<k>.meta.json` beside the object) is still read.
  * Keys are S3's (up to 1024 bytes), each segment a file name (up to 255 bytes); a longer one cannot
  * be stored here (STORAGE_REJECTED) and is never found.
@@ -76,7 +78,10 @@ export class FsObjectStore implements ObjectStore {
     const size = Number(file.size);
     const meta = await readJson<StoredMeta>(this.metaPath(bucket, key));
     if (meta && meta.key === key && meta.size === size && meta.mtimeNs === String(file.mtimeNs)) {
-      return { info: { size, etag: meta.etag, metadata: meta.metadata }, ...(meta.sha256 ? { sha256: meta.sha256 } : {}) };
+      // The digest only while nothing has touched the file since: a write in place that restored its
+      // mtime (`touch -d`, `cp -p`) still moved its ctime, which no one can set back.
+      const untouched = meta.ctimeNs === String(file.ctimeNs) && meta.ino === String(file.ino);
+      return { info: { size, etag: meta.etag, metadata: meta.metadata }, ...(meta.sha256 && untouched ? { sha256: meta.sha256 } : {}) };
     }
     if (!meta) {
       const legacy = await readJson<ObjectInfo>(`${path}.meta.json`);
@@ -107,9 +112,16 @@ export class FsObjectStore implements ObjectStore {
       // Both read the file, from the page cache once either has: the digest on a worker thread, the
       // copy on this one and libuv's pool. Both settle before the temporary can be removed, so a
       // failed hash leaves no copy being written.
+      const before = await stat(path, { bigint: true });
       const [hashed, copied] = await Promise.allSettled([sha256File(path), coldCopy(path, temporary)]);
       if (hashed.status === 'rejected') throw hashed.reason;
       if (copied.status === 'rejected') throw copied.reason;
+      // Two reads of the file: a write between them would store bytes other than those hashed, under
+      // the key and with the digest of the hashed ones. Any write moves the ctime: nothing is stored.
+      const after = await stat(path, { bigint: true }).catch(missing);
+      if (!after || !sameFile(before, after)) {
+        throw new HeimdallError(ErrorCodes.IO_ERROR, `${path} changed while it was being stored (still being written?); store it again once it is complete`);
+      }
       const sha256 = hashed.value;
       options.signal?.throwIfAborted();
       named = { key: keyOf(sha256), sha256 };
@@ -146,7 +158,16 @@ export class FsObjectStore implements ObjectStore {
       const target = this.pathOf(bucket, key);
       await mkdir(dirname(target), { recursive: true });
       await rename(temporary, target);
-      const meta: StoredMeta = { key, size, mtimeNs: String(copied.mtimeNs), etag, metadata, ...(sha256 ? { sha256 } : {}) };
+      // The rename moved the file's ctime: what a vouched digest is held to is the stored file as it is now.
+      const stored = sha256 ? await stat(target, { bigint: true }) : undefined;
+      const meta: StoredMeta = {
+        key,
+        size,
+        mtimeNs: String(copied.mtimeNs),
+        etag,
+        metadata,
+        ...(sha256 && stored ? { sha256, ctimeNs: String(stored.ctimeNs), ino: String(stored.ino) } : {}),
+      };
       await writeAtomically(this.metaPath(bucket, key), JSON.stringify(meta, null, 2));
       return { size, etag, metadata };
     } finally {
@@ -233,6 +254,14 @@ interface StoredMeta {
   readonly metadata: Record<string, string>;
   /** The file's sha256, where this store computed it as it stored the file (putFileByDigest). */
   readonly sha256?: string;
+  /** With `sha256`: the stored file's ctime (ns) and inode, which the digest is vouched for only while they hold. */
+  readonly ctimeNs?: string;
+  readonly ino?: string;
+}
+
+/** The same file, not written to in between: a write moves mtime and ctime, a replacement the inode. */
+function sameFile(a: BigIntStats, b: BigIntStats): boolean {
+  return a.ino === b.ino && a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs;
 }
 
 /** Moves `path` to `temporary` (false when they lie on two filesystems: then it must be copied). */
