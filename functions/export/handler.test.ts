@@ -3,6 +3,7 @@
  * reads to it: bytes that changed in the store since ingest are refused before anything is
  * uploaded, whether the event carries the full sha256 or only the run id.
  */
+import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import { mkdir, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -62,6 +63,28 @@ describe('export', () => {
     const failed = await executeStage(exportStage, { ...created, data: { ...created.data, etag: '' } }, environment, { progress: (message) => progress.push(message) });
     expect(failed).toMatchObject({ data: { error: { code: 'CHECKPOINT_CORRUPT', message: expect.stringContaining(`not ${created.data.sha256} that run`) } } });
     expect(progress).toEqual([]);
+  });
+
+  it('refuses what it read when the store’s file was written to while it was exported, and uploads nothing', async () => {
+    const checkpoint = join(dir, 'written-during.pth');
+    await writeSmallCheckpoint(checkpoint, { seed: 8 });
+    const run = await ingestLocalFile(checkpoint, environment.store, () => undefined);
+    const { path } = await environment.store.fetchFile(run.data.bucket, run.data.key);
+    let written = false;
+    // A byte written over with itself, in place, as the export reads: the same content, but no store can tell.
+    const writeInPlace = () => {
+      if (written) return;
+      written = true;
+      const fd = openSync(path, 'r+');
+      const byte = Buffer.alloc(1);
+      readSync(fd, byte, 0, 1, 0);
+      writeSync(fd, byte, 0, 1, 0);
+      closeSync(fd);
+    };
+    const failed = await executeStage(exportStage, run, environment, { progress: (message) => message.startsWith('checking weight records') && writeInPlace() });
+    expect(written).toBe(true);
+    expect(failed).toMatchObject({ data: { retriable: false, error: { code: 'CHECKPOINT_CORRUPT', message: expect.stringContaining('was written to in the store while it was exported') } } });
+    expect(await environment.store.stat(MODELS_BUCKET, modelKey(run.data.runId))).toBeUndefined();
   });
 
   it('refuses bytes that are not those the run was started from, and uploads nothing', async () => {

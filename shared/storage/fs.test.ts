@@ -152,12 +152,16 @@ describe('FsObjectStore', () => {
     const { store, source, dataDir } = await fresh('vouched', 'checkpoint bytes');
     const sha256 = createHash('sha256').update('checkpoint bytes').digest('hex');
     const { key } = await store.putFileByDigest('bucket-b', source, (digest) => `${digest.slice(0, 16)}/ckpt.pth`);
-    expect(await store.fetchFile('bucket-b', key)).toMatchObject({ sha256 });
+    const fetched = await store.fetchFile('bucket-b', key);
+    expect(fetched).toMatchObject({ sha256 });
+    expect(await fetched.unchanged!()).toBe(true);
     // A digest in the metadata is the uploader's claim, not the store's.
     await store.putFile('bucket-b', 'claimed.pth', source, { sha256 });
     expect(await store.fetchFile('bucket-b', 'claimed.pth')).not.toHaveProperty('sha256');
     await writeFile(join(dataDir, 'buckets/bucket-b', key), 'checkpoint bytez');
     expect(await store.fetchFile('bucket-b', key)).not.toHaveProperty('sha256');
+    // What was fetched before the write is no longer the file it was vouched for.
+    expect(await fetched.unchanged!()).toBe(false);
   });
 
   it('vouches for no digest once the file was written in place, even with its mtime set back to the nanosecond', async () => {

@@ -70,7 +70,7 @@ export class FsObjectStore implements ObjectStore {
   }
 
   /** The object and, where this store hashed it itself and it is as the store left it, its sha256. */
-  private async current(bucket: string, key: string): Promise<{ info: ObjectInfo; sha256?: string } | undefined> {
+  private async current(bucket: string, key: string): Promise<{ info: ObjectInfo; sha256?: string; file: BigIntStats } | undefined> {
     const path = this.pathOf(bucket, key);
     if (unstorable(key)) return undefined;
     const file = await stat(path, { bigint: true }).catch(missing);
@@ -81,14 +81,14 @@ export class FsObjectStore implements ObjectStore {
       // The digest only while nothing has touched the file since: a write in place that restored its
       // mtime (`touch -d`, `cp -p`) still moved its ctime, which no one can set back.
       const untouched = meta.ctimeNs === String(file.ctimeNs) && meta.ino === String(file.ino);
-      return { info: { size, etag: meta.etag, metadata: meta.metadata }, ...(meta.sha256 && untouched ? { sha256: meta.sha256 } : {}) };
+      return { info: { size, etag: meta.etag, metadata: meta.metadata }, file, ...(meta.sha256 && untouched ? { sha256: meta.sha256 } : {}) };
     }
     if (!meta) {
       const legacy = await readJson<ObjectInfo>(`${path}.meta.json`);
-      if (legacy && legacy.size === size) return { info: { size, etag: legacy.etag, metadata: legacy.metadata } };
+      if (legacy && legacy.size === size) return { info: { size, etag: legacy.etag, metadata: legacy.metadata }, file };
     }
     // Not the bytes the metadata describes: an etag of what is there, and no claims about it.
-    return { info: { size, etag: createHash('md5').update(`${size}:${file.mtimeNs}:${file.ino}`).digest('hex'), metadata: {} } };
+    return { info: { size, etag: createHash('md5').update(`${size}:${file.mtimeNs}:${file.ino}`).digest('hex'), metadata: {} }, file };
   }
 
   async putFile(bucket: string, key: string, path: string, metadata: Record<string, string> = {}, options: PutOptions = {}): Promise<ObjectInfo> {
@@ -185,7 +185,13 @@ export class FsObjectStore implements ObjectStore {
     if (version?.etag !== undefined && unquote(version.etag) !== unquote(info.etag)) {
       throw new HeimdallError(ErrorCodes.OBJECT_NOT_FOUND, `object ${key} in bucket ${bucket} has etag ${info.etag}, not ${version.etag} as notified: it was replaced, and this store keeps no versions`);
     }
-    return { path, ...(object.sha256 ? { sha256: object.sha256 } : {}), release: async () => undefined };
+    if (!object.sha256) return { path, release: async () => undefined };
+    // The reader reads the store's own file: it asks, once done, whether anything wrote to it meanwhile.
+    const unchanged = async () => {
+      const now = await stat(path, { bigint: true }).catch(missing);
+      return now !== undefined && sameFile(object.file, now);
+    };
+    return { path, sha256: object.sha256, unchanged, release: async () => undefined };
   }
 
   /**

@@ -39,6 +39,12 @@ export interface FetchedObject {
    * it. Absent where it does not know: a caller that must know hashes the file.
    */
   readonly sha256?: string;
+  /**
+   * Where `path` is the store's own file (the embedded store) and `sha256` is vouched for: whether
+   * the file is still the one it was vouched for (nothing wrote to it since), for a reader to ask
+   * once it has read it. Absent where `path` is the caller's own download, which no one else writes.
+   */
+  readonly unchanged?: () => Promise<boolean>;
   /** Removes a downloaded temporary copy; a no-op where the store is local. */
   release(): Promise<void>;
 }
