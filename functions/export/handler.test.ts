@@ -3,7 +3,7 @@
  * reads to it: bytes that changed in the store since ingest are refused before anything is
  * uploaded, whether the event carries the full sha256 or only the run id.
  */
-import { closeSync, openSync, readSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, openSync, readSync, writeSync } from 'node:fs';
 import { mkdir, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -65,27 +65,40 @@ describe('export', () => {
     expect(progress).toEqual([]);
   });
 
-  it('refuses what it read when the store’s file was written to while it was exported, and uploads nothing', async () => {
-    const checkpoint = join(dir, 'written-during.pth');
-    await writeSmallCheckpoint(checkpoint, { seed: 8 });
-    const run = await ingestLocalFile(checkpoint, environment.store, () => undefined);
-    const { path } = await environment.store.fetchFile(run.data.bucket, run.data.key);
-    let written = false;
-    // A byte written over with itself, in place, as the export reads: the same content, but no store can tell.
-    const writeInPlace = () => {
-      if (written) return;
-      written = true;
-      const fd = openSync(path, 'r+');
-      const byte = Buffer.alloc(1);
-      readSync(fd, byte, 0, 1, 0);
-      writeSync(fd, byte, 0, 1, 0);
-      closeSync(fd);
-    };
-    const failed = await executeStage(exportStage, run, environment, { progress: (message) => message.startsWith('checking weight records') && writeInPlace() });
-    expect(written).toBe(true);
-    expect(failed).toMatchObject({ data: { retriable: false, error: { code: 'CHECKPOINT_CORRUPT', message: expect.stringContaining('was written to in the store while it was exported') } } });
-    expect(await environment.store.stat(MODELS_BUCKET, modelKey(run.data.runId))).toBeUndefined();
-  });
+  // The store's own file changed while the export read it: what was read may be two versions of it.
+  // Nothing is uploaded, and the failure is retriable: tried again, the file is held anew to the
+  // version the event names (a write made it another: OBJECT_NOT_FOUND, for good) and to the run's
+  // digest (a chmod changed no byte: exported).
+  const replaced = { type: 'heimdall.pipeline.failed', data: { retriable: false, error: { code: 'OBJECT_NOT_FOUND', message: expect.stringContaining('it was replaced') } } };
+  const exported = { type: 'heimdall.model.exported' };
+  const changes = {
+    'written to in place, while the store vouched for its digest': { vouched: true, during: 'checking weight records', change: writeByteOverItself, retried: replaced },
+    'written to in place, once the store no longer vouched for it (the exporter hashes it)': { vouched: false, during: 'hashing checkpoint', change: writeByteOverItself, retried: replaced },
+    'chmod-ed (its attributes alone)': { vouched: true, during: 'checking weight records', change: (path: string) => chmodSync(path, 0o640), retried: exported },
+  };
+  for (const [index, [name, { vouched, during, change, retried }]] of Object.entries(changes).entries()) {
+    it(`refuses what it read when the store’s file was ${name} during the export, uploads nothing, and fails retriably`, async () => {
+      const checkpoint = join(dir, `changed-${index}.pth`);
+      await writeSmallCheckpoint(checkpoint, { seed: 8 + index });
+      const run = await ingestLocalFile(checkpoint, environment.store, () => undefined);
+      const { path } = await environment.store.fetchFile(run.data.bucket, run.data.key);
+      // A change of its attributes moves the ctime: the store no longer vouches for the digest.
+      if (!vouched) chmodSync(path, 0o600);
+      expect((await environment.store.fetchFile(run.data.bucket, run.data.key)).sha256 !== undefined).toBe(vouched);
+      let changed = false;
+      const failed = await executeStage(exportStage, run, environment, {
+        progress: (message) => {
+          if (changed || !message.startsWith(during)) return;
+          changed = true;
+          change(path);
+        },
+      });
+      expect(changed).toBe(true);
+      expect(failed).toMatchObject({ data: { retriable: true, error: { code: 'IO_ERROR', message: expect.stringContaining('changed in the store while it was exported') } } });
+      expect(await environment.store.stat(MODELS_BUCKET, modelKey(run.data.runId))).toBeUndefined();
+      expect(await executeStage(exportStage, run, environment)).toMatchObject(retried);
+    });
+  }
 
   it('refuses bytes that are not those the run was started from, and uploads nothing', async () => {
     const event = await replacedInStore();
@@ -128,3 +141,12 @@ describe('export', () => {
     expect(plain.data).not.toHaveProperty('variants');
   });
 });
+
+/** The file's first byte written over with itself, in place: the same content, but no store can tell. */
+function writeByteOverItself(path: string): void {
+  const fd = openSync(path, 'r+');
+  const byte = Buffer.alloc(1);
+  readSync(fd, byte, 0, 1, 0);
+  writeSync(fd, byte, 0, 1, 0);
+  closeSync(fd);
+}

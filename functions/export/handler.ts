@@ -18,8 +18,8 @@ import { MODELS_BUCKET, modelKey } from '../../shared/storage/object-store.ts';
  * sha256 (ingest's hash, the run id's source) is carried, not recomputed as a new truth, and bytes
  * that are not the run's are never exported under its id: their digest is the one the store vouches
  * for (computed as it downloaded them, or as the embedded store stored them), held to the run's
- * before the export starts, and the embedded store's own file, once read, held to be unwritten
- * since; where the store knows none, the exporter's read of the whole file (for the zip's CRC
+ * before the export starts, and the embedded store's own file, once read, held to be unchanged
+ * since it was fetched; where the store knows none, the exporter's read of the whole file (for the zip's CRC
  * checks, beside the writer) hashes it on the way. The configured variants
  * (DESIGN §3 Variants) are written by the same export and stored beside the model
  * (`model.<variant>.onnx` and its `.data`, the same metadata plus `variant`).
@@ -48,9 +48,12 @@ export const exportHandler: StageHandler<'heimdall.checkpoint.created', 'heimdal
       onProgress: ({ phase, variant, doneBytes, totalBytes }) => ctx.progress(`${PHASE_LABEL[phase]}${variant ? ` (${variant})` : ''} ${formatBytes(doneBytes)} / ${formatBytes(totalBytes)}`),
     });
     if (!checkpoint.sha256) checkSameBytes(event.data, result.checkpoint.sha256);
-    // The store's own file, vouched for before it was read: still so now that it has been read.
-    else if (checkpoint.unchanged && !(await checkpoint.unchanged())) {
-      throw new HeimdallError(ErrorCodes.CHECKPOINT_CORRUPT, `${key} was written to in the store while it was exported: what was read may not be the bytes of run ${runId}`);
+    // The store's own file, read more than once (the digest it vouched for, or the exporter's hash,
+    // and the weights): unchanged since it was fetched, or what was read may be two versions of it.
+    // Retriable: exported again, the file is held to the run's digest anew (a change of its
+    // attributes alone, chmod, then passes; changed bytes are CHECKPOINT_CORRUPT).
+    if (checkpoint.unchanged && !(await checkpoint.unchanged())) {
+      throw new HeimdallError(ErrorCodes.IO_ERROR, `${key} changed in the store while it was exported (written to, or its attributes changed): export it again`);
     }
     for (const warning of result.warnings) ctx.logger.warn({ runId, warning }, 'export warning');
     const checkpointUri = ctx.store.uri(bucket, key);

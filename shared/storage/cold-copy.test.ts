@@ -1,10 +1,29 @@
 import { spawnSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { tempDir } from '../../test/support/temp.ts';
-import { coldCopy } from './cold-copy.ts';
+import { coldCopy, coldCopyHashed } from './cold-copy.ts';
+
+/** A file cut short (to 1000 bytes) as its copy reads its second chunk: a writer truncating it. */
+const shrinking = vi.hoisted(() => ({ path: undefined as string | undefined }));
+vi.mock('node:fs/promises', async (importOriginal) => {
+  const actual = await importOriginal<typeof import('node:fs/promises')>();
+  const open: typeof actual.open = async (...args) => {
+    const handle = await actual.open(...args);
+    if (args[0] === shrinking.path) {
+      const read = handle.read.bind(handle) as (...a: unknown[]) => Promise<unknown>;
+      let reads = 0;
+      Object.assign(handle, { read: async (...a: unknown[]) => (++reads === 2 && (await actual.truncate(shrinking.path!, 1000)), read(...a)) });
+    }
+    return handle;
+  };
+  return { ...actual, open };
+});
+
+const sha256 = (bytes: Uint8Array | string) => createHash('sha256').update(bytes).digest('hex');
 
 let dir: string;
 let shm: string;
@@ -31,6 +50,25 @@ describe('coldCopy', () => {
     await writeFile(join(shm, 'large.bin'), large);
     await coldCopy(join(shm, 'large.bin'), join(shm, 'large.copy'));
     expect((await readFile(join(shm, 'large.copy'))).equals(large)).toBe(true);
+  });
+
+  it('hashes what it copied, on every way it copies (coldCopyHashed)', async () => {
+    await writeFile(join(dir, 'hashed.bin'), large);
+    expect(await coldCopyHashed(join(dir, 'hashed.bin'), join(dir, 'hashed.copy'))).toBe(sha256(large));
+    expect(await coldCopyHashed(join(dir, 'small.bin'), join(dir, 'small.hashed'))).toBe(sha256('small'));
+    expect(await coldCopyHashed(join(shm, 'large.bin'), join(shm, 'large.hashed'))).toBe(sha256(large));
+  });
+
+  it('refuses a file that shrinks while it is copied (IO_ERROR), and leaves no copy', async () => {
+    const path = join(dir, 'shrinking.bin');
+    await writeFile(path, large);
+    shrinking.path = path;
+    try {
+      await expect(coldCopyHashed(path, join(dir, 'shrinking.copy'))).rejects.toMatchObject({ code: 'IO_ERROR', message: expect.stringContaining('shrank from 67121209 to 8388608 bytes') });
+    } finally {
+      shrinking.path = undefined;
+    }
+    expect(existsSync(join(dir, 'shrinking.copy'))).toBe(false);
   });
 
   it('never replaces a file that is there', async () => {

@@ -1,6 +1,9 @@
+import { createHash, type Hash } from 'node:crypto';
 import { constants } from 'node:fs';
 import { copyFile, open, rm, type FileHandle } from 'node:fs/promises';
 import { alignedBuffer } from '../checkpoint/weight-buffers.ts';
+import { ErrorCodes, HeimdallError } from '../errors/index.ts';
+import { sha256File } from '../runtime/sha256.ts';
 
 /** Below this a copy through the page cache costs nothing worth avoiding. */
 const COLD_COPY_MIN_BYTES = 64 * 1024 * 1024;
@@ -21,16 +24,39 @@ const BLOCK = 4096;
  * same copy with O_DIRECT 1.0-1.1 s (2026-12-02).
  */
 export async function coldCopy(source: string, target: string): Promise<void> {
+  await copyInto(source, target);
+}
+
+/**
+ * coldCopy, and the sha256 of the copy: of the bytes written to `target`, not of another read of
+ * `source`, which someone may be writing meanwhile (through a shared mapping, a write to a page
+ * already dirty moves neither its mtime nor its ctime). The O_DIRECT copy hashes each chunk as it
+ * writes it (one read of the source); a clone or kernel copy is hashed afterwards, from the target,
+ * which only its caller can write.
+ */
+export async function coldCopyHashed(source: string, target: string): Promise<string> {
+  const hash = createHash('sha256');
+  return (await copyInto(source, target, hash)) ? hash.digest('hex') : sha256File(target);
+}
+
+/** true where `hash` saw every byte copied (the O_DIRECT copy); false where the copy was cloned or made by the kernel. */
+async function copyInto(source: string, target: string, hash?: Hash): Promise<boolean> {
   try {
-    return await copyFile(source, target, constants.COPYFILE_EXCL | constants.COPYFILE_FICLONE_FORCE);
+    await copyFile(source, target, constants.COPYFILE_EXCL | constants.COPYFILE_FICLONE_FORCE);
+    return false;
   } catch {
     // No clones here (ext4, tmpfs): copy the bytes.
   }
-  if (!(await directCopy(source, target))) await copyFile(source, target, constants.COPYFILE_EXCL);
+  if (await directCopy(source, target, hash)) return true;
+  await copyFile(source, target, constants.COPYFILE_EXCL);
+  return false;
 }
 
-/** The O_DIRECT copy; false (and no target left) where the file is small or the filesystem refuses O_DIRECT (tmpfs). */
-async function directCopy(source: string, target: string): Promise<boolean> {
+/**
+ * The O_DIRECT copy, each chunk given to `hash` as it is written; false (and no target left) where
+ * the file is small or the filesystem refuses O_DIRECT (tmpfs).
+ */
+async function directCopy(source: string, target: string, hash?: Hash): Promise<boolean> {
   const input = await open(source, 'r');
   let output: FileHandle | undefined;
   let writing: Promise<unknown> = Promise.resolve();
@@ -49,7 +75,7 @@ async function directCopy(source: string, target: string): Promise<boolean> {
     for (let position = 0, turn = 0; position < size; turn++) {
       const buffer = buffers[turn % 2]!;
       const { bytesRead } = await input.read(buffer, 0, Math.min(CHUNK, size - position), position);
-      if (bytesRead === 0) break;
+      if (bytesRead === 0) throw new HeimdallError(ErrorCodes.IO_ERROR, `${source} shrank from ${size} to ${position} bytes while it was copied`);
       await writing;
       // The last block is written whole (zero-padded), then the file cut back to the source's size.
       const length = Math.ceil(bytesRead / BLOCK) * BLOCK;
@@ -58,6 +84,8 @@ async function directCopy(source: string, target: string): Promise<boolean> {
       // Awaited once the next chunk is read: a write that fails meanwhile (ENOSPC, EFBIG) must not
       // be an unhandled rejection, which ends the process and leaves the partial copy.
       writing.catch(() => undefined);
+      // While the write runs on libuv's pool: the chunk's bytes, not its padding.
+      hash?.update(buffer.subarray(0, bytesRead));
       position += bytesRead;
     }
     await writing;
@@ -71,8 +99,13 @@ async function directCopy(source: string, target: string): Promise<boolean> {
     refused(error as NodeJS.ErrnoException);
     return false;
   } finally {
-    await output?.close();
-    await input.close();
+    // A read-only handle: its close has nothing to lose. The copy's may (a write reported late, NFS):
+    // then no copy is left.
+    await input.close().catch(() => undefined);
+    await output?.close().catch(async (error: unknown) => {
+      await rm(target, { force: true });
+      throw error;
+    });
   }
 }
 

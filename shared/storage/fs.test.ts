@@ -2,21 +2,36 @@ import { existsSync } from 'node:fs';
 import { appendFile, mkdir, mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { createHash, randomBytes } from 'node:crypto';
 import { dirname, join } from 'node:path';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
 import { beforeAll, describe, expect, it, vi } from 'vitest';
 import { tempDir } from '../../test/support/temp.ts';
 import { FsObjectStore } from './fs.ts';
 
-/** Runs after the store's hash of a file and before its copy has been checked: a writer racing the store. */
-const race = vi.hoisted(() => ({ afterHash: undefined as (() => Promise<void>) | undefined }));
+/** Run around the store's hash of a file it copied (below the O_DIRECT size): writers racing the store. */
+const race = vi.hoisted(() => ({ beforeHash: undefined as (() => Promise<void>) | undefined, afterHash: undefined as (() => Promise<void>) | undefined }));
 vi.mock('../runtime/sha256.ts', async (importOriginal) => {
   const actual = await importOriginal<typeof import('../runtime/sha256.ts')>();
   return { ...actual, sha256File: async (...args: Parameters<typeof actual.sha256File>) => {
+    await race.beforeHash?.();
     const digest = await actual.sha256File(...args);
     await race.afterHash?.();
     return digest;
   } };
 });
+
+/** Maps the file, dirties its first page, then on `write` writes that page again and says `written`. */
+const MAPPED_WRITER = `
+import mmap, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+m = mmap.mmap(fd, os.fstat(fd).st_size, mmap.MAP_SHARED)
+m[0] = m[0]
+print('mapped', flush=True)
+sys.stdin.readline()
+m[0:16] = b'checkpoint bytez'
+print('written', flush=True)
+sys.stdin.readline()
+`;
 
 let dir: string;
 beforeAll(async () => {
@@ -177,7 +192,7 @@ describe('FsObjectStore', () => {
     expect(await store.fetchFile('bucket-b', key)).not.toHaveProperty('sha256');
   });
 
-  it('stores nothing when the file is written to while it is hashed and copied (the copy may not be what was hashed)', async () => {
+  it('stores nothing when the file is written to while it is stored (the copy may hold part of each version)', async () => {
     const { store, source, leftovers, dataDir } = await fresh('racing', 'checkpoint bytes');
     race.afterHash = () => writeFile(source, 'checkpoint bytez');
     try {
@@ -194,6 +209,37 @@ describe('FsObjectStore', () => {
     const { key } = await store.putFileByDigest('bucket-b', source, (digest) => `${digest.slice(0, 16)}/ckpt.pth`);
     expect(await readFile(join(dataDir, 'buckets/bucket-b', key), 'utf8')).toBe('checkpoint bytez');
     expect(key.slice(0, 16)).toBe(createHash('sha256').update('checkpoint bytez').digest('hex').slice(0, 16));
+  });
+
+  it('vouches for the digest of the bytes it stored, even when the source changes without its times moving (a write through a shared mapping)', async () => {
+    const { store, source } = await fresh('mapped', 'checkpoint bytes'.padEnd(4096, '.'));
+    const original = createHash('sha256').update(await readFile(source)).digest('hex');
+    // A writer holding the file mapped (numpy.memmap, say): once it has dirtied a page, its next
+    // writes to that page move neither mtime nor ctime, so no stat can see them.
+    const writer = spawn('python3', ['-c', MAPPED_WRITER, source], { stdio: ['pipe', 'pipe', 'inherit'] });
+    const lines = createInterface({ input: writer.stdout })[Symbol.asyncIterator]();
+    const said = async () => (await lines.next()).value as string;
+    try {
+      expect(await said()).toBe('mapped');
+      race.beforeHash = async () => {
+        race.beforeHash = undefined;
+        writer.stdin.write('write\n');
+        expect(await said()).toBe('written');
+      };
+      const before = await stat(source, { bigint: true });
+      const { key, sha256 } = await store.putFileByDigest('bucket-b', source, (digest) => `${digest.slice(0, 16)}/ckpt.pth`);
+      expect(race.beforeHash).toBeUndefined();
+      // The source did change, unseen by its times.
+      expect((await readFile(source, 'utf8')).slice(0, 16)).toBe('checkpoint bytez');
+      expect((await stat(source, { bigint: true })).ctimeNs).toBe(before.ctimeNs);
+      const fetched = await store.fetchFile('bucket-b', key);
+      const stored = await readFile(fetched.path);
+      expect({ sha256, vouched: fetched.sha256 }).toEqual({ sha256: original, vouched: original });
+      expect(createHash('sha256').update(stored).digest('hex')).toBe(original);
+    } finally {
+      race.beforeHash = undefined;
+      writer.stdin.end();
+    }
   });
 
   it('moves a scratch file in when told it may (move), on its own filesystem or, by a copy, from another', async () => {

@@ -4,8 +4,7 @@ import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/p
 import { dirname, join, relative, resolve, sep } from 'node:path';
 import { pathToFileURL, fileURLToPath } from 'node:url';
 import { ErrorCodes, HeimdallError } from '../errors/index.ts';
-import { sha256File } from '../runtime/sha256.ts';
-import { coldCopy } from './cold-copy.ts';
+import { coldCopy, coldCopyHashed } from './cold-copy.ts';
 import { isBucketName, type FetchedObject, type ListedObject, type ObjectInfo, type ObjectStore, type ObjectVersion, type PutOptions } from './object-store.ts';
 
 /** S3's limit on a key. */
@@ -101,28 +100,22 @@ export class FsObjectStore implements ObjectStore {
 
   /**
    * Stores the file at `path` under a key named by its content (ingest's `<runId>/<name>`), with its
-   * sha256 in the metadata: the file is copied in while it is hashed, on two cores where a hash and
-   * then putFile would take the time of both. A stop (`signal`) once it is hashed stores nothing.
+   * sha256 in the metadata: hashed as it is copied in, so the digest is that of the bytes stored
+   * (cold-copy.ts), in one read of the file. A stop (`signal`) once it is hashed stores nothing.
    */
   async putFileByDigest(bucket: string, path: string, keyOf: (sha256: string) => string, options: { metadata?: Record<string, string>; signal?: AbortSignal } = {}): Promise<{ key: string; sha256: string; object: ObjectInfo }> {
     // An invalid bucket is refused before the file is read.
     this.bucketDir(bucket);
     let named = { key: '', sha256: '' };
     const object = await this.storeCopy(bucket, path, async (temporary) => {
-      // Both read the file, from the page cache once either has: the digest on a worker thread, the
-      // copy on this one and libuv's pool. Both settle before the temporary can be removed, so a
-      // failed hash leaves no copy being written.
       const before = await stat(path, { bigint: true });
-      const [hashed, copied] = await Promise.allSettled([sha256File(path), coldCopy(path, temporary)]);
-      if (hashed.status === 'rejected') throw hashed.reason;
-      if (copied.status === 'rejected') throw copied.reason;
-      // Two reads of the file: a write between them would store bytes other than those hashed, under
-      // the key and with the digest of the hashed ones. Any write moves the ctime: nothing is stored.
+      const sha256 = await coldCopyHashed(path, temporary);
+      // A file still being written when it was copied: what is stored, though hashed, may be half of
+      // it. Nothing is stored (a write in place moves its ctime, a replacement its inode).
       const after = await stat(path, { bigint: true }).catch(missing);
       if (!after || !sameFile(before, after)) {
         throw new HeimdallError(ErrorCodes.IO_ERROR, `${path} changed while it was being stored (still being written?); store it again once it is complete`);
       }
-      const sha256 = hashed.value;
       options.signal?.throwIfAborted();
       named = { key: keyOf(sha256), sha256 };
       this.checkStorable(bucket, named.key);
@@ -185,13 +178,12 @@ export class FsObjectStore implements ObjectStore {
     if (version?.etag !== undefined && unquote(version.etag) !== unquote(info.etag)) {
       throw new HeimdallError(ErrorCodes.OBJECT_NOT_FOUND, `object ${key} in bucket ${bucket} has etag ${info.etag}, not ${version.etag} as notified: it was replaced, and this store keeps no versions`);
     }
-    if (!object.sha256) return { path, release: async () => undefined };
-    // The reader reads the store's own file: it asks, once done, whether anything wrote to it meanwhile.
+    // The reader reads the store's own file: it asks, once done, whether anything changed it meanwhile.
     const unchanged = async () => {
       const now = await stat(path, { bigint: true }).catch(missing);
       return now !== undefined && sameFile(object.file, now);
     };
-    return { path, sha256: object.sha256, unchanged, release: async () => undefined };
+    return { path, ...(object.sha256 ? { sha256: object.sha256 } : {}), unchanged, release: async () => undefined };
   }
 
   /**

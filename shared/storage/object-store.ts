@@ -40,9 +40,10 @@ export interface FetchedObject {
    */
   readonly sha256?: string;
   /**
-   * Where `path` is the store's own file (the embedded store) and `sha256` is vouched for: whether
-   * the file is still the one it was vouched for (nothing wrote to it since), for a reader to ask
-   * once it has read it. Absent where `path` is the caller's own download, which no one else writes.
+   * Where `path` is the store's own file (the embedded store): whether it is still the file it was
+   * when fetched (its inode, size, mtime and ctime: nothing wrote to it, nor changed its attributes),
+   * for a reader to ask once it has read it. Absent where `path` is the caller's own download, which
+   * no one else writes.
    */
   readonly unchanged?: () => Promise<boolean>;
   /** Removes a downloaded temporary copy; a no-op where the store is local. */
