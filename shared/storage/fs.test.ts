@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { appendFile, mkdir, mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { appendFile, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { createHash, randomBytes } from 'node:crypto';
 import { dirname, join } from 'node:path';
 import { execFileSync, spawn } from 'node:child_process';
@@ -10,6 +10,18 @@ import { FsObjectStore } from './fs.ts';
 
 /** Run around the store's hash of a file it copied (below the O_DIRECT size): writers racing the store. */
 const race = vi.hoisted(() => ({ beforeHash: undefined as (() => Promise<void>) | undefined, afterHash: undefined as (() => Promise<void>) | undefined }));
+/** Runs once the store has renamed an upload into place: another upload of the same key, landing just after. */
+const landing = vi.hoisted(() => ({ afterRename: undefined as ((target: string) => Promise<void>) | undefined }));
+vi.mock('node:fs/promises', async (importOriginal) => {
+  const actual = await importOriginal<typeof import('node:fs/promises')>();
+  const rename: typeof actual.rename = async (from, to) => {
+    await actual.rename(from, to);
+    const after = landing.afterRename;
+    landing.afterRename = undefined;
+    await after?.(String(to));
+  };
+  return { ...actual, rename };
+});
 vi.mock('../runtime/sha256.ts', async (importOriginal) => {
   const actual = await importOriginal<typeof import('../runtime/sha256.ts')>();
   return { ...actual, sha256File: async (...args: Parameters<typeof actual.sha256File>) => {
@@ -240,6 +252,23 @@ describe('FsObjectStore', () => {
       race.beforeHash = undefined;
       writer.stdin.end();
     }
+  });
+
+  it('vouches for no digest when another upload of the key was renamed over its own before it could record it', async () => {
+    const { store, source, dataDir } = await fresh('overtaken', 'checkpoint bytes');
+    const key = 'run/ckpt.pth';
+    landing.afterRename = async (target) => {
+      // Of the same size and, as coarse timestamps would give it, the same mtime as the store's own.
+      const { mtimeNs } = await stat(target, { bigint: true });
+      const other = join(dataDir, 'other-upload');
+      await writeFile(other, 'checkpoint bytez');
+      execFileSync('touch', ['-m', '-d', `@${mtimeNs / 1_000_000_000n}.${String(mtimeNs % 1_000_000_000n).padStart(9, '0')}`, other]);
+      await rename(other, target);
+    };
+    await store.putFileByDigest('bucket-b', source, () => key);
+    expect(landing.afterRename).toBeUndefined();
+    expect(await readFile(join(dataDir, 'buckets/bucket-b', key), 'utf8')).toBe('checkpoint bytez');
+    expect(await store.fetchFile('bucket-b', key)).not.toHaveProperty('sha256');
   });
 
   it('moves a scratch file in when told it may (move), on its own filesystem or, by a copy, from another', async () => {

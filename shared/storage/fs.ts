@@ -151,16 +151,12 @@ export class FsObjectStore implements ObjectStore {
       const target = this.pathOf(bucket, key);
       await mkdir(dirname(target), { recursive: true });
       await rename(temporary, target);
-      // The rename moved the file's ctime: what a vouched digest is held to is the stored file as it is now.
-      const stored = sha256 ? await stat(target, { bigint: true }) : undefined;
-      const meta: StoredMeta = {
-        key,
-        size,
-        mtimeNs: String(copied.mtimeNs),
-        etag,
-        metadata,
-        ...(sha256 && stored ? { sha256, ctimeNs: String(stored.ctimeNs), ino: String(stored.ino) } : {}),
-      };
+      // The rename moved the file's ctime: what a vouched digest is held to is the stored file as it is
+      // now, if it is still ours (the inode the rename kept): another upload of the key may have been
+      // renamed over it meanwhile, and its bytes are not those hashed.
+      const stored = sha256 ? await stat(target, { bigint: true }).catch(missing) : undefined;
+      const vouched = sha256 && stored?.ino === copied.ino ? { sha256, ctimeNs: String(stored.ctimeNs), ino: String(copied.ino) } : {};
+      const meta: StoredMeta = { key, size, mtimeNs: String(copied.mtimeNs), etag, metadata, ...vouched };
       await writeAtomically(this.metaPath(bucket, key), JSON.stringify(meta, null, 2));
       return { size, etag, metadata };
     } finally {
