@@ -50,8 +50,9 @@ export const exportHandler: StageHandler<'heimdall.checkpoint.created', 'heimdal
     if (!checkpoint.sha256) checkSameBytes(event.data, result.checkpoint.sha256);
     // The store's own file, read more than once (the digest it vouched for, or the exporter's hash,
     // and the weights): unchanged since it was fetched, or what was read may be two versions of it.
-    // Retriable: exported again, the file is held to the run's digest anew (a change of its
-    // attributes alone, chmod, then passes; changed bytes are CHECKPOINT_CORRUPT).
+    // Retriable: tried again, the file is held anew to the version the event names and to the run's
+    // digest (a chmod alone then passes; a write is another version, OBJECT_NOT_FOUND, or, with its
+    // mtime set back, other bytes than the run's, CHECKPOINT_CORRUPT).
     if (checkpoint.unchanged && !(await checkpoint.unchanged())) {
       throw new HeimdallError(ErrorCodes.IO_ERROR, `${key} changed in the store while it was exported (written to, or its attributes changed): export it again`);
     }

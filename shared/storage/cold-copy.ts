@@ -60,6 +60,7 @@ async function directCopy(source: string, target: string, hash?: Hash): Promise<
   const input = await open(source, 'r');
   let output: FileHandle | undefined;
   let writing: Promise<unknown> = Promise.resolve();
+  let failed = false;
   try {
     const { size } = await input.stat();
     if (size < COLD_COPY_MIN_BYTES) return false;
@@ -92,6 +93,7 @@ async function directCopy(source: string, target: string, hash?: Hash): Promise<
     await output.truncate(size);
     return true;
   } catch (error) {
+    failed = true;
     // No write still going to the file that is removed.
     await writing.catch(() => undefined);
     if (output) await rm(target, { force: true });
@@ -100,11 +102,11 @@ async function directCopy(source: string, target: string, hash?: Hash): Promise<
     return false;
   } finally {
     // A read-only handle: its close has nothing to lose. The copy's may (a write reported late, NFS):
-    // then no copy is left.
+    // then no copy is left, and, unless the copy had failed already (whose error says why), it fails.
     await input.close().catch(() => undefined);
     await output?.close().catch(async (error: unknown) => {
       await rm(target, { force: true });
-      throw error;
+      if (!failed) throw error;
     });
   }
 }
