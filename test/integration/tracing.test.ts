@@ -106,19 +106,28 @@ describe('on NATS', () => {
     const events = await waitFor('the run to be promoted', () => observer!.events.some((e) => e.type === 'heimdall.model.promoted') && observer!.events, 120_000).catch((error: Error) => {
       throw new Error(`${error.message}; events: ${observer!.events.map((e) => e.id).join(', ')}\n${worker!.stderr().slice(-3000)}`);
     });
-    return { events: [...events], worker: worker!, traceLogs: (traceId: string) => worker!.stderr().split('\n').filter((line) => line.includes(`"traceId":"${traceId}"`)).map((line) => JSON.parse(line) as { msg: string }) };
+    const logsOf = (traceId: string) => worker!.stderr().split('\n').filter((line) => line.includes(`"traceId":"${traceId}"`)).map((line) => JSON.parse(line) as { msg: string; function?: string });
+    // A worker logs an event as handled once it has published its results: the last one's line may
+    // come after the observer has seen the promotion. Read once as many lines as expected are there.
+    const traceLogs = async (traceId: string, expected: number) => {
+      await waitFor(`${expected} log lines of trace ${traceId}`, () => logsOf(traceId).length >= expected, 10_000).catch(() => undefined);
+      return logsOf(traceId);
+    };
+    return { events: [...events], worker: worker!, traceLogs };
   }
 
   it('NATS workers: one trace, and the workers\' logs of each event name it', async () => {
     const { events, traceLogs } = await runOnNats('nats', []);
     const traceId = expectOneTrace(events, KEY);
-    expect(traceLogs(traceId).map((l) => l.msg).sort()).toEqual(['benchmark: event handled', 'export: event handled', 'ingest: announced', 'parity: event handled', 'register: event handled', 'validate: event handled']);
+    const expected = ['benchmark: event handled', 'export: event handled', 'ingest: announced', 'parity: event handled', 'register: event handled', 'validate: event handled'];
+    expect((await traceLogs(traceId, expected.length)).map((l) => l.msg).sort()).toEqual(expected);
   });
 
   it('HTTP functions behind the local broker: one trace, the functions\' logs name it; an event posted with a traceparent keeps its trace id in the reply', async () => {
     const { events, worker: serving, traceLogs } = await runOnNats('http', ['--http']);
     const traceId = expectOneTrace(events, KEY);
-    expect(traceLogs(traceId).map((l) => `${(l as { function?: string }).function ?? 'worker'}: ${l.msg}`).sort()).toEqual(['benchmark: event handled', 'export: event handled', 'parity: event handled', 'register: event handled', 'validate: event handled', 'worker: ingest: announced']);
+    const expected = ['benchmark: event handled', 'export: event handled', 'parity: event handled', 'register: event handled', 'validate: event handled', 'worker: ingest: announced'];
+    expect((await traceLogs(traceId, expected.length)).map((l) => `${l.function ?? 'worker'}: ${l.msg}`).sort()).toEqual(expected);
 
     // Posted to the export function as Knative would deliver it: the trace in the W3C header only, or in the extension.
     const port = /export:(\d+)/.exec(serving.stderr())![1];
