@@ -69,6 +69,15 @@ async function pipeline(name: string, options: { ackWaitSeconds?: number; maxDel
   return { env, dataDir, store, first, spawnWorker, upload, observer: observer! };
 }
 
+/**
+ * The types of a run's events once its promotion has come too: model.promoted is published after
+ * model.registered, so it may reach the observer a moment later.
+ */
+async function promotedRunEvents(observer: PipelineObserver, runId: string): Promise<string[]> {
+  await waitFor(`the promotion of run ${runId}`, () => observer.of('heimdall.model.promoted', runId).length > 0, 30_000).catch(() => undefined);
+  return observer.events.filter((e) => e.data.runId === runId).map((e) => e.type);
+}
+
 /** The run id once the run of `key` is registered; on a timeout, what the workers said (for CI logs). */
 const registeredRun = (observer: PipelineObserver, key: string) =>
   waitFor(`the run of ${key} to be registered`, () => {
@@ -84,10 +93,7 @@ describe('heimdall serve on NATS JetStream', () => {
     const { env, upload, observer, first } = await pipeline('full', { args: ['--dashboard', '--port', '0'] });
     await upload('runs/2026-11-27/epoch 12.pth', 1);
     const runId = await registeredRun(observer, 'runs/2026-11-27/epoch 12.pth');
-    // model.promoted is published after model.registered, so it may reach the observer a moment later.
-    const runEvents = () => observer.events.filter((e) => e.data.runId === runId).map((e) => e.type);
-    await waitFor('the promotion after the registration', () => runEvents().length >= RUN_EVENTS.length, 30_000).catch(() => undefined);
-    expect(runEvents()).toEqual(RUN_EVENTS);
+    expect(await promotedRunEvents(observer, runId)).toEqual(RUN_EVENTS);
     // Deterministic ids: `<runId>.<stage>` for each stage's result, `<runId>.promoted.<alias>` for the gate's move.
     expect(observer.events.map((e) => e.id)).toEqual(observer.events.map((e) => (e.type === 'heimdall.model.promoted' ? `${e.data.runId}.promoted.staging` : `${e.data.runId}.${e.source.split('/')[1]}`)));
 
@@ -278,7 +284,7 @@ describe('heimdall serve on NATS JetStream', () => {
     const { first, upload, observer } = await pipeline('http', { args: ['--http'] });
     await upload('runs/http.pth', 7);
     const runId = await registeredRun(observer, 'runs/http.pth');
-    expect(observer.events.filter((e) => e.data.runId === runId).map((e) => e.type)).toEqual(RUN_EVENTS);
+    expect(await promotedRunEvents(observer, runId)).toEqual(RUN_EVENTS);
     // Each function counted its event: the broker delivered over HTTP, no NATS stage worker ran.
     const ports = Object.fromEntries([...first.stderr().matchAll(/(export|validate|parity|benchmark|register):(\d+)/g)].map((m) => [m[1], m[2]]));
     for (const [stage, input] of [['export', 'checkpoint.created'], ['validate', 'model.exported'], ['parity', 'model.validated'], ['benchmark', 'model.parity-checked'], ['register', 'model.benchmarked']]) {
