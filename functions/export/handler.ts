@@ -19,8 +19,8 @@ import { MODELS_BUCKET, modelKey } from '../../shared/storage/object-store.ts';
  * that are not the run's are never exported under its id: their digest is the one the store vouches
  * for (computed as it downloaded them, or as the embedded store stored them), held to the run's
  * before the export starts, and the embedded store's own file, once read, held to be unchanged
- * since it was fetched; where the store knows none, the exporter's read of the whole file (for the zip's CRC
- * checks, beside the writer) hashes it on the way. The configured variants
+ * since it was fetched; where the store knows none, the exporter's read of the whole file (for the
+ * zip's CRC checks, beside the writer) hashes it on the way. The configured variants
  * (DESIGN §3 Variants) are written by the same export and stored beside the model
  * (`model.<variant>.onnx` and its `.data`, the same metadata plus `variant`).
  */

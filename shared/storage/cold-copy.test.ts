@@ -15,6 +15,7 @@ const hooks = vi.hoisted(() => ({
   writeError: undefined as ((writes: number) => Error | undefined) | undefined,
   closeError: undefined as Error | undefined,
 }));
+const unhooked = { ...hooks };
 vi.mock('node:fs/promises', async (importOriginal) => {
   const actual = await importOriginal<typeof import('node:fs/promises')>();
   const open: typeof actual.open = async (...args) => {
@@ -50,7 +51,7 @@ async function hooked<T>(set: Partial<typeof hooks>, work: () => Promise<T>): Pr
   try {
     return await work();
   } finally {
-    Object.assign(hooks, { source: undefined, afterRead: undefined, target: undefined, writeError: undefined, closeError: undefined });
+    Object.assign(hooks, unhooked);
   }
 }
 

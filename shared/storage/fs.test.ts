@@ -46,6 +46,11 @@ print('written', 'seen' if os.fstat(fd).st_ctime_ns != before else 'unseen', flu
 sys.stdin.readline()
 `;
 
+/** Sets a file's mtime to the nanosecond (`touch -d`: Node's utimes takes seconds as a double, which cannot hold every nanosecond). */
+function setMtimeNs(path: string, mtimeNs: bigint): void {
+  execFileSync('touch', ['-m', '-d', `@${mtimeNs / 1_000_000_000n}.${String(mtimeNs % 1_000_000_000n).padStart(9, '0')}`, path]);
+}
+
 let dir: string;
 beforeAll(async () => {
   dir = await tempDir();
@@ -200,7 +205,7 @@ describe('FsObjectStore', () => {
     const { mtimeNs } = await stat(path, { bigint: true });
     await writeFile(path, 'checkpoint bytez');
     // As `cp -p`, `rsync -a` or a restore from a tar leave it: same size, same mtime.
-    execFileSync('touch', ['-m', '-d', `@${mtimeNs / 1_000_000_000n}.${String(mtimeNs % 1_000_000_000n).padStart(9, '0')}`, path]);
+    setMtimeNs(path, mtimeNs);
     expect((await stat(path, { bigint: true })).mtimeNs).toBe(mtimeNs);
     expect(await store.stat('bucket-b', key)).toEqual(object);
     expect(await store.fetchFile('bucket-b', key)).not.toHaveProperty('sha256');
@@ -275,7 +280,7 @@ describe('FsObjectStore', () => {
       const { mtimeNs } = await stat(target, { bigint: true });
       const other = join(dataDir, 'other-upload');
       await writeFile(other, 'checkpoint bytez');
-      execFileSync('touch', ['-m', '-d', `@${mtimeNs / 1_000_000_000n}.${String(mtimeNs % 1_000_000_000n).padStart(9, '0')}`, other]);
+      setMtimeNs(other, mtimeNs);
       await rename(other, target);
     };
     await store.putFileByDigest('bucket-b', source, () => key);
